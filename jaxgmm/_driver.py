@@ -1,0 +1,317 @@
+"""The one driver: runs any `Fitter` under jit + chunked `lax.scan`, vmapped over
+restarts, and returns a uniform `FitResult` with a per-iteration `Trace`.
+
+This is the only place in jaxgmm that measures time. Iterations run in jitted chunks;
+the host times each chunk and checks whether every restart is done, so wall time per
+iteration is the chunk's time divided evenly among its iterations. Compile time is
+measured apart (ahead-of-time compilation) and is 0 when the executable is cached.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxgmm._covariance import get_family
+from jaxgmm._density import mean_log_likelihood
+
+
+class Trace(NamedTuple):
+    """Per-iteration record of one fit (host numpy arrays, length n_iter).
+
+    Attributes:
+        iteration: (T,) 1-based iteration numbers.
+        log_likelihood: (T,) log-likelihood per sample of the parameters each
+            iteration started from (the shared density function).
+        bound: (T,) the fitter's own bound or objective per sample (``bound_name``).
+        elapsed_s: (T,) wall seconds since the start of the run (compile excluded).
+        extras: other per-iteration fields of the fitter's Info, plus
+            ``min_covariance_eigenvalue`` and ``weights`` of shape (T, n_components)
+            after each iteration.
+    """
+
+    iteration: np.ndarray
+    log_likelihood: np.ndarray
+    bound: np.ndarray
+    elapsed_s: np.ndarray
+    extras: dict
+
+
+class RestartSummary(NamedTuple):
+    """Final values of every restart (arrays of shape (n_init,))."""
+
+    log_likelihood: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+
+
+class Degeneracy(NamedTuple):
+    """A component that is degenerate at the end of the fit.
+
+    Attributes:
+        component: index of the component.
+        kind: ``"collapsed_covariance"`` (smallest covariance eigenvalue below
+            2 * reg_covar: the data's own variance in some direction is under the floor)
+            or ``"empty_component"`` (weight * n_samples < 1).
+        first_iteration: first iteration after which the condition held without
+            interruption until the end.
+        value: the smallest eigenvalue or the weight at the end.
+    """
+
+    component: int
+    kind: str
+    first_iteration: int
+    value: float
+
+
+class FitResult(NamedTuple):
+    """Outcome of `run_fitter` for the best restart (highest final log-likelihood).
+
+    Attributes:
+        params: final `GMMParams`.
+        converged: whether the fitter's convergence test passed.
+        n_iter: iterations performed.
+        log_likelihood: log-likelihood per sample of ``params``.
+        trace: `Trace` of the best restart.
+        fitter: the fitter's name; ``bound_name``: what ``trace.bound`` is.
+        compile_s: seconds spent compiling (0 when cached); ``run_s``: seconds running.
+        restarts: `RestartSummary` of all restarts; ``best_restart``: its index.
+        degeneracies: tuple of `Degeneracy` of the final parameters.
+        nonfinite_iteration: iteration at which the fitter produced non-finite values
+            (the fit stopped there and kept the last finite parameters), or None.
+    """
+
+    params: object
+    converged: bool
+    n_iter: int
+    log_likelihood: float
+    trace: Trace
+    fitter: str
+    bound_name: str
+    compile_s: float
+    run_s: float
+    restarts: RestartSummary
+    best_restart: int
+    degeneracies: tuple
+    nonfinite_iteration: Optional[int]
+
+
+class _Carry(NamedTuple):
+    state: object
+    done: jax.Array  # bool
+    n_iter: jax.Array  # int32
+    nonfinite_at: jax.Array  # int32, -1 if never
+
+
+def component_diagnostics(params, spec):
+    """(min_covariance_eigenvalue, weights), each of shape (n_components,)."""
+    family = get_family(spec.covariance_type)
+    return family.min_eigenvalue(params.prec_chol, spec.n_components), params.weights
+
+
+def _all_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def _chunk_function(fitter, spec, chunk_size):
+    def one_restart(key, carry, x, max_iter):
+        def body(c, _):
+            new_state, info = fitter.step(jax.random.fold_in(key, c.n_iter), c.state, x)
+            new_params = fitter.get_params(new_state)
+            finite = (
+                _all_finite(new_params)
+                & jnp.isfinite(info.log_likelihood)
+                & jnp.isfinite(info.bound)
+            )
+            active = ~c.done
+            accept = active & finite
+            state = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new_state, c.state)
+            n_iter = c.n_iter + accept.astype(jnp.int32)
+            nonfinite_at = jnp.where(active & ~finite, c.n_iter + 1, c.nonfinite_at)
+            done = c.done | (active & (info.converged | ~finite)) | (n_iter >= max_iter)
+            diagnostics = component_diagnostics(fitter.get_params(state), spec)
+            return _Carry(state, done, n_iter, nonfinite_at), (info, diagnostics, accept)
+
+        return lax.scan(body, carry, None, length=chunk_size)
+
+    return jax.jit(jax.vmap(one_restart, in_axes=(0, 0, None, None)))
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fitter, spec, chunk_size, keys, carry, x, max_iter):
+    """Compile (once per fitter, shapes and dtypes) and report the seconds it took."""
+    signature = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), (keys, carry, x))
+    cache_key = (fitter, spec, chunk_size, str(signature))
+    if cache_key in _COMPILED:
+        return _COMPILED[cache_key], 0.0
+    start = time.perf_counter()
+    compiled = _chunk_function(fitter, spec, chunk_size).lower(keys, carry, x, max_iter).compile()
+    _COMPILED[cache_key] = compiled
+    return compiled, time.perf_counter() - start
+
+
+def default_chunk_size(n_samples, n_features, spec, max_iter):
+    """Iterations per jitted chunk: large for small problems (dispatch overhead
+    dominates), down to 1 when one iteration is already expensive."""
+    work = n_samples * spec.n_components * (n_features + 1) ** 2
+    return int(max(1, min(max_iter, 100, 2e7 // max(work, 1))))
+
+
+_final_log_likelihood = jax.jit(jax.vmap(mean_log_likelihood, in_axes=(None, 0, None)), static_argnums=2)
+
+
+def run_fitter(
+    fitter,
+    key,
+    x,
+    init_params,
+    spec,
+    *,
+    max_iter: int,
+    chunk_size: Optional[int] = None,
+    callback: Optional[Callable[[int, object], None]] = None,
+) -> FitResult:
+    """Run ``fitter`` from one or several initial parameters.
+
+    Args:
+        fitter: a `Fitter`.
+        key: PRNG key (split per restart and folded per iteration).
+        x: array of shape (n_samples, n_features).
+        init_params: `GMMParams`, or a batch of them with a leading restart axis
+            (n_init, ...) to run restarts vectorised.
+        spec: `GMMSpec`.
+        max_iter: maximum iterations per restart (>= 0).
+        chunk_size: iterations per jitted chunk (default: `default_chunk_size`).
+        callback: called on the host after each chunk as ``callback(iterations_done,
+            infos)`` with iterations_done the largest n_iter over restarts; for progress.
+
+    Returns:
+        `FitResult` of the restart with the highest final log-likelihood.
+    """
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+    batched = init_params.means.ndim == 3
+    if not batched:
+        init_params = jax.tree_util.tree_map(lambda a: a[None], init_params)
+    n_restarts = init_params.means.shape[0]
+    n_samples, n_features = x.shape
+    chunk_size = chunk_size or default_chunk_size(n_samples, n_features, spec, max(max_iter, 1))
+
+    keys = jax.random.split(key, n_restarts)
+    states = jax.vmap(fitter.init, in_axes=(0, None))(init_params, x)
+    carry = _Carry(
+        state=states,
+        done=jnp.full((n_restarts,), max_iter == 0),
+        n_iter=jnp.zeros((n_restarts,), jnp.int32),
+        nonfinite_at=jnp.full((n_restarts,), -1, jnp.int32),
+    )
+    max_iter_arr = jnp.asarray(max_iter, jnp.int32)
+    compiled, compile_s = _compiled(fitter, spec, chunk_size, keys, carry, x, max_iter_arr)
+
+    outputs, chunk_times = [], []
+    start = time.perf_counter()
+    while not bool(np.all(np.asarray(carry.done))):
+        chunk_start = time.perf_counter()
+        carry, out = compiled(keys, carry, x, max_iter_arr)
+        jax.block_until_ready(carry)
+        chunk_times.append(time.perf_counter() - chunk_start)
+        outputs.append(jax.device_get(out))
+        if callback is not None:
+            callback(int(np.max(np.asarray(carry.n_iter))), out[0])
+    final_params = fitter.get_params(carry.state)
+    final_ll = np.asarray(_final_log_likelihood(x, final_params, spec))
+    run_s = time.perf_counter() - start
+
+    n_iter = np.asarray(carry.n_iter)
+    converged = _converged_at_last(outputs, n_iter)
+    # A NaN final log-likelihood can only come from non-finite data; never pick it.
+    best = int(np.argmax(np.where(np.isfinite(final_ll), final_ll, -np.inf)))
+    trace = _trace_of(outputs, chunk_times, chunk_size, best)
+    nonfinite_at = int(np.asarray(carry.nonfinite_at)[best])
+    return FitResult(
+        params=jax.tree_util.tree_map(lambda a: a[best], final_params),
+        converged=bool(converged[best]),
+        n_iter=int(n_iter[best]),
+        log_likelihood=float(final_ll[best]),
+        trace=trace,
+        fitter=fitter.name,
+        bound_name=fitter.bound_name,
+        compile_s=compile_s,
+        run_s=run_s,
+        restarts=RestartSummary(log_likelihood=final_ll, converged=converged, n_iter=n_iter),
+        best_restart=best,
+        degeneracies=find_degeneracies(trace, spec, n_samples),
+        nonfinite_iteration=None if nonfinite_at < 0 else nonfinite_at,
+    )
+
+
+def _converged_at_last(outputs, n_iter):
+    """Whether the last accepted step of each restart reported convergence."""
+    if not outputs:
+        return np.zeros_like(n_iter, dtype=bool)
+    converged = np.concatenate([np.asarray(o[0].converged) for o in outputs], axis=1)
+    accepted = np.concatenate([np.asarray(o[2]) for o in outputs], axis=1)
+    result = np.zeros(converged.shape[0], dtype=bool)
+    for r in range(converged.shape[0]):
+        rows = np.flatnonzero(accepted[r])
+        result[r] = bool(rows.size) and bool(converged[r, rows[-1]])
+    return result
+
+
+def _trace_of(outputs, chunk_times, chunk_size, restart):
+    if not outputs:
+        empty = np.zeros((0,))
+        return Trace(empty.astype(int), empty, empty, empty, {})
+    # vmapped scan outputs are (restart, chunk, ...): take one restart, join chunks.
+    pick = lambda a: np.asarray(a)[restart]  # noqa: E731
+    info = {
+        name: np.concatenate([pick(getattr(o[0], name)) for o in outputs])
+        for name in outputs[0][0]._fields
+    }
+    min_eig = np.concatenate([pick(o[1][0]) for o in outputs])
+    weights = np.concatenate([pick(o[1][1]) for o in outputs])
+    accepted = np.concatenate([pick(o[2]) for o in outputs]).astype(bool)
+    per_iteration = np.repeat(np.asarray(chunk_times) / chunk_size, chunk_size)
+    elapsed = np.cumsum(per_iteration)[accepted]
+    extras = {
+        name: values[accepted]
+        for name, values in info.items()
+        if name not in ("log_likelihood", "bound")
+    }
+    extras["min_covariance_eigenvalue"] = min_eig[accepted]
+    extras["weights"] = weights[accepted]
+    return Trace(
+        iteration=np.arange(1, int(accepted.sum()) + 1),
+        log_likelihood=info["log_likelihood"][accepted],
+        bound=info["bound"][accepted],
+        elapsed_s=elapsed,
+        extras=extras,
+    )
+
+
+def find_degeneracies(trace, spec, n_samples):
+    """Degenerate components at the end of a fit, with the iteration each began."""
+    if trace.iteration.size == 0:
+        return ()
+    flags = {
+        "collapsed_covariance": (
+            trace.extras["min_covariance_eigenvalue"] < 2 * spec.reg_covar,
+            trace.extras["min_covariance_eigenvalue"],
+        ),
+        "empty_component": (trace.extras["weights"] * n_samples < 1, trace.extras["weights"]),
+    }
+    found = []
+    for kind, (flag, values) in flags.items():
+        for k in np.flatnonzero(flag[-1]):
+            clear = np.flatnonzero(~flag[:, k])
+            first = int(trace.iteration[clear[-1]]) + 1 if clear.size else 1
+            found.append(Degeneracy(int(k), kind, first, float(values[-1, k])))
+    return tuple(found)

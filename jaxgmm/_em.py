@@ -1,0 +1,192 @@
+"""EM as pure functions: E-step, M-step, the EM lower bound (Bishop 2006, eq. 9.74),
+and the EM fitter (`init` / `step`) that the generic driver runs."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from jaxgmm._covariance import get_family, regularize_covariance
+from jaxgmm._density import weighted_log_prob
+from jaxgmm._fitter import Fitter
+from jaxgmm._params import GMMParams
+
+
+class SufficientStats(NamedTuple):
+    """Responsibility-weighted statistics of the data, all an M-step needs.
+
+    Attributes:
+        nk: (n_components,) sum_n r_nk.
+        means: (n_components, n_features) sum_n r_nk x_n / (nk + 10 eps).
+        scatter: family-shaped scatter about ``means`` (see `jaxgmm._covariance`).
+        sum_resp_log_resp: scalar, sum_nk r_nk log r_nk (minus the entropy of q).
+        n_samples: scalar, number of samples (as the data's dtype).
+    """
+
+    nk: jax.Array
+    means: jax.Array
+    scatter: jax.Array
+    sum_resp_log_resp: jax.Array
+    n_samples: jax.Array
+
+
+def _safe_counts(nk):
+    # scikit-learn adds 10 * eps so empty components give finite means and weights.
+    return nk + 10 * jnp.finfo(nk.dtype).eps
+
+
+def e_step(x, params, spec):
+    """Expectation step.
+
+    Args:
+        x: array of shape (n_samples, n_features).
+        params: current `GMMParams`.
+        spec: `GMMSpec`.
+
+    Returns:
+        ``(log_likelihood, log_resp)``: the log-likelihood per sample of ``params``
+        (scalar) and log-responsibilities of shape (n_samples, n_components).
+    """
+    wlp = weighted_log_prob(x, params, spec)
+    log_norm = logsumexp(wlp, axis=1)
+    return jnp.mean(log_norm), wlp - log_norm[:, None]
+
+
+def sufficient_statistics(x, log_resp, spec):
+    """`SufficientStats` of ``x`` under responsibilities ``exp(log_resp)``."""
+    family = get_family(spec.covariance_type)
+    resp = jnp.exp(log_resp)
+    nk = jnp.sum(resp, axis=0)
+    means = (resp.T @ x) / _safe_counts(nk)[:, None]
+    return SufficientStats(
+        nk=nk,
+        means=means,
+        scatter=family.scatter(x, resp, means),
+        sum_resp_log_resp=jnp.sum(jnp.where(resp > 0, resp * log_resp, 0.0)),
+        n_samples=jnp.asarray(x.shape[0], x.dtype),
+    )
+
+
+def ml_params_from_stats(stats, spec):
+    """Maximum-likelihood M-step from sufficient statistics (scikit-learn's estimate)."""
+    family = get_family(spec.covariance_type)
+    nk = _safe_counts(stats.nk)
+    cov = family.covariance_from_scatter(stats.scatter, nk)
+    cov = regularize_covariance(cov, spec.reg_covar, spec.covariance_type)
+    return GMMParams(
+        weights=nk / jnp.sum(nk),
+        means=stats.means,
+        prec_chol=family.prec_chol_from_covariance(cov),
+    )
+
+
+def params_from_stats(stats, spec):
+    """The M-step for ``spec``: maximum likelihood, or the prior's closed-form MAP step."""
+    if spec.prior is None:
+        return ml_params_from_stats(stats, spec)
+    map_step = getattr(spec.prior, "em_m_step", None)
+    if map_step is None:
+        raise ValueError(
+            f"EM has no closed-form M-step for the prior {spec.prior!r}; fit it with "
+            "a fitter that uses the prior's density instead (gradient MAP, SVI or NUTS)"
+        )
+    return map_step(stats, spec)
+
+
+def m_step(x, log_resp, spec):
+    """Maximisation step.
+
+    Args:
+        x: array of shape (n_samples, n_features).
+        log_resp: array of shape (n_samples, n_components).
+        spec: `GMMSpec`.
+
+    Returns:
+        The new `GMMParams` (``reg_covar`` added to the covariance diagonal).
+    """
+    return params_from_stats(sufficient_statistics(x, log_resp, spec), spec)
+
+
+def em_bound(x, log_resp, params, spec):
+    """EM lower bound per sample, Bishop (2006) eq. 9.74, evaluated directly:
+
+    L(q, theta) = 1/N sum_n sum_k r_nk [log pi_k + log N(x_n | mu_k, Sigma_k) - log r_nk].
+
+    Equals the log-likelihood per sample when q is the posterior under ``params``.
+    """
+    wlp = weighted_log_prob(x, params, spec)
+    resp = jnp.exp(log_resp)
+    terms = jnp.where(resp > 0, resp * (wlp - log_resp), 0.0)
+    return jnp.sum(terms) / x.shape[0]
+
+
+def em_bound_from_stats(stats, params, spec):
+    """The same bound as `em_bound`, from sufficient statistics in O(K D^3), so EM can
+    record L(q_t, theta_{t+1}) without a second pass over the data. Exact because
+    sum_n r_nk (x_n - mu)(x_n - mu)^T = S_k + n_k (xbar_k - mu)(xbar_k - mu)^T."""
+    family = get_family(spec.covariance_type)
+    n_features = params.means.shape[-1]
+    log_det = family.log_det_prec_chol(params.prec_chol, n_features)
+    offset = family.paired_mahalanobis(stats.means, params.means, params.prec_chol)
+    per_component = stats.nk * (
+        jnp.log(params.weights) + log_det - 0.5 * n_features * math.log(2 * math.pi) - 0.5 * offset
+    )
+    expected = jnp.sum(jnp.where(stats.nk > 0, per_component, 0.0))
+    expected = expected - 0.5 * family.trace_term(stats.scatter, params.prec_chol)
+    return (expected - stats.sum_resp_log_resp) / stats.n_samples
+
+
+class EMState(NamedTuple):
+    """Carried by EM: current parameters and the previous log-likelihood per sample."""
+
+    params: GMMParams
+    prev_log_likelihood: jax.Array  # scalar
+
+
+class EMInfo(NamedTuple):
+    """Per-iteration EM diagnostics (iteration t maps theta_t to theta_{t+1}).
+
+    Attributes:
+        log_likelihood: log p(X | theta_t) per sample, from the E-step.
+        bound: L(q_t, theta_{t+1}) per sample, right after the M-step; lies between
+            log p(X | theta_t) and log p(X | theta_{t+1}).
+        bound_after_e_step: L(q_t, theta_t) per sample (equals ``log_likelihood``).
+        converged: |log_likelihood - previous log_likelihood| < tol.
+    """
+
+    log_likelihood: jax.Array
+    bound: jax.Array
+    bound_after_e_step: jax.Array
+    converged: jax.Array
+
+
+@functools.lru_cache(maxsize=None)
+def em_fitter(spec, tol=1e-3):
+    """The EM `Fitter` for ``spec``. Cached so repeated fits reuse compiled code."""
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+
+    def init(params, x):
+        return EMState(params=params, prev_log_likelihood=jnp.asarray(-jnp.inf, x.dtype))
+
+    def step(key, state, x):
+        del key  # EM is deterministic
+        log_likelihood, log_resp = e_step(x, state.params, spec)
+        stats = sufficient_statistics(x, log_resp, spec)
+        new_params = params_from_stats(stats, spec)
+        info = EMInfo(
+            log_likelihood=log_likelihood,
+            bound=em_bound_from_stats(stats, new_params, spec),
+            bound_after_e_step=em_bound_from_stats(stats, state.params, spec),
+            converged=jnp.abs(log_likelihood - state.prev_log_likelihood) < tol,
+        )
+        return EMState(params=new_params, prev_log_likelihood=log_likelihood), info
+
+    return Fitter(
+        name="em", bound_name="em_bound", init=init, step=step, get_params=lambda s: s.params
+    )

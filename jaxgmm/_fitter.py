@@ -1,0 +1,27 @@
+"""The fitter interface every fitting algorithm implements (EM, gradient, ...)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+
+class Fitter(NamedTuple):
+    """A fitting algorithm as pure functions, run by `jaxgmm.run_fitter`.
+
+    Attributes:
+        name: short name used in traces (``"em"``, ``"gradient"``, ...).
+        bound_name: what the ``bound`` field of its Info is (``"em_bound"``,
+            ``"log_likelihood"``, ``"elbo"``, ...), per sample.
+        init: ``init(params, x) -> State``.
+        step: ``step(key, state, x) -> (State, Info)``, pure and jit-able. Info is a
+            NamedTuple of scalars with at least ``log_likelihood`` (per sample, of the
+            parameters the step started from), ``bound`` (per sample) and ``converged``
+            (bool); any other fields are kept in the trace's ``extras``.
+        get_params: ``get_params(state) -> GMMParams``.
+    """
+
+    name: str
+    bound_name: str
+    init: Callable[..., Any]
+    step: Callable[..., Any]
+    get_params: Callable[..., Any]

@@ -1,0 +1,77 @@
+"""`GMMParams`: the fitted quantities of a mixture, and conversions between
+covariance, precision and precision-Cholesky representations."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxgmm._covariance import get_family
+
+
+class GMMParams(NamedTuple):
+    """Parameters of a Gaussian mixture (a pytree; crosses jit boundaries).
+
+    Attributes:
+        weights: array of shape (n_components,), non-negative, summing to 1.
+        means: array of shape (n_components, n_features).
+        prec_chol: Cholesky factor of the precision matrices (scikit-learn's
+            ``precisions_cholesky_``); its shape depends on the covariance type:
+            full (n_components, n_features, n_features), tied (n_features, n_features),
+            diag (n_components, n_features), spherical (n_components,).
+    """
+
+    weights: jax.Array
+    means: jax.Array
+    prec_chol: jax.Array
+
+    @property
+    def n_components(self):
+        return self.means.shape[0]
+
+    @property
+    def n_features(self):
+        return self.means.shape[1]
+
+
+def covariances(params, covariance_type):
+    """Covariances in the family's shape (see the table in `jaxgmm._covariance`)."""
+    return get_family(covariance_type).covariance_from_prec_chol(params.prec_chol)
+
+
+def precisions(params, covariance_type):
+    """Precision matrices (inverse covariances) in the family's shape."""
+    return get_family(covariance_type).precision_from_prec_chol(params.prec_chol)
+
+
+def params_from_covariances(weights, means, covariances, covariance_type):
+    """Build `GMMParams` from covariances via a Cholesky factorisation (no inverse)."""
+    means = jnp.asarray(means)
+    dtype = means.dtype
+    family = get_family(covariance_type)
+    return GMMParams(
+        weights=jnp.asarray(weights, dtype),
+        means=means,
+        prec_chol=family.prec_chol_from_covariance(jnp.asarray(covariances, dtype)),
+    )
+
+
+def params_from_precisions(weights, means, precisions, covariance_type):
+    """Build `GMMParams` from precision matrices (scikit-learn's ``precisions_init``)."""
+    means = jnp.asarray(means)
+    dtype = means.dtype
+    family = get_family(covariance_type)
+    return GMMParams(
+        weights=jnp.asarray(weights, dtype),
+        means=means,
+        prec_chol=family.prec_chol_from_precision(jnp.asarray(precisions, dtype)),
+    )
+
+
+def n_parameters(spec, n_features):
+    """Free parameters: (K - 1) weights, K * D means, plus the covariance family's count."""
+    k = spec.n_components
+    cov = get_family(spec.covariance_type).n_parameters(k, n_features)
+    return (k - 1) + k * n_features + cov

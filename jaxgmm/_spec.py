@@ -1,0 +1,59 @@
+"""The one model description: `GMMSpec`, shared by every fitter."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+@dataclasses.dataclass(frozen=True)
+class GMMSpec:
+    """A Gaussian mixture model, independent of how it is fitted.
+
+    Frozen and hashable, so it can be a static argument of jitted functions.
+
+    Attributes:
+        n_components: number of mixture components K (>= 1).
+        covariance_type: one of ``"full"``, ``"tied"``, ``"diag"``, ``"spherical"``
+            (scikit-learn's meanings).
+        reg_covar: non-negative floor added to the diagonal of every covariance estimate,
+            as in scikit-learn; must be > 0.
+        prior: ``None`` for maximum likelihood, otherwise a hashable prior object
+            (see the prior registry).
+    """
+
+    n_components: int
+    covariance_type: str = "full"
+    reg_covar: float = 1e-6
+    prior: Any = None
+
+    def __post_init__(self):
+        if isinstance(self.n_components, bool) or not isinstance(self.n_components, int):
+            raise ValueError(
+                f"GMMSpec.n_components must be an int >= 1, got {self.n_components!r}"
+            )
+        if self.n_components < 1:
+            raise ValueError(f"GMMSpec.n_components must be >= 1, got {self.n_components}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(
+                f"GMMSpec.covariance_type must be one of {list(COVARIANCE_TYPES)}, "
+                f"got {self.covariance_type!r}"
+            )
+        try:
+            reg = float(self.reg_covar)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"GMMSpec.reg_covar must be a positive float, got {self.reg_covar!r}"
+            ) from None
+        if not reg > 0 or reg == float("inf"):
+            raise ValueError(f"GMMSpec.reg_covar must be a positive finite float, got {reg}")
+        object.__setattr__(self, "reg_covar", reg)
+        try:
+            hash(self.prior)
+        except TypeError:
+            raise ValueError(
+                "GMMSpec.prior must be hashable (a frozen prior object or None), "
+                f"got {type(self.prior).__name__}"
+            ) from None

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -111,9 +112,14 @@ def _yaml_name(value):
     """The YAML-ish name of a parsed value's type, for messages."""
     if value is None:
         return "null"
-    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        bool: "bool",
+        int: "int",
+        float: "float",
+        str: "str",
+        list: "list",
+        dict: "mapping",
+    }.get(type(value), type(value).__name__)
 
 
 def one_of(choices):
@@ -187,30 +193,90 @@ _synthetic = DATASET_OPTIONS["synthetic"]
 SCHEMA = {
     "name": Field(REQUIRED, "str", _check_name, "run name; results go to results/<name>/"),
     "seed": Field(0, "int", at_least(0), "root seed for data generation, splits and fitting"),
-    "dtype": Field("float64", "str", one_of(["float32", "float64"]), "floating dtype of data and parameters"),
+    "dtype": Field(
+        "float64", "str", one_of(["float32", "float64"]), "floating dtype of data and parameters"
+    ),
     "data": {
-        "dataset": Field(REQUIRED, "str", one_of(lambda: DATASETS), "a key of experiments.datasets.DATASETS"),
-        "path": Field(None, "str", None, "csv only: path of the file (relative to the working directory)", True),
-        "columns": Field(None, "list[str]", None, "csv only: feature columns; default all numeric columns but the label", True),
-        "label_column": Field(None, "str", None, "csv only: column of class labels", True),
-        "n_samples": Field(None, "int", at_least(1), f"synthetic only (default {_synthetic['n_samples']})", True),
-        "n_components": Field(None, "int", at_least(1), f"synthetic only: true number of components (default {_synthetic['n_components']})", True),
-        "n_features": Field(None, "int", at_least(1), f"synthetic only (default {_synthetic['n_features']})", True),
-        "separation": Field(None, "float", greater_than(0), f"synthetic only: smallest distance between means in cluster stds (default {_synthetic['separation']})", True),
-        "standardize": Field(False, "bool", None, "scale features to zero mean, unit std (training statistics)"),
-        "test_fraction": Field(0.0, "float", in_interval(0.0, 1.0), "fraction of rows held out for evaluation"),
+        "dataset": Field(
+            REQUIRED, "str", one_of(lambda: DATASETS), "a key of experiments.datasets.DATASETS"
+        ),
+        "path": Field(
+            None,
+            "str",
+            doc="csv only: path of the file (relative to the working directory)",
+            nullable=True,
+        ),
+        "columns": Field(
+            None,
+            "list[str]",
+            doc="csv only: feature columns; default all numeric columns but the label",
+            nullable=True,
+        ),
+        "label_column": Field(None, "str", doc="csv only: column of class labels", nullable=True),
+        "n_samples": Field(
+            None,
+            "int",
+            at_least(1),
+            f"synthetic only (default {_synthetic['n_samples']})",
+            nullable=True,
+        ),
+        "n_components": Field(
+            None,
+            "int",
+            at_least(1),
+            f"synthetic only: true number of components (default {_synthetic['n_components']})",
+            nullable=True,
+        ),
+        "n_features": Field(
+            None,
+            "int",
+            at_least(1),
+            f"synthetic only (default {_synthetic['n_features']})",
+            nullable=True,
+        ),
+        "separation": Field(
+            None,
+            "float",
+            greater_than(0),
+            f"synthetic only: smallest distance between means in cluster stds (default {_synthetic['separation']})",
+            nullable=True,
+        ),
+        "standardize": Field(
+            False, "bool", None, "scale features to zero mean, unit std (training statistics)"
+        ),
+        "test_fraction": Field(
+            0.0, "float", in_interval(0.0, 1.0), "fraction of rows held out for evaluation"
+        ),
     },
     "model": {
         "n_components": Field(REQUIRED, "int", at_least(1), "number of mixture components"),
-        "covariance_type": Field("full", "str", one_of(["full", "tied", "diag", "spherical"]), "covariance family"),
+        "covariance_type": Field(
+            "full", "str", one_of(["full", "tied", "diag", "spherical"]), "covariance family"
+        ),
         "reg_covar": Field(1.0e-6, "float", greater_than(0), "added to covariance diagonals"),
-        "prior": Field(None, "mapping", _check_prior, "null, or {name: ..., hyperparameters...}; checked by the prior registry", True),
+        "prior": Field(
+            None,
+            "mapping",
+            _check_prior,
+            "null, or {name: ..., hyperparameters...}; checked by the prior registry",
+            nullable=True,
+        ),
     },
     "init": {
-        "method": Field("kmeans", "str", one_of(["kmeans", "k-means++", "random", "random_from_data"]), "initialisation"),
+        "method": Field(
+            "kmeans",
+            "str",
+            one_of(["kmeans", "k-means++", "random", "random_from_data"]),
+            "initialisation",
+        ),
         "n_init": Field(1, "int", at_least(1), "number of initialisations; the best is kept"),
     },
-    "methods": Field(["em"], "list[str]", _check_methods, "fitting methods to run, in order; each has a block below"),
+    "methods": Field(
+        ["em"],
+        "list[str]",
+        _check_methods,
+        "fitting methods to run, in order; each has a block below",
+    ),
 }
 
 # Names of the method blocks registered in SCHEMA, in registration order.
@@ -234,7 +300,9 @@ register_method_block(
     "em",
     {
         "max_iter": Field(500, "int", at_least(1), "maximum EM iterations"),
-        "tol": Field(1.0e-6, "float", at_least(0), "stop when the per-sample log-likelihood gains less"),
+        "tol": Field(
+            1.0e-6, "float", at_least(0), "stop when the per-sample log-likelihood gains less"
+        ),
     },
 )
 
@@ -314,7 +382,10 @@ def _check_data_options(config):
                 data[key] = DATASET_OPTIONS[dataset][key]
         elif data[key] is not None and dataset in DATASETS:
             errors.append(
-                (f"data.{key}", f"only used by dataset {' or '.join(map(repr, names))}, not {dataset!r}")
+                (
+                    f"data.{key}",
+                    f"only used by dataset {' or '.join(map(repr, names))}, not {dataset!r}",
+                )
             )
     if dataset == "csv" and data["path"] is None:
         errors.append(("data.path", "required when data.dataset is 'csv'"))
@@ -404,7 +475,10 @@ def apply_overrides(raw, overrides, source="<config>"):
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            errors.append(f"{source}: {key_path} (from --set): invalid YAML value {text!r}: {error}")
+            problem = getattr(error, "problem", None) or str(error)
+            errors.append(
+                f"{source}: {key_path} (from --set): invalid YAML value {text!r}: {problem}"
+            )
             continue
         node = raw
         for depth, key in enumerate(keys[:-1]):
@@ -466,7 +540,11 @@ def dump_config(config):
 def _format_default(value):
     if value is REQUIRED:
         return "*required*"
-    return "`" + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip() + "`"
+    return (
+        "`"
+        + yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        + "`"
+    )
 
 
 def _rows(schema, prefix):

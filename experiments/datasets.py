@@ -135,9 +135,7 @@ def read_csv(path, columns=None, label_column=None, name=None):
         raise ValueError(f"{path}: duplicate column names {duplicates}")
     for line, row in body:
         if len(row) != len(header):
-            raise ValueError(
-                f"{path}: line {line}: expected {len(header)} fields, got {len(row)}"
-            )
+            raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}")
     index = {h: i for i, h in enumerate(header)}
     wanted = ([] if columns is None else list(columns)) + (
         [] if label_column is None else [label_column]
@@ -149,8 +147,7 @@ def read_csv(path, columns=None, label_column=None, name=None):
         columns = [
             h
             for h in header
-            if h != label_column
-            and any(_parse_float(row[index[h]]) is not None for _, row in body)
+            if h != label_column and any(_parse_float(row[index[h]]) is not None for _, row in body)
         ]
         if not columns:
             raise ValueError(f"{path}: no numeric columns; columns present: {header}")
@@ -470,9 +467,9 @@ def adjusted_rand_index(labels_true, labels_pred):
     if together_pred_only == 0 and together_true_only == 0:
         return 1.0
     numerator = 2.0 * (together_both * apart_both - together_true_only * together_pred_only)
-    denominator = (together_both + together_true_only) * (
-        together_true_only + apart_both
-    ) + (together_both + together_pred_only) * (together_pred_only + apart_both)
+    denominator = (together_both + together_true_only) * (together_true_only + apart_both) + (
+        together_both + together_pred_only
+    ) * (together_pred_only + apart_both)
     return float(numerator / denominator)
 
 
@@ -613,4 +610,3 @@ def parameter_recovery_error(true_params, weights, means, covariances, covarianc
             np.mean(np.linalg.norm(covariances[perm] - true_covariances, axis=(1, 2)))
         ),
     }
-

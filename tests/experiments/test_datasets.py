@@ -95,7 +95,9 @@ def test_synthetic_is_reproducible_per_seed():
 
 @pytest.mark.parametrize("n_components, n_features", [(1, 1), (2, 5), (4, 3)])
 def test_synthetic_options_and_separation(n_components, n_features):
-    data = make_synthetic(3, n_samples=2000, n_components=n_components, n_features=n_features, separation=6.0)
+    data = make_synthetic(
+        3, n_samples=2000, n_components=n_components, n_features=n_features, separation=6.0
+    )
     assert data.x.shape == (2000, n_features)
     _check_true_params(data.true_params, n_features)
     means = data.true_params["means"]
@@ -110,12 +112,16 @@ def test_synthetic_options_and_separation(n_components, n_features):
 
 
 def test_synthetic_reads_options_from_config():
-    data = load_dataset({"dataset": "synthetic", "n_samples": 40, "n_features": 3, "n_components": None}, 0)
+    data = load_dataset(
+        {"dataset": "synthetic", "n_samples": 40, "n_features": 3, "n_components": None}, 0
+    )
     assert data.x.shape == (40, 3)
     assert data.true_params["weights"].shape == (3,)
 
 
-@pytest.mark.parametrize("key, value", [("n_samples", 0), ("n_components", 2.5), ("separation", 0.0)])
+@pytest.mark.parametrize(
+    "key, value", [("n_samples", 0), ("n_components", 2.5), ("separation", 0.0)]
+)
 def test_synthetic_rejects_bad_options(key, value):
     with pytest.raises(ValueError, match=key):
         make_synthetic(0, **{key: value})
@@ -240,7 +246,7 @@ def test_prepare_standardizes_with_training_statistics_and_moves_true_params():
     np.testing.assert_allclose(train.x.mean(0), 0, atol=1e-12)
     # Undoing the transform gives back exactly the original rows, each once.
     restored = np.concatenate([train.x, test.x]) * scale + mean
-    order = lambda a: a[np.lexsort(a.T)]  # noqa: E731
+    order = lambda a: a[np.lexsort(a.T)]
     np.testing.assert_allclose(order(restored), order(data.x))
     np.testing.assert_allclose(train.true_params["means"] * scale + mean, data.true_params["means"])
     np.testing.assert_allclose(
@@ -290,7 +296,9 @@ def test_linear_assignment_is_optimal(size):
         assert cost[np.arange(size), perm].sum() == pytest.approx(cost[rows, cols].sum())
         if size <= 7:
             best = _brute_force_assignment(cost)
-            assert cost[np.arange(size), perm].sum() == pytest.approx(cost[np.arange(size), best].sum())
+            assert cost[np.arange(size), perm].sum() == pytest.approx(
+                cost[np.arange(size), best].sum()
+            )
 
 
 def test_linear_assignment_handles_ties():

@@ -1,0 +1,612 @@
+"""Datasets for the experiments: bundled CSVs, seeded synthetic mixtures, a CSV loader,
+preprocessing (standardise, split) and the metrics that compare a fit with the truth
+(adjusted Rand index, parameter recovery error).
+
+Everything here is NumPy only, reads nothing from the network, and is used by the
+experiment runner; the ``jaxgmm`` library never imports it. scikit-learn and SciPy are
+test oracles only.
+
+The registry ``DATASETS`` maps the ``data.dataset`` string of a config to a loader
+``loader(config_data, seed) -> Dataset``. ``DATASET_OPTIONS`` lists, for each dataset
+that takes options, its option names and defaults; ``experiments.config`` reads it to
+validate and fill the ``data`` block, so the defaults live here only.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+# Options each dataset reads from the config's ``data`` block, with their defaults.
+# Datasets not listed take no options.
+DATASET_OPTIONS = {
+    "synthetic": {"n_samples": 500, "n_components": 3, "n_features": 2, "separation": 4.0},
+    "csv": {"path": None, "columns": None, "label_column": None},
+}
+
+# Cells read as missing values, which are an error in a used column.
+_MISSING = {"", "na", "nan", "null", "none", "n/a"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded dataset.
+
+    Attributes:
+        x: array of shape (n_samples, n_features), float64.
+        labels: int array of shape (n_samples,) with values in 0..n_classes-1, or None.
+        feature_names: tuple of n_features str.
+        name: the dataset's name (the registry key, or the CSV file name).
+        true_params: None, or for generated data a dict of float64 arrays
+            ``weights`` (n_components,), ``means`` (n_components, n_features),
+            ``covariances`` (n_components, n_features, n_features).
+        label_names: tuple of str, the original label of each int label, or None.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    feature_names: tuple
+    name: str
+    true_params: dict | None = None
+    label_names: tuple | None = None
+
+    @property
+    def n_samples(self):
+        return self.x.shape[0]
+
+    @property
+    def n_features(self):
+        return self.x.shape[1]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _option(config_data, dataset, key):
+    value = config_data.get(key)
+    return DATASET_OPTIONS[dataset][key] if value is None else value
+
+
+def _parse_float(cell):
+    """float(cell), or None if the cell is missing or not a finite number."""
+    if cell.strip().lower() in _MISSING:
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _label_codes(values):
+    """Map label strings to ints 0..n-1; numeric labels sort numerically, not as text."""
+    try:
+        keys = {v: float(v) for v in set(values)}
+    except ValueError:
+        keys = {v: v for v in set(values)}
+    names = tuple(sorted(keys, key=keys.get))
+    code = {name: i for i, name in enumerate(names)}
+    return np.array([code[v] for v in values], dtype=np.int64), names
+
+
+def read_csv(path, columns=None, label_column=None, name=None):
+    """Read a numeric CSV file with a header row.
+
+    Args:
+        path: str or Path of the file.
+        columns: list of column names to use as features, in that order. By default every
+            column except ``label_column`` that holds at least one number; a column of text
+            (e.g. species names) is skipped, while a number column with a bad cell is kept
+            and reported, so a typo never silently drops a feature.
+        label_column: optional column of class labels (any strings), mapped to ints in
+            sorted order (numerically when all labels are numbers).
+        name: the Dataset's name; the file's stem by default.
+
+    Returns:
+        Dataset with x of shape (n_rows, len(columns)).
+
+    Raises:
+        ValueError naming the file (and the column and line where it applies) for a missing
+        file, an empty file, a missing column, a row of the wrong length, or a used cell
+        that is not a finite number. Line numbers count the header as line 1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    # Skip blank lines, keeping the file's line numbers for messages.
+    rows = [(i + 1, row) for i, row in enumerate(rows) if any(c.strip() for c in row)]
+    if not rows:
+        raise ValueError(f"{path}: file is empty")
+    _, header = rows[0]
+    header = [h.strip() for h in header]
+    body = rows[1:]
+    if not body:
+        raise ValueError(f"{path}: no data rows after the header")
+    duplicates = sorted({h for h in header if header.count(h) > 1})
+    if duplicates:
+        raise ValueError(f"{path}: duplicate column names {duplicates}")
+    for line, row in body:
+        if len(row) != len(header):
+            raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}")
+    index = {h: i for i, h in enumerate(header)}
+    wanted = ([] if columns is None else list(columns)) + (
+        [] if label_column is None else [label_column]
+    )
+    for column in wanted:
+        if column not in index:
+            raise ValueError(f"{path}: no column {column!r}; columns present: {header}")
+    if columns is None:
+        columns = [
+            h
+            for h in header
+            if h != label_column and any(_parse_float(row[index[h]]) is not None for _, row in body)
+        ]
+        if not columns:
+            raise ValueError(f"{path}: no numeric columns; columns present: {header}")
+    elif not columns:
+        raise ValueError(f"{path}: columns is empty; columns present: {header}")
+
+    x = np.empty((len(body), len(columns)), dtype=np.float64)
+    for j, column in enumerate(columns):
+        for i, (line, row) in enumerate(body):
+            value = _parse_float(row[index[column]])
+            if value is None:
+                raise ValueError(
+                    f"{path}: column {column!r}, line {line}: expected a finite number, "
+                    f"got {row[index[column]]!r}"
+                )
+            x[i, j] = value
+
+    labels = label_names = None
+    if label_column is not None:
+        raw = [row[index[label_column]].strip() for _, row in body]
+        for (line, _), value in zip(body, raw):
+            if value.lower() in _MISSING:
+                raise ValueError(
+                    f"{path}: label column {label_column!r}, line {line}: missing label"
+                )
+        labels, label_names = _label_codes(raw)
+    return Dataset(
+        x=x,
+        labels=labels,
+        feature_names=tuple(columns),
+        name=path.stem if name is None else name,
+        label_names=label_names,
+    )
+
+
+def _load_iris(config_data, seed):
+    """Fisher's iris: (150, 4), 3 species of 50 (setosa, versicolor, virginica = 0, 1, 2)."""
+    return read_csv(DATA_DIR / "iris.csv", label_column="species", name="iris")
+
+
+def _load_faithful(config_data, seed):
+    """Old Faithful eruptions: (272, 2) columns eruptions (min), waiting (min); no labels."""
+    return read_csv(DATA_DIR / "faithful.csv", name="faithful")
+
+
+def _load_csv(config_data, seed):
+    path = config_data.get("path")
+    if path is None:
+        raise ValueError("dataset 'csv' needs data.path")
+    return read_csv(path, config_data.get("columns"), config_data.get("label_column"))
+
+
+def _random_rotation(rng, n_features):
+    """Haar-random orthogonal matrix (Mezzadri 2007: QR with the signs of R's diagonal)."""
+    q, r = np.linalg.qr(rng.standard_normal((n_features, n_features)))
+    return q * np.sign(np.diag(r))
+
+
+def make_synthetic(seed, n_samples=500, n_components=3, n_features=2, separation=4.0):
+    """Draw a Gaussian mixture with known parameters, then samples from it.
+
+    Each covariance is R diag(s**2) R^T with R a random rotation and per-axis standard
+    deviations s ~ Uniform(0.5, 1.5), so a cluster's std is about 1 in every direction.
+    Means are Gaussian draws rescaled so that the closest pair is exactly ``separation``
+    apart, i.e. ``separation`` is the smallest distance between means in units of the
+    typical cluster std. Weights are Dirichlet(5, ..., 5): unequal but rarely tiny.
+
+    Args:
+        seed: seed for ``np.random.default_rng``.
+        n_samples, n_components, n_features: ints >= 1.
+        separation: float > 0.
+
+    Returns:
+        Dataset named "synthetic" with x (n_samples, n_features), labels (n_samples,)
+        giving the generating component, and true_params.
+    """
+    for key, value in (
+        ("n_samples", n_samples),
+        ("n_components", n_components),
+        ("n_features", n_features),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"synthetic: {key} must be an int >= 1, got {value!r}")
+    if not separation > 0:
+        raise ValueError(f"synthetic: separation must be > 0, got {separation!r}")
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.full(n_components, 5.0))
+    means = rng.standard_normal((n_components, n_features))
+    if n_components > 1:
+        gaps = np.linalg.norm(means[:, None] - means[None], axis=-1)
+        means *= separation / gaps[np.triu_indices(n_components, 1)].min()
+    covariances = np.empty((n_components, n_features, n_features))
+    for k in range(n_components):
+        rotation = _random_rotation(rng, n_features)
+        stds = rng.uniform(0.5, 1.5, size=n_features)
+        covariances[k] = (rotation * stds**2) @ rotation.T
+    covariances = 0.5 * (covariances + covariances.transpose(0, 2, 1))
+    labels = rng.choice(n_components, size=n_samples, p=weights)
+    chol = np.linalg.cholesky(covariances)
+    noise = rng.standard_normal((n_samples, n_features))
+    x = means[labels] + np.einsum("nde,ne->nd", chol[labels], noise)
+    return Dataset(
+        x=x,
+        labels=labels.astype(np.int64),
+        feature_names=tuple(f"x{d}" for d in range(n_features)),
+        name="synthetic",
+        true_params={"weights": weights, "means": means, "covariances": covariances},
+    )
+
+
+def _load_synthetic(config_data, seed):
+    options = {key: _option(config_data, "synthetic", key) for key in DATASET_OPTIONS["synthetic"]}
+    return make_synthetic(seed, **options)
+
+
+# The classic 1-D EM tutorial example: three well separated groups of 100.
+_TOY1D_MEANS = np.array([-10.0, 0.0, 10.0])
+_TOY1D_STDS = np.array([1.5, 1.0, 2.0])
+_TOY1D_PER_GROUP = 100
+
+
+def _load_toy1d(config_data, seed):
+    """Three 1-D groups of 100 around -10, 0, 10 (stds 1.5, 1, 2), shuffled; x is (300, 1)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat(np.arange(3), _TOY1D_PER_GROUP))
+    x = _TOY1D_MEANS[labels] + _TOY1D_STDS[labels] * rng.standard_normal(labels.size)
+    return Dataset(
+        x=x[:, None],
+        labels=labels.astype(np.int64),
+        feature_names=("x",),
+        name="toy1d",
+        true_params={
+            "weights": np.full(3, 1.0 / 3.0),
+            "means": _TOY1D_MEANS[:, None].copy(),
+            "covariances": (_TOY1D_STDS**2)[:, None, None].copy(),
+        },
+    )
+
+
+DATASETS = {
+    "iris": _load_iris,
+    "faithful": _load_faithful,
+    "synthetic": _load_synthetic,
+    "toy1d": _load_toy1d,
+    "csv": _load_csv,
+}
+
+
+def load_dataset(config_data, seed):
+    """Load the dataset named by ``config_data["dataset"]``.
+
+    Args:
+        config_data: the config's ``data`` mapping; only the chosen dataset's options
+            (see ``DATASET_OPTIONS``) are read, missing or None ones take their defaults.
+            Preprocessing keys (standardize, test_fraction) are left to ``prepare``.
+        seed: int seed, used by the generated datasets only.
+
+    Returns:
+        Dataset.
+    """
+    name = config_data.get("dataset")
+    if name not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    return DATASETS[name](config_data, seed)
+
+
+# --------------------------------------------------------------------- preprocessing
+
+
+def standardize(x, feature_names=None):
+    """Centre each column and scale it to unit standard deviation (ddof=0).
+
+    A constant column raises rather than being left unscaled: a GMM fitted to it has a
+    zero-variance direction whose likelihood is controlled by reg_covar alone, which is
+    almost always a data mistake worth hearing about.
+
+    Args:
+        x: array of shape (n_samples, n_features).
+        feature_names: optional names used in the error message.
+
+    Returns:
+        (x_std, mean, scale): x_std of shape (n_samples, n_features), mean and scale of
+        shape (n_features,), with x_std = (x - mean) / scale.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (n_samples, n_features), got {x.shape}")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    # Relative floor: the std of a constant column is rounding noise of order eps * |mean|.
+    constant = scale <= 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))
+    if constant.any():
+        names = feature_names or [f"column {j}" for j in range(x.shape[1])]
+        bad = [names[j] for j in np.flatnonzero(constant)]
+        raise ValueError(f"cannot standardize constant feature(s) {bad}")
+    return (x - mean) / scale, mean, scale
+
+
+def train_test_split(rng_seed, x, labels, test_fraction):
+    """Shuffle and split rows into a training and a test part.
+
+    The test part has ceil(test_fraction * n_samples) rows, as in scikit-learn. With
+    test_fraction == 0 nothing is shuffled: train is x itself and test is empty.
+
+    Args:
+        rng_seed: anything ``np.random.default_rng`` accepts.
+        x: array of shape (n_samples, n_features).
+        labels: array of shape (n_samples,), or None.
+        test_fraction: float with 0 <= test_fraction < 1.
+
+    Returns:
+        (x_train, x_test, labels_train, labels_test); the label parts are None when
+        labels is None.
+
+    Raises:
+        ValueError if test_fraction is out of range or either part would be empty.
+    """
+    x = np.asarray(x)
+    n_samples = x.shape[0]
+    if labels is not None and len(labels) != n_samples:
+        raise ValueError(f"labels has length {len(labels)}, x has {n_samples} rows")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must satisfy 0 <= test_fraction < 1, got {test_fraction}")
+    n_test = math.ceil(test_fraction * n_samples)
+    if n_test == 0:
+        empty_labels = None if labels is None else np.asarray(labels)[:0]
+        return x, x[:0], labels, empty_labels
+    if n_test >= n_samples:
+        raise ValueError(
+            f"test_fraction={test_fraction} of {n_samples} samples leaves no training data"
+        )
+    order = np.random.default_rng(rng_seed).permutation(n_samples)
+    train, test = order[n_test:], order[:n_test]
+    if labels is None:
+        return x[train], x[test], None, None
+    labels = np.asarray(labels)
+    return x[train], x[test], labels[train], labels[test]
+
+
+def _standardize_params(true_params, mean, scale):
+    """Express true parameters in standardised coordinates, x' = (x - mean) / scale."""
+    return {
+        "weights": true_params["weights"],
+        "means": (true_params["means"] - mean) / scale,
+        "covariances": true_params["covariances"] / np.outer(scale, scale),
+    }
+
+
+def prepare(dataset, seed, standardize_data=False, test_fraction=0.0):
+    """Split a Dataset, then standardise both parts with the training statistics.
+
+    Standardising after the split keeps test statistics out of training; true_params
+    are transformed to the same coordinates so recovery errors stay meaningful.
+
+    Args:
+        dataset: Dataset.
+        seed: int; the split uses a stream derived from it, independent of the one a
+            synthetic dataset was drawn with.
+        standardize_data: bool (config ``data.standardize``).
+        test_fraction: float (config ``data.test_fraction``).
+
+    Returns:
+        (train, test, (mean, scale)): Datasets (test is None when test_fraction == 0) and
+        the standardisation applied, or None when standardize_data is False.
+    """
+    split_seed = np.random.SeedSequence([seed, 1])
+    x_train, x_test, y_train, y_test = train_test_split(
+        split_seed, dataset.x, dataset.labels, test_fraction
+    )
+    true_params, transform = dataset.true_params, None
+    if standardize_data:
+        x_train, mean, scale = standardize(x_train, dataset.feature_names)
+        x_test = (x_test - mean) / scale
+        transform = (mean, scale)
+        if true_params is not None:
+            true_params = _standardize_params(true_params, mean, scale)
+    train = dataclasses.replace(dataset, x=x_train, labels=y_train, true_params=true_params)
+    test = None
+    if x_test.shape[0] > 0:
+        test = dataclasses.replace(dataset, x=x_test, labels=y_test, true_params=true_params)
+    return train, test, transform
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def adjusted_rand_index(labels_true, labels_pred):
+    """Adjusted Rand index of two labelings (Hubert & Arabie 1985), as scikit-learn.
+
+    1.0 for identical partitions (up to renaming), about 0 for independent ones, and
+    possibly negative. Computed from the pair confusion matrix, like
+    ``sklearn.metrics.adjusted_rand_score``, so the special cases agree.
+
+    Args:
+        labels_true, labels_pred: arrays of shape (n_samples,), any hashable labels.
+
+    Returns:
+        float.
+    """
+    labels_true = np.asarray(labels_true)
+    labels_pred = np.asarray(labels_pred)
+    if labels_true.ndim != 1 or labels_true.shape != labels_pred.shape:
+        raise ValueError(
+            f"labelings must be 1-D of equal length, got {labels_true.shape} and {labels_pred.shape}"
+        )
+    n_samples = labels_true.size
+    _, true_idx = np.unique(labels_true, return_inverse=True)
+    _, pred_idx = np.unique(labels_pred, return_inverse=True)
+    contingency = np.zeros((true_idx.max(initial=-1) + 1, pred_idx.max(initial=-1) + 1))
+    np.add.at(contingency, (true_idx, pred_idx), 1.0)
+    # Ordered-pair counts (Hubert & Arabie; same algebra as sklearn's pair_confusion_matrix).
+    sum_squares = (contingency**2).sum()
+    together_both = sum_squares - n_samples
+    together_pred_only = (contingency * contingency.sum(axis=0)).sum() - sum_squares
+    together_true_only = (contingency.T * contingency.sum(axis=1)).sum() - sum_squares
+    apart_both = n_samples**2 - together_pred_only - together_true_only - sum_squares
+    if together_pred_only == 0 and together_true_only == 0:
+        return 1.0
+    numerator = 2.0 * (together_both * apart_both - together_true_only * together_pred_only)
+    denominator = (together_both + together_true_only) * (together_true_only + apart_both) + (
+        together_both + together_pred_only
+    ) * (together_pred_only + apart_both)
+    return float(numerator / denominator)
+
+
+def linear_assignment(cost):
+    """Minimum-cost perfect matching of a square cost matrix (Hungarian algorithm).
+
+    The O(K^3) shortest-augmenting-path form with potentials (Kuhn-Munkres, as in
+    e-maxx.ru "Hungarian algorithm"). Plain Python loops: K is a number of components.
+
+    Args:
+        cost: array of shape (K, K).
+
+    Returns:
+        int array perm of shape (K,) minimising sum_i cost[i, perm[i]].
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    n = cost.shape[0]
+    if cost.shape != (n, n):
+        raise ValueError(f"cost must be square, got shape {cost.shape}")
+    u = np.zeros(n + 1)
+    v = np.zeros(n + 1)
+    match_col = np.zeros(n + 1, dtype=np.int64)  # row (1-based) matched to each column
+    way = np.zeros(n + 1, dtype=np.int64)
+    for row in range(1, n + 1):
+        match_col[0] = row
+        col0 = 0
+        min_slack = np.full(n + 1, np.inf)
+        used = np.zeros(n + 1, dtype=bool)
+        while True:
+            used[col0] = True
+            row0 = match_col[col0]
+            delta, col1 = np.inf, 0
+            for col in range(1, n + 1):
+                if not used[col]:
+                    slack = cost[row0 - 1, col - 1] - u[row0] - v[col]
+                    if slack < min_slack[col]:
+                        min_slack[col], way[col] = slack, col0
+                    if min_slack[col] < delta:
+                        delta, col1 = min_slack[col], col
+            for col in range(n + 1):
+                if used[col]:
+                    u[match_col[col]] += delta
+                    v[col] -= delta
+                else:
+                    min_slack[col] -= delta
+            col0 = col1
+            if match_col[col0] == 0:
+                break
+        while col0:
+            col1 = way[col0]
+            match_col[col0] = match_col[col1]
+            col0 = col1
+    perm = np.empty(n, dtype=np.int64)
+    for col in range(1, n + 1):
+        perm[match_col[col] - 1] = col - 1
+    return perm
+
+
+def _full_covariances(covariances, covariance_type, n_components, n_features):
+    """Expand the scikit-learn covariance shapes to (n_components, n_features, n_features)."""
+    covariances = np.asarray(covariances, dtype=np.float64)
+    if covariance_type == "full":
+        return covariances
+    if covariance_type == "tied":
+        return np.broadcast_to(covariances, (n_components, n_features, n_features))
+    if covariance_type == "diag":
+        return covariances[:, :, None] * np.eye(n_features)
+    if covariance_type == "spherical":
+        return covariances[:, None, None] * np.eye(n_features)
+    raise ValueError(
+        f"covariance_type must be one of ['diag', 'full', 'spherical', 'tied'], got {covariance_type!r}"
+    )
+
+
+def match_components(true_means, means):
+    """perm such that estimated component perm[k] is matched to true component k.
+
+    Matching minimises the total squared distance between matched means.
+
+    Args:
+        true_means, means: arrays of shape (n_components, n_features).
+
+    Returns:
+        int array of shape (n_components,).
+    """
+    true_means = np.asarray(true_means, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    cost = ((true_means[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+    return linear_assignment(cost)
+
+
+def parameter_recovery_error(true_params, weights, means, covariances, covariance_type="full"):
+    """How far estimated mixture parameters are from the true ones.
+
+    Estimated components are first matched to true ones (``match_components``: Hungarian
+    algorithm on squared distances between means), since a mixture is only identified up
+    to relabelling. Then, over matched pairs:
+
+    - ``means_rmse``: root mean squared error over all n_components * n_features mean
+      coordinates.
+    - ``weights_abs_error``: mean over components of |weight - true weight|.
+    - ``covariances_frobenius``: mean over components of the Frobenius norm of
+      (covariance - true covariance), with covariances expanded to full matrices.
+
+    Args:
+        true_params: dict with ``weights`` (K,), ``means`` (K, D), ``covariances`` (K, D, D).
+        weights: array of shape (K,).
+        means: array of shape (K, D).
+        covariances: shape by covariance_type as in scikit-learn: full (K, D, D),
+            tied (D, D), diag (K, D), spherical (K,).
+        covariance_type: "full", "tied", "diag" or "spherical".
+
+    Returns:
+        dict of float: means_rmse, weights_abs_error, covariances_frobenius.
+    """
+    true_weights = np.asarray(true_params["weights"], dtype=np.float64)
+    true_means = np.asarray(true_params["means"], dtype=np.float64)
+    true_covariances = np.asarray(true_params["covariances"], dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    if means.shape != true_means.shape or weights.shape != true_weights.shape:
+        raise ValueError(
+            f"estimated means {means.shape} / weights {weights.shape} do not match the true "
+            f"{true_means.shape} / {true_weights.shape}; recovery error needs the same "
+            f"n_components and n_features"
+        )
+    n_components, n_features = true_means.shape
+    covariances = _full_covariances(covariances, covariance_type, n_components, n_features)
+    if covariances.shape != true_covariances.shape:
+        raise ValueError(
+            f"covariances expand to shape {covariances.shape}, expected {true_covariances.shape}"
+        )
+    perm = match_components(true_means, means)
+    return {
+        "means_rmse": float(np.sqrt(np.mean((means[perm] - true_means) ** 2))),
+        "weights_abs_error": float(np.mean(np.abs(weights[perm] - true_weights))),
+        "covariances_frobenius": float(
+            np.mean(np.linalg.norm(covariances[perm] - true_covariances, axis=(1, 2)))
+        ),
+    }

@@ -87,5 +87,6 @@ def test_estimator_score_samples_is_the_shared_density(seed):
         gm.fit(x)
     params = jaxgmm.GMMParams(gm.weights_, gm.means_, gm.precisions_cholesky_)
     np.testing.assert_allclose(
-        gm.score_samples(x), jaxgmm.log_prob(jnp.asarray(x), params, gm.spec_), rtol=1e-12
+        gm.score_samples(x), jaxgmm.log_prob(jnp.asarray(x), params, gm.spec_),
+        rtol=1e-12 if jax.config.jax_enable_x64 else 1e-6,  # jit vs eager rounding in float32
     )

@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm._covariance import get_family
 from jaxgmm._density import log_prob, weighted_log_prob
 from jaxgmm._driver import run_fitter
-from jaxgmm._em import em_fitter, e_step
+from jaxgmm._em import e_step, em_fitter
 from jaxgmm._init import INITIALIZERS, initial_params
 from jaxgmm._params import GMMParams, covariances, n_parameters, params_from_precisions, precisions
 from jaxgmm._sample import sample
@@ -162,7 +163,7 @@ class GaussianMixture:
         if m is not None:
             params = params._replace(means=jnp.broadcast_to(jnp.asarray(m, x.dtype), (n, k, d)))
         if p is not None:
-            prec_chol = params_from_precisions(w if w is not None else np.ones(k) / k, m if m is not None else np.zeros((k, d)), p, spec.covariance_type).prec_chol
+            prec_chol = get_family(spec.covariance_type).prec_chol_from_precision(jnp.asarray(p))
             params = params._replace(
                 prec_chol=jnp.broadcast_to(prec_chol.astype(x.dtype), params.prec_chol.shape)
             )
@@ -187,13 +188,22 @@ class GaussianMixture:
 
         callback = None
         if self.verbose:
+
             def callback(n_iter, infos):
-                logger.info("jaxgmm EM: iteration %d, log-likelihood per sample %s",
-                            n_iter, np.asarray(infos.log_likelihood)[..., -1])
+                logger.info(
+                    "jaxgmm EM: iteration %d, log-likelihood per sample %s",
+                    n_iter,
+                    np.asarray(infos.log_likelihood)[..., -1],
+                )
 
         result = run_fitter(
-            em_fitter(spec, float(self.tol)), key_run, x, params, spec,
-            max_iter=int(self.max_iter), callback=callback,
+            em_fitter(spec, float(self.tol)),
+            key_run,
+            x,
+            params,
+            spec,
+            max_iter=int(self.max_iter),
+            callback=callback,
         )
         self._set_fitted(result, spec, x)
         return self.predict(x)
@@ -213,15 +223,14 @@ class GaussianMixture:
         self.lower_bounds_ = np.asarray(result.trace.log_likelihood)
         self.em_bounds_ = np.asarray(result.trace.bound)
         self.log_likelihood_ = result.log_likelihood
-        self.lower_bound_ = (
-            float(self.lower_bounds_[-1]) if self.lower_bounds_.size else -math.inf
-        )
+        self.lower_bound_ = float(self.lower_bounds_[-1]) if self.lower_bounds_.size else -math.inf
         self.degeneracies_ = result.degeneracies
         if result.nonfinite_iteration is not None:
             warnings.warn(
                 f"EM produced non-finite values at iteration {result.nonfinite_iteration}; "
                 "the fit stopped there and kept the last finite parameters",
-                DegeneracyWarning, stacklevel=3,
+                DegeneracyWarning,
+                stacklevel=3,
             )
         if result.degeneracies:
             details = "; ".join(
@@ -233,16 +242,15 @@ class GaussianMixture:
             warnings.warn(
                 f"EM did not converge within max_iter={self.max_iter} iterations (tol={self.tol}); "
                 "increase max_iter or tol, or check for degenerate data",
-                ConvergenceWarning, stacklevel=3,
+                ConvergenceWarning,
+                stacklevel=3,
             )
 
     # -- using a fitted model --------------------------------------------------------
 
     def _check_fitted(self):
         if not hasattr(self, "means_"):
-            raise ValueError(
-                "This GaussianMixture instance is not fitted yet; call fit(X) first"
-            )
+            raise ValueError("This GaussianMixture instance is not fitted yet; call fit(X) first")
 
     def _params(self, dtype):
         return jax.tree_util.tree_map(
@@ -304,9 +312,22 @@ class GaussianMixture:
         return -2 * self.score(x) * x.shape[0] + 2 * self._n_parameters()
 
     def get_params(self, deep=True):
-        names = ("n_components", "covariance_type", "tol", "reg_covar", "max_iter", "n_init",
-                 "init_params", "weights_init", "means_init", "precisions_init",
-                 "random_state", "warm_start", "verbose", "verbose_interval")
+        names = (
+            "n_components",
+            "covariance_type",
+            "tol",
+            "reg_covar",
+            "max_iter",
+            "n_init",
+            "init_params",
+            "weights_init",
+            "means_init",
+            "precisions_init",
+            "random_state",
+            "warm_start",
+            "verbose",
+            "verbose_interval",
+        )
         return {name: getattr(self, name) for name in names}
 
     def set_params(self, **params):

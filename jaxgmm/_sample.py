@@ -31,8 +31,9 @@ def sample(key, params, spec, n_samples):
     if spec.covariance_type in ("full", "tied"):
         # precision = P P^T, so x = mu + P^{-T} z has covariance P^{-T} P^{-1} = Sigma.
         upper = prec_chol[labels]
-        noise = lax.linalg.triangular_solve(upper, z[..., None], left_side=True, lower=False,
-                                            transpose_a=True)[..., 0]
+        noise = lax.linalg.triangular_solve(
+            upper, z[..., None], left_side=True, lower=False, transpose_a=True
+        )[..., 0]
     else:
         scale = get_family(spec.covariance_type).covariance_from_prec_chol(prec_chol) ** 0.5
         noise = z * (scale[labels] if scale.ndim == 2 else scale[labels][:, None])

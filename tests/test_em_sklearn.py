@@ -6,13 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import blobs, iris, precisions_from_prec_chol
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import jaxgmm
 from jaxgmm import COVARIANCE_FAMILIES, GMMSpec
-
-from _helpers import blobs, iris, precisions_from_prec_chol
 
 pytestmark = pytest.mark.numerics
 
@@ -31,8 +30,12 @@ def test_em_matches_sklearn_every_iteration(covariance_type, dataset, require_x6
     spec = GMMSpec(3, covariance_type)
     start, precisions = shared_start(x, spec, seed=1)
     sk = SkGaussianMixture(
-        3, covariance_type=covariance_type, tol=0.0, max_iter=40,
-        weights_init=start.weights / start.weights.sum(), means_init=start.means,
+        3,
+        covariance_type=covariance_type,
+        tol=0.0,
+        max_iter=40,
+        weights_init=start.weights / start.weights.sum(),
+        means_init=start.means,
         precisions_init=precisions,
     )
     with warnings.catch_warnings():
@@ -43,8 +46,9 @@ def test_em_matches_sklearn_every_iteration(covariance_type, dataset, require_x6
     np.testing.assert_allclose(ours.trace.log_likelihood, sk.lower_bounds_, rtol=1e-8)
     np.testing.assert_allclose(ours.params.weights, sk.weights_, rtol=1e-8)
     np.testing.assert_allclose(ours.params.means, sk.means_, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(ours.params.prec_chol, sk.precisions_cholesky_, rtol=1e-8,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        ours.params.prec_chol, sk.precisions_cholesky_, rtol=1e-8, atol=1e-12
+    )
     np.testing.assert_allclose(
         jaxgmm.covariances(ours.params, covariance_type), sk.covariances_, rtol=1e-8, atol=1e-12
     )
@@ -57,8 +61,11 @@ def test_estimator_matches_sklearn_attributes(covariance_type, require_x64):
     spec = GMMSpec(3, covariance_type)
     start, precisions = shared_start(x, spec, seed=2)
     kwargs = dict(
-        covariance_type=covariance_type, tol=1e-6, max_iter=200,
-        weights_init=start.weights / start.weights.sum(), means_init=start.means,
+        covariance_type=covariance_type,
+        tol=1e-6,
+        max_iter=200,
+        weights_init=start.weights / start.weights.sum(),
+        means_init=start.means,
         precisions_init=precisions,
     )
     sk = SkGaussianMixture(3, **kwargs).fit(x)
@@ -67,8 +74,9 @@ def test_estimator_matches_sklearn_attributes(covariance_type, require_x64):
     np.testing.assert_allclose(ours.lower_bound_, sk.lower_bound_, rtol=1e-8)
     np.testing.assert_allclose(ours.lower_bounds_, sk.lower_bounds_, rtol=1e-8)
     for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
-        np.testing.assert_allclose(getattr(ours, name), getattr(sk, name), rtol=1e-7, atol=1e-10,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            getattr(ours, name), getattr(sk, name), rtol=1e-7, atol=1e-10, err_msg=name
+        )
     np.testing.assert_allclose(ours.score_samples(x), sk.score_samples(x), rtol=1e-8)
     np.testing.assert_allclose(ours.predict_proba(x), sk.predict_proba(x), atol=1e-8)
     np.testing.assert_array_equal(ours.predict(x), sk.predict(x))

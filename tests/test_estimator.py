@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import blobs, iris
 
 import jaxgmm
 from jaxgmm import COVARIANCE_FAMILIES, GaussianMixture
-
-from _helpers import blobs, iris
 
 
 def quiet_fit(gm, x):
@@ -86,7 +85,10 @@ def test_not_converged_warns():
         ({"weights_init": [0.5, 0.5, 0.5]}, "weights_init.*sum to 1"),
         ({"means_init": np.zeros((3, 3))}, r"means_init.*\(3, 2\)"),
         ({"precisions_init": np.ones((3, 2))}, r"precisions_init.*\(3, 2, 2\)"),
-        ({"precisions_init": -np.ones((3, 2)), "covariance_type": "diag"}, "precisions_init.*positive"),
+        (
+            {"precisions_init": -np.ones((3, 2)), "covariance_type": "diag"},
+            "precisions_init.*positive",
+        ),
         ({"precisions_init": np.stack([np.diag([1.0, -1.0])] * 3)}, "positive-definite"),
         ({"random_state": "seed"}, "random_state"),
     ],
@@ -177,8 +179,11 @@ def test_empty_component_is_reported():
     # Four components for two tight, far-apart clusters: some weight must vanish or
     # collapse; whatever happens, it is finite and reported.
     x = np.vstack([np.zeros((20, 1)), np.full((20, 1), 100.0)]) + np.linspace(0, 1e-3, 40)[:, None]
-    start = dict(weights_init=[0.25] * 4, means_init=[[0.0], [100.0], [1e4], [-1e4]],
-                 precisions_init=np.ones((4, 1, 1)))
+    start = dict(
+        weights_init=[0.25] * 4,
+        means_init=[[0.0], [100.0], [1e4], [-1e4]],
+        precisions_init=np.ones((4, 1, 1)),
+    )
     gm = GaussianMixture(4, **start, max_iter=20)
     quiet_fit(gm, x)
     _assert_finite(gm)

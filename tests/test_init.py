@@ -4,13 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import blobs
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 import jaxgmm
 from jaxgmm import INITIALIZERS, GMMSpec
-
-from _helpers import blobs
 
 
 def test_kmeans_finds_the_same_partition_as_sklearn():
@@ -47,10 +46,11 @@ def test_every_initializer_gives_valid_batched_params(method, covariance_type):
         assert not np.allclose(params.means[0], params.means[1]), "restarts are copies"
 
 
-
 def test_random_from_data_means_are_data_points():
     x, _ = blobs(4, n_samples=50)
-    params = jaxgmm.initial_params(jax.random.key(0), jnp.asarray(x), GMMSpec(3), "random_from_data")
+    params = jaxgmm.initial_params(
+        jax.random.key(0), jnp.asarray(x), GMMSpec(3), "random_from_data"
+    )
     for mean in np.asarray(params.means[0]):
         assert np.min(np.abs(x - mean).sum(axis=1)) < 1e-5
 

@@ -84,12 +84,14 @@ def plot_convergence(run, path):
     ax_iter, ax_time, ax_gap = axes
     ax_time.sharey(ax_iter)
     lows = []
+    longest = max((t["elapsed_s"][-1] for t in traces.values() if len(t["elapsed_s"])), default=0)
+    time_scale, time_unit = (1e3, "ms") if longest < 1 else (1.0, "s")
     for i, (method, t) in enumerate(traces.items()):
         if not len(t["iteration"]):
             continue
         color = COLORS[i % len(COLORS)]
         bound_label = f"{method}: {t['bound_name']}"
-        for ax, x in ((ax_iter, t["iteration"]), (ax_time, t["elapsed_s"])):
+        for ax, x in ((ax_iter, t["iteration"]), (ax_time, time_scale * t["elapsed_s"])):
             ax.plot(x, t["log_likelihood"], "-", color=color, lw=1.8, label=f"{method}: log-likelihood")
             ax.plot(x, t["bound"], "--", color=color, lw=1.4, label=bound_label)
         # Ignore the first iterate when choosing the y range, so that the approach
@@ -119,7 +121,9 @@ def plot_convergence(run, path):
         pad = 0.05 * max(high - low, 1e-6)
         ax_iter.set_ylim(low - pad, high + pad)
     ax_iter.set(xlabel="iteration", ylabel=f"per-sample value ({UNITS})", title="against iteration")
-    ax_time.set(xlabel="wall time (s, compile excluded)", title="against wall time")
+    ax_time.set(xlabel=f"wall time ({time_unit}, compile excluded)", title="against wall time")
+    for ax in (ax_iter, ax_time):
+        ax.ticklabel_format(axis="y", useOffset=False)
     ax_gap.set(
         xlabel="iteration", ylabel=f"{UNITS} (log scale)",
         title="EM bound gap (KL of q_t from the posterior) and gain",
@@ -139,11 +143,17 @@ def plot_convergence(run, path):
 # ---------------------------------------------------------------------- clusters
 
 
+def _feature_names(run):
+    suffix = " (standardised)" if run.metrics["data"].get("standardized") else ""
+    return [str(n) + suffix for n in run.data["feature_names"]]
+
+
 def _feature_pair(run):
-    names = [str(n) for n in run.data["feature_names"]]
+    names = _feature_names(run)
+    raw = [str(n) for n in run.data["feature_names"]]
     chosen = (run.config.get("plot") or {}).get("features")
     if chosen:
-        return [names.index(c) for c in chosen], names
+        return [raw.index(c) for c in chosen], names
     return [0, 1], names
 
 
@@ -167,6 +177,12 @@ def _ellipses(ax, means, covariances, pair, n_components, alpha=1.0):
 def _full(covariances, cov_type, n_components, n_features):
     """Covariances of any family as (n_components, n_features, n_features)."""
     return _full_covariances(covariances, cov_type, n_components, n_features)
+
+
+def _component_densities(grid, weights, means, covariances):
+    """(K, G) weighted 1-D normal densities on ``grid``."""
+    var = np.asarray(covariances)[:, 0, 0][:, None]
+    return weights[:, None] * np.exp(-0.5 * (grid[None] - means[:, :1]) ** 2 / var) / np.sqrt(2 * np.pi * var)
 
 
 def _panels(run):
@@ -203,13 +219,17 @@ def plot_clusters(run, path):
     if x.shape[1] == 1:
         grid = np.linspace(x.min() - 0.1 * np.ptp(x), x.max() + 0.1 * np.ptp(x), 600)
         for ax, (title, w, m, c, _) in zip(axes.flat, panels):
-            ax.hist(x[:, 0], bins=40, density=True, color="0.8", label="data (train)")
-            var = np.asarray(c)[:, 0, 0]
-            comps = w[:, None] * np.exp(-0.5 * (grid[None] - m[:, :1]) ** 2 / var[:, None]) / np.sqrt(2 * np.pi * var[:, None])
+            heights, _, _ = ax.hist(x[:, 0], bins=40, density=True, color="0.85", label="data (train)")
+            comps = _component_densities(grid, w, m, c)
+            ax.plot(grid, comps.sum(0), color="black", lw=3, alpha=0.35, label="mixture")
             for k in range(len(w)):
-                ax.plot(grid, comps[k], color=COLORS[k % len(COLORS)], lw=1.4, label=f"component {k}")
-            ax.plot(grid, comps.sum(0), color="black", lw=2, label="mixture")
-            ax.set(title=title, xlabel=str(run.data["feature_names"][0]), ylabel="density")
+                color = COLORS[k % len(COLORS)]
+                ax.plot(grid, comps[k], color=color, lw=1.4, label=f"component {k}")
+                ax.axvline(m[k, 0], color=color, lw=1, ls=":")
+            # Components at the reg_covar floor (one-point initialisations) are spikes;
+            # keep the histogram's scale.
+            ax.set_ylim(0, 1.35 * heights.max())
+            ax.set(title=title, xlabel=_feature_names(run)[0], ylabel="density")
         axes.flat[0].legend(fontsize=8)
     else:
         pair, names = _feature_pair(run)
@@ -324,16 +344,18 @@ def animate_em(run, path, method="em", max_frames=60):
         c = _full(hist["covariances"][frame], cov_type, len(w), x.shape[1])
         if one_d:
             grid = np.linspace(x.min(), x.max(), 400)
-            var = c[:, 0, 0]
-            ax.hist(x[:, 0], bins=40, density=True, color="0.8")
-            for k in range(len(w)):
-                ax.plot(grid, w[k] * np.exp(-0.5 * (grid - m[k, 0]) ** 2 / var[k]) / np.sqrt(2 * np.pi * var[k]), color=COLORS[k % len(COLORS)])
-            ax.set(xlabel=str(run.data["feature_names"][0]), ylabel="density")
+            heights, _, _ = ax.hist(x[:, 0], bins=40, density=True, color="0.85")
+            for k, density in enumerate(_component_densities(grid, w, m, c)):
+                ax.plot(grid, density, color=COLORS[k % len(COLORS)])
+                ax.axvline(m[k, 0], color=COLORS[k % len(COLORS)], lw=1, ls=":")
+            ax.set_ylim(0, 1.35 * heights.max())
+            ax.set(xlabel=_feature_names(run)[0], ylabel="density")
         else:
             ax.scatter(x[:, pair[0]], x[:, pair[1]], s=8, c="0.6", alpha=0.6, linewidths=0)
             _ellipses(ax, m, c, pair, len(w))
             ax.set(xlabel=names[pair[0]], ylabel=names[pair[1]])
-        ax.set_title(f"{run.metrics['name']}: {method}, iteration {frame} (1 and 2 sigma)")
+        what = "component densities" if one_d else "1 and 2 sigma ellipses"
+        ax.set_title(f"{run.metrics['name']}: {method}, iteration {frame} ({what})")
         return ()
 
     if not one_d:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import math
 import os
@@ -26,8 +27,11 @@ import sys
 import zlib
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import jaxgmm
 from experiments import results_io
 from experiments.config import ConfigError, dump_config, load_config
 
@@ -76,8 +80,6 @@ def progress_factory(enabled):
 
 
 def _method_key(root_key, name):
-    import jax
-
     return jax.random.fold_in(jax.random.fold_in(root_key, 1), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
@@ -94,17 +96,22 @@ def build_prior(prior_config, source):
     raise ConfigError([f"{source}: model.prior: the runner does not build priors yet"])
 
 
-def _labels(x, params, spec):
-    import jaxgmm
+@functools.partial(jax.jit, static_argnums=2)
+def _score(x, params, spec):
+    """(log-likelihood per sample, hard assignments (n_samples,)), from the shared density."""
+    return (
+        jaxgmm.mean_log_likelihood(x, params, spec),
+        jnp.argmax(jaxgmm.weighted_log_prob(x, params, spec), axis=1),
+    )
 
-    return np.asarray(np.argmax(np.asarray(jaxgmm.weighted_log_prob(x, params, spec)), axis=1))
+
+@functools.partial(jax.jit, static_argnums=1)
+def _covariances(params, covariance_type):
+    return jaxgmm.covariances(params, covariance_type)
 
 
 def evaluate(result, spec, train, test, x_train, x_test, dtype):
     """The metrics that only need the final parameters, from the shared density."""
-    import jax.numpy as jnp
-
-    import jaxgmm
     from experiments.datasets import adjusted_rand_index, parameter_recovery_error
     from jaxgmm._prior_api import log_prior
 
@@ -123,11 +130,14 @@ def evaluate(result, spec, train, test, x_train, x_test, dtype):
         return row, None
     params = jaxgmm.GMMParams(*(jnp.asarray(a, dtype) for a in result.params))
     n_samples, n_features = train.x.shape
-    train_ll = float(jaxgmm.mean_log_likelihood(x_train, params, spec))
+    train_ll, labels_train = (np.asarray(a) for a in _score(x_train, params, spec))
+    train_ll = float(train_ll)
     row["train_log_likelihood"] = train_ll
-    row["test_log_likelihood"] = (
-        None if test is None else float(jaxgmm.mean_log_likelihood(x_test, params, spec))
-    )
+    labels_test = None
+    row["test_log_likelihood"] = None
+    if test is not None:
+        test_ll, labels_test = (np.asarray(a) for a in _score(x_test, params, spec))
+        row["test_log_likelihood"] = float(test_ll)
     row["log_prior_total"] = None if spec.prior is None else float(log_prior(params, spec))
     n_params = jaxgmm.n_parameters(spec, n_features)
     row["n_parameters"] = n_params
@@ -135,12 +145,11 @@ def evaluate(result, spec, train, test, x_train, x_test, dtype):
         total = train_ll * n_samples
         row["bic"] = -2.0 * total + n_params * math.log(n_samples)
         row["aic"] = -2.0 * total + 2.0 * n_params
-    labels_train = _labels(x_train, params, spec)
     if train.labels is not None:
         row["ari"] = adjusted_rand_index(train.labels, labels_train)
         if test is not None:
-            row["ari_test"] = adjusted_rand_index(test.labels, _labels(x_test, params, spec))
-    covs = np.asarray(jaxgmm.covariances(params, spec.covariance_type))
+            row["ari_test"] = adjusted_rand_index(test.labels, labels_test)
+    covs = np.asarray(_covariances(params, spec.covariance_type))
     true = train.true_params
     if true is not None and np.shape(true["means"]) == np.shape(result.params.means):
         row["recovery"] = parameter_recovery_error(
@@ -158,10 +167,6 @@ def evaluate(result, spec, train, test, x_train, x_test, dtype):
 
 def model_selection(config, x_train, x_test, key, progress):
     """EM over the grid model_selection.n_components x covariance_types; rows of metrics."""
-    import jax
-
-    import jaxgmm
-
     grid = config["model_selection"]
     types = grid["covariance_types"] or [config["model"]["covariance_type"]]
     cells = [(cov, k) for cov in types for k in grid["n_components"]]
@@ -185,13 +190,11 @@ def model_selection(config, x_train, x_test, key, progress):
             rows.append(row)
             continue
         p = jaxgmm.n_parameters(spec, n_features)
-        ll = float(jaxgmm.mean_log_likelihood(x_train, fit.params, spec))
+        ll = float(_score(x_train, fit.params, spec)[0])
         row.update(
             n_parameters=p,
             train_log_likelihood=ll,
-            test_log_likelihood=None
-            if x_test is None
-            else float(jaxgmm.mean_log_likelihood(x_test, fit.params, spec)),
+            test_log_likelihood=None if x_test is None else float(_score(x_test, fit.params, spec)[0]),
             bic=-2.0 * ll * n_samples + p * math.log(n_samples),
             aic=-2.0 * ll * n_samples + 2.0 * p,
             n_iter=fit.n_iter,
@@ -236,10 +239,6 @@ def run_experiment(config, *, config_path, progress, animate=False):
         (metrics, files): metrics is the metrics.json dict; files maps file names to
         ("json" | "text" | "npz" | "traces" | "rows", payload) for `write_run`.
     """
-    import jax
-    import jax.numpy as jnp
-
-    import jaxgmm
     from experiments.datasets import load_dataset, prepare
 
     source = str(config_path)
@@ -285,7 +284,7 @@ def run_experiment(config, *, config_path, progress, animate=False):
     )  # fmt: skip
     npz = {f"init/{k}": np.asarray(v) for k, v in init._asdict().items()}
     npz["init/covariances"] = np.asarray(
-        jax.vmap(lambda p: jaxgmm.covariances(p, spec.covariance_type))(init)
+        jax.vmap(_covariances, in_axes=(0, None))(init, spec.covariance_type)
     )
 
     rows, traces, history, posterior = {}, {}, {}, {}
@@ -554,8 +553,6 @@ def main(argv=None):
     except ConfigError as error:
         print(f"error: invalid config\n{error}", file=sys.stderr)
         return 2
-
-    import jax
 
     if config["dtype"] == "float64" and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)

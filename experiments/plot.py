@@ -92,7 +92,9 @@ def plot_convergence(run, path):
         color = COLORS[i % len(COLORS)]
         bound_label = f"{method}: {t['bound_name']}"
         for ax, x in ((ax_iter, t["iteration"]), (ax_time, time_scale * t["elapsed_s"])):
-            ax.plot(x, t["log_likelihood"], "-", color=color, lw=1.8, label=f"{method}: log-likelihood")
+            ax.plot(
+                x, t["log_likelihood"], "-", color=color, lw=1.8, label=f"{method}: log-likelihood"
+            )
             ax.plot(x, t["bound"], "--", color=color, lw=1.4, label=bound_label)
         # Ignore the first iterate when choosing the y range, so that the approach
         # to the optimum stays visible after a poor start.
@@ -182,7 +184,11 @@ def _full(covariances, cov_type, n_components, n_features):
 def _component_densities(grid, weights, means, covariances):
     """(K, G) weighted 1-D normal densities on ``grid``."""
     var = np.asarray(covariances)[:, 0, 0][:, None]
-    return weights[:, None] * np.exp(-0.5 * (grid[None] - means[:, :1]) ** 2 / var) / np.sqrt(2 * np.pi * var)
+    return (
+        weights[:, None]
+        * np.exp(-0.5 * (grid[None] - means[:, :1]) ** 2 / var)
+        / np.sqrt(2 * np.pi * var)
+    )
 
 
 def _panels(run):
@@ -190,7 +196,9 @@ def _panels(run):
     panels = []
     init = results_io.group(run.params, "init")
     if init:
-        panels.append(("initial (shared)", init["weights"][0], init["means"][0], init["covariances"][0], None))
+        panels.append(
+            ("initial (shared)", init["weights"][0], init["means"][0], init["covariances"][0], None)
+        )
     for method in run.methods_with_params():
         p = results_io.group(run.params, method)
         row = run.metrics["methods"][method]
@@ -200,26 +208,35 @@ def _panels(run):
     true = results_io.group(run.data, "true")
     cov_type = run.metrics["spec"]["covariance_type"]
     n_features = run.data["x_train"].shape[1]
-    panels = [
-        (t, w, m, _full(c, cov_type, len(w), n_features), lab) for t, w, m, c, lab in panels
-    ]
+    panels = [(t, w, m, _full(c, cov_type, len(w), n_features), lab) for t, w, m, c, lab in panels]
     if true:
-        panels.append(("true parameters", true["weights"], true["means"], true["covariances"], run.data.get("labels_train")))
+        panels.append(
+            (
+                "true parameters",
+                true["weights"],
+                true["means"],
+                true["covariances"],
+                run.data.get("labels_train"),
+            )
+        )
     return panels
 
 
 def plot_clusters(run, path):
     x = run.data["x_train"]
-    cov_type = run.metrics["spec"]["covariance_type"]
     panels = _panels(run)
     n = len(panels)
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False, sharex=True, sharey=True
+    )
     if x.shape[1] == 1:
         grid = np.linspace(x.min() - 0.1 * np.ptp(x), x.max() + 0.1 * np.ptp(x), 600)
-        for ax, (title, w, m, c, _) in zip(axes.flat, panels):
-            heights, _, _ = ax.hist(x[:, 0], bins=40, density=True, color="0.85", label="data (train)")
+        for ax, (title, w, m, c, _) in zip(axes.flat, panels, strict=False):
+            heights, _, _ = ax.hist(
+                x[:, 0], bins=40, density=True, color="0.85", label="data (train)"
+            )
             comps = _component_densities(grid, w, m, c)
             ax.plot(grid, comps.sum(0), color="black", lw=3, alpha=0.35, label="mixture")
             for k in range(len(w)):
@@ -233,8 +250,10 @@ def plot_clusters(run, path):
         axes.flat[0].legend(fontsize=8)
     else:
         pair, names = _feature_pair(run)
-        for ax, (title, w, m, c, labels) in zip(axes.flat, panels):
-            colors = "0.6" if labels is None else np.asarray(COLORS)[np.asarray(labels) % len(COLORS)]
+        for ax, (title, w, m, c, labels) in zip(axes.flat, panels, strict=False):
+            colors = (
+                "0.6" if labels is None else np.asarray(COLORS)[np.asarray(labels) % len(COLORS)]
+            )
             ax.scatter(x[:, pair[0]], x[:, pair[1]], s=9, c=colors, alpha=0.55, linewidths=0)
             _ellipses(ax, np.asarray(m), np.asarray(c), pair, len(w))
             ax.set(title=title, xlabel=names[pair[0]], ylabel=names[pair[1]])
@@ -259,32 +278,63 @@ def plot_clusters(run, path):
 def plot_posterior(run, path):
     methods = sorted({k.split("/")[0] for k in run.posterior})
     points = run.methods_with_params()
-    reference_method = next((m for m in points if run.metrics["methods"][m].get("point_estimate")), None)
+    reference_method = next(
+        (m for m in points if run.metrics["methods"][m].get("point_estimate")), None
+    )
     fig, axes = plt.subplots(len(methods), 2, figsize=(12, 4 * len(methods)), squeeze=False)
     for row, method in enumerate(methods):
         draws = results_io.group(run.posterior, method)
         ax_ll, ax_mu = axes[row]
         if "log_likelihood" in draws:
-            ax_ll.hist(draws["log_likelihood"], bins=40, density=True, color="0.7", label=f"{method} posterior")
+            ax_ll.hist(
+                draws["log_likelihood"],
+                bins=40,
+                density=True,
+                color="0.7",
+                label=f"{method} posterior",
+            )
             for i, m in enumerate(points):
                 ll = run.metrics["methods"][m].get("train_log_likelihood")
                 if ll is not None:
                     ax_ll.axvline(ll, color=COLORS[i % len(COLORS)], lw=2, label=f"{m} estimate")
-            ax_ll.set(xlabel=f"log-likelihood ({UNITS})", ylabel="posterior density", title=f"{method}: log-likelihood")
+            ax_ll.set(
+                xlabel=f"log-likelihood ({UNITS})",
+                ylabel="posterior density",
+                title=f"{method}: log-likelihood",
+            )
             ax_ll.legend(fontsize=8)
         if "means" in draws:
             means = draws["means"]  # (S, K, D)
-            reference = (
-                run.params[f"{reference_method}/means"] if reference_method else means[0]
-            )
+            reference = run.params[f"{reference_method}/means"] if reference_method else means[0]
             relabelled = np.stack([d[match_components(reference, d)] for d in means])
             for k in range(means.shape[1]):
-                ax_mu.hist(relabelled[:, k, 0], bins=40, density=True, alpha=0.5, color=COLORS[k % len(COLORS)], label=f"component {k}")
+                ax_mu.hist(
+                    relabelled[:, k, 0],
+                    bins=40,
+                    density=True,
+                    alpha=0.5,
+                    color=COLORS[k % len(COLORS)],
+                    label=f"component {k}",
+                )
             for m in points:
-                for k, value in enumerate(run.params[f"{m}/means"][match_components(reference, run.params[f"{m}/means"]), 0]):
-                    ax_mu.axvline(value, color="black", lw=1.2, ls="--", label=f"{m} estimate" if k == 0 else None)
+                for k, value in enumerate(
+                    run.params[f"{m}/means"][
+                        match_components(reference, run.params[f"{m}/means"]), 0
+                    ]
+                ):
+                    ax_mu.axvline(
+                        value,
+                        color="black",
+                        lw=1.2,
+                        ls="--",
+                        label=f"{m} estimate" if k == 0 else None,
+                    )
             feature = str(run.data["feature_names"][0])
-            ax_mu.set(xlabel=f"mean of {feature} (relabelled to {reference_method or 'draw 0'})", ylabel="posterior density", title=f"{method}: component means")
+            ax_mu.set(
+                xlabel=f"mean of {feature} (relabelled to {reference_method or 'draw 0'})",
+                ylabel="posterior density",
+                title=f"{method}: component means",
+            )
             ax_mu.legend(fontsize=8)
     fig.suptitle(f"{run.title}: posterior draws vs point estimates")
     fig.tight_layout()
@@ -300,25 +350,62 @@ def plot_model_selection(run, path):
     held_out = any(r.get("test_log_likelihood") is not None for r in rows)
     fig, (ax_ic, ax_ll) = plt.subplots(1, 2, figsize=(12, 4.6))
     for i, cov in enumerate(types):
-        sel = sorted((r for r in rows if r["covariance_type"] == cov), key=lambda r: r["n_components"])
+        sel = sorted(
+            (r for r in rows if r["covariance_type"] == cov), key=lambda r: r["n_components"]
+        )
         k = [r["n_components"] for r in sel]
         color = COLORS[i % len(COLORS)]
         ax_ic.plot(k, [r["bic"] for r in sel], "o-", color=color, label=f"{cov}: BIC")
         ax_ic.plot(k, [r["aic"] for r in sel], "s--", color=color, mfc="none", label=f"{cov}: AIC")
-        ax_ll.plot(k, [r["train_log_likelihood"] for r in sel], "o--", color=color, mfc="none", label=f"{cov}: train")
+        ax_ll.plot(
+            k,
+            [r["train_log_likelihood"] for r in sel],
+            "o--",
+            color=color,
+            mfc="none",
+            label=f"{cov}: train",
+        )
         if held_out:
-            ax_ll.plot(k, [r["test_log_likelihood"] for r in sel], "o-", color=color, label=f"{cov}: held-out")
+            ax_ll.plot(
+                k,
+                [r["test_log_likelihood"] for r in sel],
+                "o-",
+                color=color,
+                label=f"{cov}: held-out",
+            )
     best = run.metrics["model_selection"].get("best_bic")
     if best:
-        r = next(r for r in rows if r["covariance_type"] == best["covariance_type"] and r["n_components"] == best["n_components"])
-        ax_ic.plot(r["n_components"], r["bic"], "*", color="black", ms=16, label=f"best BIC: {best['covariance_type']}, K={best['n_components']}")
-    ax_ic.set(xlabel="n_components K", ylabel="criterion (nats, total; lower is better)", title="BIC and AIC")
-    ax_ll.set(xlabel="n_components K", ylabel=f"log-likelihood ({UNITS})", title="train and held-out log-likelihood" if held_out else "train log-likelihood")
+        r = next(
+            r
+            for r in rows
+            if r["covariance_type"] == best["covariance_type"]
+            and r["n_components"] == best["n_components"]
+        )
+        ax_ic.plot(
+            r["n_components"],
+            r["bic"],
+            "*",
+            color="black",
+            ms=16,
+            label=f"best BIC: {best['covariance_type']}, K={best['n_components']}",
+        )
+    ax_ic.set(
+        xlabel="n_components K",
+        ylabel="criterion (nats, total; lower is better)",
+        title="BIC and AIC",
+    )
+    ax_ll.set(
+        xlabel="n_components K",
+        ylabel=f"log-likelihood ({UNITS})",
+        title="train and held-out log-likelihood" if held_out else "train log-likelihood",
+    )
     for ax in (ax_ic, ax_ll):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.suptitle(f"{run.metrics['name']}: model selection by EM on {run.metrics['data']['dataset']}")
+    fig.suptitle(
+        f"{run.metrics['name']}: model selection by EM on {run.metrics['data']['dataset']}"
+    )
     fig.tight_layout()
     _save(fig, path)
 
@@ -410,7 +497,9 @@ def main(argv=None):
         prog="python -m experiments.plot", description="Redraw a run's figures from its files."
     )
     parser.add_argument("folder", help="a run folder written by experiments.run")
-    parser.add_argument("--no-animate", action="store_true", help="skip the GIF even if history.npz exists")
+    parser.add_argument(
+        "--no-animate", action="store_true", help="skip the GIF even if history.npz exists"
+    )
     args = parser.parse_args(argv)
     try:
         written = plot_run(args.folder, animate=False if args.no_animate else None)

@@ -80,7 +80,9 @@ def progress_factory(enabled):
 
 
 def _method_key(root_key, name):
-    return jax.random.fold_in(jax.random.fold_in(root_key, 1), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+    return jax.random.fold_in(
+        jax.random.fold_in(root_key, 1), zlib.crc32(name.encode()) & 0x7FFFFFFF
+    )
 
 
 def build_prior(prior_config, source):
@@ -194,7 +196,9 @@ def model_selection(config, x_train, x_test, key, progress):
         row.update(
             n_parameters=p,
             train_log_likelihood=ll,
-            test_log_likelihood=None if x_test is None else float(_score(x_test, fit.params, spec)[0]),
+            test_log_likelihood=None
+            if x_test is None
+            else float(_score(x_test, fit.params, spec)[0]),
             bic=-2.0 * ll * n_samples + p * math.log(n_samples),
             aic=-2.0 * ll * n_samples + 2.0 * p,
             n_iter=fit.n_iter,
@@ -464,7 +468,9 @@ def format_table(metrics):
         )
         for r in grid["rows"]:
             if "error" in r:
-                lines.append(f"{r['covariance_type']:<10}  {r['n_components']:>3}  error: {r['error']}")
+                lines.append(
+                    f"{r['covariance_type']:<10}  {r['n_components']:>3}  error: {r['error']}"
+                )
                 continue
             lines.append(
                 f"{r['covariance_type']:<10}  {r['n_components']:>3}  {r['n_parameters']:>6}  "
@@ -472,10 +478,16 @@ def format_table(metrics):
                 f"{_fmt(r['test_log_likelihood'], '.5f'):>10}  {r['bic']:>10.2f}  "
                 f"{r['aic']:>10.2f}  {_fmt(r['converged'], ''):>4}"
             )
-        for key, label in (("best_bic", "BIC"), ("best_aic", "AIC"), ("best_test_log_likelihood", "held-out ll")):
+        for key, label in (
+            ("best_bic", "BIC"),
+            ("best_aic", "AIC"),
+            ("best_test_log_likelihood", "held-out ll"),
+        ):
             best = grid.get(key)
             if best:
-                lines.append(f"best by {label}: {best['covariance_type']}, K={best['n_components']}")
+                lines.append(
+                    f"best by {label}: {best['covariance_type']}, K={best['n_components']}"
+                )
     return "\n".join(lines)
 
 
@@ -486,9 +498,16 @@ def _is_nonempty_dir(path):
     return path.is_dir() and any(path.iterdir())
 
 
+class RunFolderExists(Exception):
+    pass
+
+
 @contextlib.contextmanager
-def staging_folder(target):
-    """A fresh sibling folder; on success it replaces ``target`` (old contents removed)."""
+def staging_folder(target, overwrite=False):
+    """A fresh sibling folder; on success it replaces ``target`` (old contents removed).
+
+    Raises RunFolderExists at the end, keeping ``target``, if ``target`` is a non-empty
+    folder and ``overwrite`` is false (checked again in case another run wrote it)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
@@ -500,6 +519,9 @@ def staging_folder(target):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if _is_nonempty_dir(target) and not overwrite:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RunFolderExists(str(target))
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -527,7 +549,9 @@ def build_parser():
         help="override a config value (YAML syntax), e.g. --set model.n_components=4; repeatable",
     )  # fmt: skip
     parser.add_argument("--x64", action="store_true", help="same as --dtype float64")
-    parser.add_argument("--dtype", choices=["float32", "float64"], help="override the config's dtype")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64"], help="override the config's dtype"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no table, no progress bars")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing non-empty run folder"
@@ -579,12 +603,18 @@ def main(argv=None):
     except ConfigError as error:
         print(f"error: invalid config\n{error}", file=sys.stderr)
         return 2
-    with staging_folder(output) as folder:
-        write_run(folder, files)
-        if not args.no_plots:
-            from experiments.plot import plot_run
+    try:
+        with staging_folder(output, overwrite=args.overwrite) as folder:
+            write_run(folder, files)
+            if not args.no_plots:
+                from experiments.plot import plot_run
 
-            plot_run(folder, animate=animate)
+                plot_run(folder, animate=animate)
+    except RunFolderExists:
+        print(
+            f"error: {output} was written by another run meanwhile; not replaced", file=sys.stderr
+        )
+        return 3
     if not args.quiet:
         print(format_table(metrics))
         print(f"\nresults written to {output}/")

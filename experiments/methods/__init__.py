@@ -16,7 +16,8 @@ its config block (``experiments.config.register_method_block``) and a line below
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class MethodResult:
             ``covariances`` (T+1, ...) of every iterate, when record_history is set.
     """
 
-    params: Optional[Any]
+    params: Any | None
     point_estimate: bool
     iteration: np.ndarray
     log_likelihood: np.ndarray
@@ -77,11 +78,11 @@ class MethodResult:
     compile_s: float
     fit_s: float
     n_iter: int
-    converged: Optional[bool]
+    converged: bool | None
     degeneracies: list = dataclasses.field(default_factory=list)
     extra: dict = dataclasses.field(default_factory=dict)
-    posterior: Optional[dict] = None
-    history: Optional[dict] = None
+    posterior: dict | None = None
+    history: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,11 @@ def result_from_fit(fit, point_estimate=True, extra=None, history=None):
         converged=bool(fit.converged),
         degeneracies=[d._asdict() for d in fit.degeneracies],
         extra={
-            **({} if fit.nonfinite_iteration is None else {"nonfinite_iteration": fit.nonfinite_iteration}),
+            **(
+                {}
+                if fit.nonfinite_iteration is None
+                else {"nonfinite_iteration": fit.nonfinite_iteration}
+            ),
             **(extra or {}),
         },
         history=history,

@@ -13,7 +13,7 @@ import jaxgmm
 from experiments.methods import Method, MethodResult, result_from_fit  # noqa: F401
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _history_function(fitter, spec, n_iter):
     def history(params, x):
         def body(state, _):
@@ -72,4 +72,6 @@ def run(context):
     return result_from_fit(fit, point_estimate=True, history=history)
 
 
-METHOD = Method(name="em", run=run, doc="expectation-maximisation (ML, or MAP with a conjugate prior)")
+METHOD = Method(
+    name="em", run=run, doc="expectation-maximisation (ML, or MAP with a conjugate prior)"
+)

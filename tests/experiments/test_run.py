@@ -34,7 +34,7 @@ def _scipy_mean_log_likelihood(x, weights, means, covariances):
     log_parts = np.stack(
         [
             np.log(w) + multivariate_normal(m, c).logpdf(x)
-            for w, m, c in zip(weights, means, covariances)
+            for w, m, c in zip(weights, means, covariances, strict=True)
         ],
         axis=1,
     )
@@ -76,8 +76,13 @@ def test_metrics_agree_with_traces_and_params(smoke_run):
 
     # The final log-likelihood, recomputed with SciPy from the saved files.
     weights, means, covs = (params[f"em/{k}"] for k in ("weights", "means", "covariances"))
-    for x, key in ((data["x_train"], "train_log_likelihood"), (data["x_test"], "test_log_likelihood")):
-        assert row[key] == pytest.approx(_scipy_mean_log_likelihood(x, weights, means, covs), abs=1e-9)
+    for x, key in (
+        (data["x_train"], "train_log_likelihood"),
+        (data["x_test"], "test_log_likelihood"),
+    ):
+        assert row[key] == pytest.approx(
+            _scipy_mean_log_likelihood(x, weights, means, covs), abs=1e-9
+        )
 
     # BIC / AIC from an independent parameter count (full covariances).
     n, d = data["x_train"].shape
@@ -174,14 +179,20 @@ def test_float32_run(tmp_path):
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["dtype"] == "float32"
     row = metrics["methods"]["em"]
-    assert all(math.isfinite(row[k]) for k in ("train_log_likelihood", "test_log_likelihood", "bic"))
+    assert all(
+        math.isfinite(row[k]) for k in ("train_log_likelihood", "test_log_likelihood", "bic")
+    )
     assert results_io.read_npz(folder / "params.npz")["em/means"].dtype == np.float32
 
 
 BROKEN = [
     ("model:\n  n_components: three\n", [], "model.n_components: expected int"),
     ("em:\n  max_iters: 5\n", [], "em.max_iters: unknown key; did you mean 'max_iter'?"),
-    ("", ["--set", "model.covariance_type=ful"], "model.covariance_type (from --set): expected one of"),
+    (
+        "",
+        ["--set", "model.covariance_type=ful"],
+        "model.covariance_type (from --set): expected one of",
+    ),
     ("", ["--methods", "em,nope"], "methods (from --set): expected one of"),
     ("plot:\n  features: [x0, height]\n", [], "plot.features: no feature(s) ['height']"),
     ("model:\n  n_components: 500\n", [], "model.n_components: 500 components but only"),

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+import jaxgmm
 from experiments.datasets import DATASET_OPTIONS, DATASETS
 
 
@@ -97,6 +98,14 @@ def _as_str_list(value):
     return list(value)
 
 
+def _as_int_list(value):
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise _Invalid
+    return list(value)
+
+
 # Converters from parsed YAML to the field's Python value; raise _Invalid on a wrong type.
 TYPES = {
     "int": _as_int,
@@ -104,6 +113,7 @@ TYPES = {
     "bool": _exact(bool),
     "str": _exact(str),
     "list[str]": _as_str_list,
+    "list[int]": _as_int_list,
     "mapping": _exact(dict),
 }
 
@@ -186,6 +196,28 @@ def _check_methods(value):
     return None
 
 
+def _check_grid_sizes(value):
+    if not value:
+        return "expected a non-empty list of ints >= 1"
+    if any(v < 1 for v in value):
+        return f"expected ints >= 1, got {value!r}"
+    return None
+
+
+def _check_covariance_types(value):
+    errors = [one_of(lambda: jaxgmm.COVARIANCE_FAMILIES)(v) for v in value]
+    errors = [e for e in errors if e]
+    if errors:
+        return "; ".join(errors)
+    return None if value else "expected a non-empty list"
+
+
+def _check_feature_pair(value):
+    if len(value) != 2:
+        return f"expected two feature names, got {value!r}"
+    return None
+
+
 # --------------------------------------------------------------------------- schema
 
 _synthetic = DATASET_OPTIONS["synthetic"]
@@ -251,7 +283,7 @@ SCHEMA = {
     "model": {
         "n_components": Field(REQUIRED, "int", at_least(1), "number of mixture components"),
         "covariance_type": Field(
-            "full", "str", one_of(["full", "tied", "diag", "spherical"]), "covariance family"
+            "full", "str", one_of(lambda: jaxgmm.COVARIANCE_FAMILIES), "covariance family"
         ),
         "reg_covar": Field(1.0e-6, "float", greater_than(0), "added to covariance diagonals"),
         "prior": Field(
@@ -266,10 +298,36 @@ SCHEMA = {
         "method": Field(
             "kmeans",
             "str",
-            one_of(["kmeans", "k-means++", "random", "random_from_data"]),
-            "initialisation",
+            one_of(lambda: jaxgmm.INITIALIZERS),
+            "initialiser (a key of jaxgmm.INITIALIZERS); every method starts from its result",
         ),
         "n_init": Field(1, "int", at_least(1), "number of initialisations; the best is kept"),
+    },
+    "model_selection": {
+        "n_components": Field(
+            None,
+            "list[int]",
+            _check_grid_sizes,
+            "grid of n_components for an EM model-selection sweep (null: no sweep)",
+            nullable=True,
+        ),
+        "covariance_types": Field(
+            None,
+            "list[str]",
+            _check_covariance_types,
+            "covariance types of the sweep (null: model.covariance_type only)",
+            nullable=True,
+        ),
+    },
+    "plot": {
+        "features": Field(
+            None,
+            "list[str]",
+            _check_feature_pair,
+            "two feature names for the cluster plot (null: the first two)",
+            nullable=True,
+        ),
+        "animate": Field(False, "bool", None, "also draw a GIF of EM's ellipses (--animate)"),
     },
     "methods": Field(
         ["em"],

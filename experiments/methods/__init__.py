@@ -1,0 +1,138 @@
+"""The fitting methods the runner can compare, one registry entry per method.
+
+Each method lives in its own small module and registers a `Method` in ``METHODS``:
+``run(context) -> MethodResult``. The runner builds one `MethodContext` per method (the
+shared data, spec and initial parameters), so every method starts from the same
+`GMMParams`, and it computes every metric that only needs the final parameters (train
+and held-out log-likelihood from the shared density, BIC/AIC, ARI, recovery error)
+itself, uniformly; a method reports only what it alone knows (its trace, timings, bound,
+diagnostics, posterior draws).
+
+Planned entries (added when their fitters are merged): ``gradient`` (issue 4),
+``svi`` and ``nuts`` (issue 5), ``vb``. Adding one is a module with a ``run`` function,
+its config block (``experiments.config.register_method_block``) and a line below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+    """What the runner hands to a method.
+
+    Attributes:
+        key: PRNG key of this method (derived from the config's seed and the method name).
+        x: jax array of shape (n_samples, n_features), the training data in the run's dtype.
+        spec: the `GMMSpec` of the run.
+        init_params: `GMMParams` with a leading (n_init,) restart axis, shared by all methods.
+        settings: the method's resolved config block (a dict).
+        progress: ``progress(total, desc) -> bar`` with ``bar.update_to(n, **postfix)`` and
+            ``bar.close()``; a no-op bar when progress is off.
+        record_history: whether to return per-iteration parameters (for the animation).
+    """
+
+    key: Any
+    x: Any
+    spec: Any
+    init_params: Any
+    settings: dict
+    progress: Callable
+    record_history: bool = False
+
+
+@dataclasses.dataclass
+class MethodResult:
+    """Uniform output of every method (host numpy values only).
+
+    Attributes:
+        params: final `GMMParams` of numpy arrays (a point estimate, or the posterior
+            summary the method reports, e.g. a posterior mean), or None.
+        point_estimate: whether ``params`` is an ML/MAP estimate, for which BIC and AIC
+            are reported.
+        iteration, log_likelihood, bound, elapsed_s: per-iteration trace, arrays of shape
+            (n_iter,); log_likelihood and bound per sample.
+        bound_name: what ``bound`` is ("em_bound", "elbo", "log_joint", ...).
+        compile_s, fit_s: seconds compiling and running.
+        n_iter: iterations (or samples) performed; converged: bool or None.
+        degeneracies: list of dicts (component, kind, first_iteration, value).
+        extra: further scalar metrics (e.g. r_hat_max, is_log_marginal), JSON-able.
+        posterior: None or a dict of draws, e.g. ``weights`` (S, K), ``means`` (S, K, D),
+            ``log_likelihood`` (S,) per sample.
+        history: None or a dict with ``weights`` (T+1, K), ``means`` (T+1, K, D),
+            ``covariances`` (T+1, ...) of every iterate, when record_history is set.
+    """
+
+    params: Any | None
+    point_estimate: bool
+    iteration: np.ndarray
+    log_likelihood: np.ndarray
+    bound: np.ndarray
+    elapsed_s: np.ndarray
+    bound_name: str
+    compile_s: float
+    fit_s: float
+    n_iter: int
+    converged: bool | None
+    degeneracies: list = dataclasses.field(default_factory=list)
+    extra: dict = dataclasses.field(default_factory=dict)
+    posterior: dict | None = None
+    history: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registry entry: ``run(context) -> MethodResult`` and a one-line description."""
+
+    name: str
+    run: Callable[[MethodContext], MethodResult]
+    doc: str
+
+
+def result_from_fit(fit, point_estimate=True, extra=None, history=None):
+    """`MethodResult` from a `jaxgmm.FitResult` of the driver (any fitter)."""
+    import jax
+
+    trace = fit.trace
+    return MethodResult(
+        params=jax.tree_util.tree_map(np.asarray, fit.params),
+        point_estimate=point_estimate,
+        iteration=np.asarray(trace.iteration),
+        log_likelihood=np.asarray(trace.log_likelihood, dtype=np.float64),
+        bound=np.asarray(trace.bound, dtype=np.float64),
+        elapsed_s=np.asarray(trace.elapsed_s, dtype=np.float64),
+        bound_name=fit.bound_name,
+        compile_s=float(fit.compile_s),
+        fit_s=float(fit.run_s),
+        n_iter=int(fit.n_iter),
+        converged=bool(fit.converged),
+        degeneracies=[d._asdict() for d in fit.degeneracies],
+        extra={
+            **(
+                {}
+                if fit.nonfinite_iteration is None
+                else {"nonfinite_iteration": fit.nonfinite_iteration}
+            ),
+            **(extra or {}),
+        },
+        history=history,
+    )
+
+
+def _registry():
+    from experiments.methods import em
+
+    methods = {"em": em.METHOD}
+    # Slots filled when the fitters land on main:
+    #   "gradient": experiments.methods.gradient.METHOD  (issue 4)
+    #   "svi", "nuts": experiments.methods.numpyro_methods  (issue 5)
+    #   "vb": the variational fitter
+    return methods
+
+
+METHODS = _registry()

@@ -1,0 +1,77 @@
+"""EM via the core driver: `jaxgmm.em_fitter` + `jaxgmm.run_fitter` from the shared
+initial parameters. The ``em`` config block (max_iter, tol) is in experiments.config."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax import lax
+
+import jaxgmm
+from experiments.methods import Method, MethodResult, result_from_fit  # noqa: F401
+
+
+@functools.cache
+def _history_function(fitter, spec, n_iter):
+    def history(params, x):
+        def body(state, _):
+            state, _ = fitter.step(jax.random.key(0), state, x)
+            return state, fitter.get_params(state)
+
+        _, iterates = lax.scan(body, fitter.init(params, x), None, length=n_iter)
+        return iterates
+
+    return jax.jit(history)
+
+
+def em_history(fitter, spec, x, params, n_iter):
+    """Parameters of every EM iterate theta_0..theta_n_iter, re-running EM from
+    ``params`` (deterministic, so it retraces the fit exactly)."""
+    iterates = _history_function(fitter, spec, int(n_iter))(params, x)
+    stacked = jax.tree_util.tree_map(
+        lambda first, rest: np.concatenate([np.asarray(first)[None], np.asarray(rest)]),
+        params,
+        iterates,
+    )
+    stacked = jaxgmm.GMMParams(*stacked)
+    return {
+        "weights": stacked.weights,
+        "means": stacked.means,
+        "covariances": np.asarray(
+            jax.vmap(lambda p: jaxgmm.covariances(p, spec.covariance_type))(stacked)
+        ),
+    }
+
+
+def run(context):
+    settings = context.settings
+    fitter = jaxgmm.em_fitter(context.spec, float(settings["tol"]))
+    bar = context.progress(settings["max_iter"], "em")
+
+    def callback(done, infos):
+        bar.update_to(done)
+
+    try:
+        fit = jaxgmm.run_fitter(
+            fitter,
+            context.key,
+            context.x,
+            context.init_params,
+            context.spec,
+            max_iter=settings["max_iter"],
+            callback=callback,
+        )
+    finally:
+        bar.close()
+    history = None
+    if context.record_history:
+        start = jax.tree_util.tree_map(lambda a: a[fit.best_restart], context.init_params)
+        history = em_history(fitter, context.spec, context.x, start, fit.n_iter)
+    return result_from_fit(fit, point_estimate=True, history=history)
+
+
+METHOD = Method(
+    name="em", run=run, doc="expectation-maximisation (ML, or MAP with a conjugate prior)"
+)

@@ -1,0 +1,515 @@
+"""Figures of a run, drawn from its files only: ``python -m experiments.plot results/iris``.
+
+Reads config.yaml, metrics.json, traces.csv, params.npz, data.npz and, when present,
+history.npz, posterior.npz; never refits. Figures (PNG, written atomically):
+
+- ``convergence.png``: log-likelihood per sample (solid) and each method's bound (dashed)
+  against iteration and against wall time on shared axes, and EM's bound gap
+  log p(X | theta_{t+1}) - L(q_t, theta_{t+1}) (>= 0, log scale).
+- ``clusters.png``: data with each component's 1- and 2-sigma ellipses, one panel per
+  method (plus the shared initialisation and, for generated data, the truth); for 1-D
+  data, component densities over a histogram.
+- ``posterior.png``: for methods with posterior draws (NUTS), the posterior of the
+  log-likelihood per sample and of the relabelled means next to the point estimates.
+- ``model_selection.png``: BIC/AIC and held-out log-likelihood over the grid.
+- ``em_animation.gif``: EM's ellipses over iterations (only when history.npz exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from matplotlib.patches import Ellipse  # noqa: E402
+
+from experiments import results_io  # noqa: E402
+from experiments.datasets import _full_covariances, match_components  # noqa: E402
+
+UNITS = "nats per sample"
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _save(fig, path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    with results_io.atomic_open(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+class Run:
+    """The files of a run folder, loaded once."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        if not (self.folder / "metrics.json").is_file():
+            raise FileNotFoundError(f"{self.folder}: no metrics.json (not a finished run folder)")
+        self.metrics = results_io.read_json(self.folder / "metrics.json")
+        self.config = yaml.safe_load((self.folder / "config.yaml").read_text())
+        self.traces = results_io.read_traces(self.folder / "traces.csv")
+        self.params = results_io.read_npz(self.folder / "params.npz")
+        self.data = results_io.read_npz(self.folder / "data.npz")
+        self.history = results_io.read_npz(self.folder / "history.npz")
+        self.posterior = results_io.read_npz(self.folder / "posterior.npz")
+
+    @property
+    def title(self):
+        m = self.metrics
+        spec = m["spec"]
+        return (
+            f"{m['name']}: {m['data']['dataset']}, K={spec['n_components']} "
+            f"{spec['covariance_type']}, n={m['data']['n_train']}"
+        )
+
+    def methods_with_params(self):
+        return [m for m in self.metrics["methods"] if f"{m}/means" in self.params]
+
+
+# ------------------------------------------------------------------ convergence
+
+
+def plot_convergence(run, path):
+    traces = run.traces
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax_iter, ax_time, ax_gap = axes
+    ax_time.sharey(ax_iter)
+    lows = []
+    longest = max((t["elapsed_s"][-1] for t in traces.values() if len(t["elapsed_s"])), default=0)
+    time_scale, time_unit = (1e3, "ms") if longest < 1 else (1.0, "s")
+    for i, (method, t) in enumerate(traces.items()):
+        if not len(t["iteration"]):
+            continue
+        color = COLORS[i % len(COLORS)]
+        bound_label = f"{method}: {t['bound_name']}"
+        for ax, x in ((ax_iter, t["iteration"]), (ax_time, time_scale * t["elapsed_s"])):
+            ax.plot(
+                x, t["log_likelihood"], "-", color=color, lw=1.8, label=f"{method}: log-likelihood"
+            )
+            ax.plot(x, t["bound"], "--", color=color, lw=1.4, label=bound_label)
+        # Ignore the first iterate when choosing the y range, so that the approach
+        # to the optimum stays visible after a poor start.
+        skip = min(1, len(t["iteration"]) - 1)
+        lows.append(np.nanmin(np.concatenate([t["log_likelihood"][skip:], t["bound"][skip:]])))
+        if t["bound_name"] == "em_bound" and len(t["iteration"]) > 1:
+            # bound_t = L(q_t, theta_{t+1}); log-likelihood of theta_{t+1} is the next row.
+            ll_next = t["log_likelihood"][1:]
+            gap = ll_next - t["bound"][:-1]
+            floor = 1e-16
+            ax_gap.semilogy(
+                t["iteration"][:-1], np.maximum(gap, floor), "-", color=color,
+                label=f"{method}: log p(X|θ_t+1) − bound",
+            )  # fmt: skip
+            ax_gap.semilogy(
+                t["iteration"][:-1], np.maximum(ll_next - t["log_likelihood"][:-1], floor), ":",
+                color=color, label=f"{method}: log-likelihood gain",
+            )  # fmt: skip
+    highs = [
+        max(np.nanmax(t["log_likelihood"]), np.nanmax(t["bound"]))
+        for t in traces.values()
+        if len(t["iteration"])
+    ]
+    if lows and highs:
+        low, high = min(lows), max(highs)
+        pad = 0.05 * max(high - low, 1e-6)
+        ax_iter.set_ylim(low - pad, high + pad)
+    ax_iter.set(xlabel="iteration", ylabel=f"per-sample value ({UNITS})", title="against iteration")
+    ax_time.set(xlabel=f"wall time ({time_unit}, compile excluded)", title="against wall time")
+    for ax in (ax_iter, ax_time):
+        ax.ticklabel_format(axis="y", useOffset=False)
+    ax_gap.set(
+        xlabel="iteration", ylabel=f"{UNITS} (log scale)",
+        title="EM bound gap (KL of q_t from the posterior) and gain",
+    )  # fmt: skip
+    if not ax_gap.lines:
+        ax_gap.text(0.5, 0.5, "no EM trace", ha="center", va="center", transform=ax_gap.transAxes)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    ax_iter.legend(fontsize=8, loc="lower right")
+    if ax_gap.lines:
+        ax_gap.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{run.title}: log-likelihood (solid) and bound (dashed)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------------- clusters
+
+
+def _feature_names(run):
+    suffix = " (standardised)" if run.metrics["data"].get("standardized") else ""
+    return [str(n) + suffix for n in run.data["feature_names"]]
+
+
+def _feature_pair(run):
+    names = _feature_names(run)
+    raw = [str(n) for n in run.data["feature_names"]]
+    chosen = (run.config.get("plot") or {}).get("features")
+    if chosen:
+        return [raw.index(c) for c in chosen], names
+    return [0, 1], names
+
+
+def _ellipses(ax, means, covariances, pair, n_components, alpha=1.0):
+    for k in range(n_components):
+        cov = covariances[k][np.ix_(pair, pair)]
+        values, vectors = np.linalg.eigh(cov)
+        angle = math.degrees(math.atan2(vectors[1, 1], vectors[0, 1]))
+        color = COLORS[k % len(COLORS)]
+        for n_sigma, style in ((1, "-"), (2, "--")):
+            width, height = 2 * n_sigma * np.sqrt(np.maximum(values[::-1], 0))
+            ax.add_patch(
+                Ellipse(
+                    means[k, pair], width, height, angle=angle, fill=False, edgecolor=color,
+                    linestyle=style, lw=1.6, alpha=alpha,
+                )
+            )  # fmt: skip
+        ax.plot(*means[k, pair], "x", color="black", ms=8, mew=2)
+
+
+def _full(covariances, cov_type, n_components, n_features):
+    """Covariances of any family as (n_components, n_features, n_features)."""
+    return _full_covariances(covariances, cov_type, n_components, n_features)
+
+
+def _component_densities(grid, weights, means, covariances):
+    """(K, G) weighted 1-D normal densities on ``grid``."""
+    var = np.asarray(covariances)[:, 0, 0][:, None]
+    return (
+        weights[:, None]
+        * np.exp(-0.5 * (grid[None] - means[:, :1]) ** 2 / var)
+        / np.sqrt(2 * np.pi * var)
+    )
+
+
+def _panels(run):
+    """(title, weights, means, covariances, labels) for init, every method, the truth."""
+    panels = []
+    init = results_io.group(run.params, "init")
+    if init:
+        panels.append(
+            ("initial (shared)", init["weights"][0], init["means"][0], init["covariances"][0], None)
+        )
+    for method in run.methods_with_params():
+        p = results_io.group(run.params, method)
+        row = run.metrics["methods"][method]
+        ll = row.get("train_log_likelihood")
+        title = method + ("" if ll is None else f"\ntrain ll {ll:.4f} {UNITS}")
+        panels.append((title, p["weights"], p["means"], p["covariances"], p["labels_train"]))
+    true = results_io.group(run.data, "true")
+    cov_type = run.metrics["spec"]["covariance_type"]
+    n_features = run.data["x_train"].shape[1]
+    panels = [(t, w, m, _full(c, cov_type, len(w), n_features), lab) for t, w, m, c, lab in panels]
+    if true:
+        panels.append(
+            (
+                "true parameters",
+                true["weights"],
+                true["means"],
+                true["covariances"],
+                run.data.get("labels_train"),
+            )
+        )
+    return panels
+
+
+def plot_clusters(run, path):
+    x = run.data["x_train"]
+    panels = _panels(run)
+    n = len(panels)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False, sharex=True, sharey=True
+    )
+    if x.shape[1] == 1:
+        grid = np.linspace(x.min() - 0.1 * np.ptp(x), x.max() + 0.1 * np.ptp(x), 600)
+        for ax, (title, w, m, c, _) in zip(axes.flat, panels, strict=False):
+            heights, _, _ = ax.hist(
+                x[:, 0], bins=40, density=True, color="0.85", label="data (train)"
+            )
+            comps = _component_densities(grid, w, m, c)
+            ax.plot(grid, comps.sum(0), color="black", lw=3, alpha=0.35, label="mixture")
+            for k in range(len(w)):
+                color = COLORS[k % len(COLORS)]
+                ax.plot(grid, comps[k], color=color, lw=1.4, label=f"component {k}")
+                ax.axvline(m[k, 0], color=color, lw=1, ls=":")
+            # Components at the reg_covar floor (one-point initialisations) are spikes;
+            # keep the histogram's scale.
+            ax.set_ylim(0, 1.35 * heights.max())
+            ax.set(title=title, xlabel=_feature_names(run)[0], ylabel="density")
+        axes.flat[0].legend(fontsize=8)
+    else:
+        pair, names = _feature_pair(run)
+        for ax, (title, w, m, c, labels) in zip(axes.flat, panels, strict=False):
+            colors = (
+                "0.6" if labels is None else np.asarray(COLORS)[np.asarray(labels) % len(COLORS)]
+            )
+            ax.scatter(x[:, pair[0]], x[:, pair[1]], s=9, c=colors, alpha=0.55, linewidths=0)
+            _ellipses(ax, np.asarray(m), np.asarray(c), pair, len(w))
+            ax.set(title=title, xlabel=names[pair[0]], ylabel=names[pair[1]])
+        from matplotlib.lines import Line2D
+
+        handles = [
+            Line2D([], [], color="black", ls="-", label="1 sigma"),
+            Line2D([], [], color="black", ls="--", label="2 sigma"),
+            Line2D([], [], color="black", marker="x", ls="", label="mean"),
+        ]
+        axes.flat[0].legend(handles=handles, fontsize=8, loc="best")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(f"{run.title}: components per method (colours: assigned component)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------- posterior
+
+
+def plot_posterior(run, path):
+    methods = sorted({k.split("/")[0] for k in run.posterior})
+    points = run.methods_with_params()
+    reference_method = next(
+        (m for m in points if run.metrics["methods"][m].get("point_estimate")), None
+    )
+    fig, axes = plt.subplots(len(methods), 2, figsize=(12, 4 * len(methods)), squeeze=False)
+    for row, method in enumerate(methods):
+        draws = results_io.group(run.posterior, method)
+        ax_ll, ax_mu = axes[row]
+        if "log_likelihood" in draws:
+            ax_ll.hist(
+                draws["log_likelihood"],
+                bins=40,
+                density=True,
+                color="0.7",
+                label=f"{method} posterior",
+            )
+            for i, m in enumerate(points):
+                ll = run.metrics["methods"][m].get("train_log_likelihood")
+                if ll is not None:
+                    ax_ll.axvline(ll, color=COLORS[i % len(COLORS)], lw=2, label=f"{m} estimate")
+            ax_ll.set(
+                xlabel=f"log-likelihood ({UNITS})",
+                ylabel="posterior density",
+                title=f"{method}: log-likelihood",
+            )
+            ax_ll.legend(fontsize=8)
+        if "means" in draws:
+            means = draws["means"]  # (S, K, D)
+            reference = run.params[f"{reference_method}/means"] if reference_method else means[0]
+            relabelled = np.stack([d[match_components(reference, d)] for d in means])
+            for k in range(means.shape[1]):
+                ax_mu.hist(
+                    relabelled[:, k, 0],
+                    bins=40,
+                    density=True,
+                    alpha=0.5,
+                    color=COLORS[k % len(COLORS)],
+                    label=f"component {k}",
+                )
+            for m in points:
+                for k, value in enumerate(
+                    run.params[f"{m}/means"][
+                        match_components(reference, run.params[f"{m}/means"]), 0
+                    ]
+                ):
+                    ax_mu.axvline(
+                        value,
+                        color="black",
+                        lw=1.2,
+                        ls="--",
+                        label=f"{m} estimate" if k == 0 else None,
+                    )
+            feature = str(run.data["feature_names"][0])
+            ax_mu.set(
+                xlabel=f"mean of {feature} (relabelled to {reference_method or 'draw 0'})",
+                ylabel="posterior density",
+                title=f"{method}: component means",
+            )
+            ax_mu.legend(fontsize=8)
+    fig.suptitle(f"{run.title}: posterior draws vs point estimates")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# --------------------------------------------------------------- model selection
+
+
+def plot_model_selection(run, path):
+    rows = [r for r in run.metrics["model_selection"]["rows"] if "error" not in r]
+    types = list(dict.fromkeys(r["covariance_type"] for r in rows))
+    held_out = any(r.get("test_log_likelihood") is not None for r in rows)
+    fig, (ax_ic, ax_ll) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for i, cov in enumerate(types):
+        sel = sorted(
+            (r for r in rows if r["covariance_type"] == cov), key=lambda r: r["n_components"]
+        )
+        k = [r["n_components"] for r in sel]
+        color = COLORS[i % len(COLORS)]
+        ax_ic.plot(k, [r["bic"] for r in sel], "o-", color=color, label=f"{cov}: BIC")
+        ax_ic.plot(k, [r["aic"] for r in sel], "s--", color=color, mfc="none", label=f"{cov}: AIC")
+        ax_ll.plot(
+            k,
+            [r["train_log_likelihood"] for r in sel],
+            "o--",
+            color=color,
+            mfc="none",
+            label=f"{cov}: train",
+        )
+        if held_out:
+            ax_ll.plot(
+                k,
+                [r["test_log_likelihood"] for r in sel],
+                "o-",
+                color=color,
+                label=f"{cov}: held-out",
+            )
+    best = run.metrics["model_selection"].get("best_bic")
+    if best:
+        r = next(
+            r
+            for r in rows
+            if r["covariance_type"] == best["covariance_type"]
+            and r["n_components"] == best["n_components"]
+        )
+        ax_ic.plot(
+            r["n_components"],
+            r["bic"],
+            "*",
+            color="black",
+            ms=16,
+            label=f"best BIC: {best['covariance_type']}, K={best['n_components']}",
+        )
+    ax_ic.set(
+        xlabel="n_components K",
+        ylabel="criterion (nats, total; lower is better)",
+        title="BIC and AIC",
+    )
+    ax_ll.set(
+        xlabel="n_components K",
+        ylabel=f"log-likelihood ({UNITS})",
+        title="train and held-out log-likelihood" if held_out else "train log-likelihood",
+    )
+    for ax in (ax_ic, ax_ll):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(
+        f"{run.metrics['name']}: model selection by EM on {run.metrics['data']['dataset']}"
+    )
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------- animation
+
+
+def animate_em(run, path, method="em", max_frames=60):
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    hist = results_io.group(run.history, method)
+    x = run.data["x_train"]
+    n_frames_total = hist["means"].shape[0]
+    frames = np.unique(np.round(np.geomspace(1, n_frames_total, max_frames)).astype(int) - 1)
+    cov_type = run.metrics["spec"]["covariance_type"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    one_d = x.shape[1] == 1
+    pair, names = ([0], None) if one_d else _feature_pair(run)
+
+    def draw(frame):
+        ax.clear()
+        w, m = hist["weights"][frame], hist["means"][frame]
+        c = _full(hist["covariances"][frame], cov_type, len(w), x.shape[1])
+        if one_d:
+            grid = np.linspace(x.min(), x.max(), 400)
+            heights, _, _ = ax.hist(x[:, 0], bins=40, density=True, color="0.85")
+            for k, density in enumerate(_component_densities(grid, w, m, c)):
+                ax.plot(grid, density, color=COLORS[k % len(COLORS)])
+                ax.axvline(m[k, 0], color=COLORS[k % len(COLORS)], lw=1, ls=":")
+            ax.set_ylim(0, 1.35 * heights.max())
+            ax.set(xlabel=_feature_names(run)[0], ylabel="density")
+        else:
+            ax.scatter(x[:, pair[0]], x[:, pair[1]], s=8, c="0.6", alpha=0.6, linewidths=0)
+            _ellipses(ax, m, c, pair, len(w))
+            ax.set(xlabel=names[pair[0]], ylabel=names[pair[1]])
+        what = "component densities" if one_d else "1 and 2 sigma ellipses"
+        ax.set_title(f"{run.metrics['name']}: {method}, iteration {frame} ({what})")
+        return ()
+
+    if not one_d:
+        pad = 0.15 * np.ptp(x[:, pair], axis=0)
+        lims = (x[:, pair].min(0) - pad, x[:, pair].max(0) + pad)
+
+        def draw_fixed(frame):
+            draw(frame)
+            ax.set_xlim(lims[0][0], lims[1][0])
+            ax.set_ylim(lims[0][1], lims[1][1])
+            return ()
+    else:
+        draw_fixed = draw
+    animation = FuncAnimation(fig, draw_fixed, frames=frames, blit=False)
+    tmp = path.parent / f".{path.name}.tmp.gif"
+    animation.save(tmp, writer=PillowWriter(fps=6))
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------- all
+
+
+def plot_run(folder, animate=None):
+    """Draw every figure of a run folder from its files; returns the paths written.
+
+    Args:
+        folder: the run folder.
+        animate: draw em_animation.gif; None means whenever history.npz is present.
+    """
+    run = Run(folder)
+    written = []
+    if run.traces:
+        written.append(run.folder / "convergence.png")
+        plot_convergence(run, written[-1])
+    written.append(run.folder / "clusters.png")
+    plot_clusters(run, written[-1])
+    if run.posterior:
+        written.append(run.folder / "posterior.png")
+        plot_posterior(run, written[-1])
+    if run.metrics.get("model_selection"):
+        written.append(run.folder / "model_selection.png")
+        plot_model_selection(run, written[-1])
+    if (animate is None or animate) and results_io.group(run.history, "em"):
+        written.append(run.folder / "em_animation.gif")
+        animate_em(run, written[-1])
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.plot", description="Redraw a run's figures from its files."
+    )
+    parser.add_argument("folder", help="a run folder written by experiments.run")
+    parser.add_argument(
+        "--no-animate", action="store_true", help="skip the GIF even if history.npz exists"
+    )
+    args = parser.parse_args(argv)
+    try:
+        written = plot_run(args.folder, animate=False if args.no_animate else None)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

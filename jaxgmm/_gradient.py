@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-import numbers
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +55,7 @@ class OptimizerEntry(NamedTuple):
     """
 
     build: Callable[..., Any]
-    default_learning_rate: Optional[float]
+    default_learning_rate: float | None
     line_search: bool
 
 
@@ -215,11 +215,11 @@ def gradient_fitter(
     spec,
     optimizer: str = "lbfgs",
     *,
-    learning_rate: Optional[float] = None,
-    schedule: Optional[str] = None,
+    learning_rate: float | None = None,
+    schedule: str | None = None,
     schedule_steps: int = 1000,
     optimizer_options=None,
-    batch_size: Optional[int] = None,
+    batch_size: int | None = None,
     eval_every: int = 1,
     tol: float = 1e-9,
     grad_tol: float = 0.0,
@@ -279,10 +279,18 @@ def gradient_fitter(
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gradient_fitter(
-    spec, optimizer, learning_rate, schedule, schedule_steps, options, batch_size, eval_every,
-    tol, grad_tol,
+    spec,
+    optimizer,
+    learning_rate,
+    schedule,
+    schedule_steps,
+    options,
+    batch_size,
+    eval_every,
+    tol,
+    grad_tol,
 ):
     opt = make_optimizer(optimizer, learning_rate, schedule, schedule_steps, options)
     line_search = OPTIMIZERS[optimizer].line_search
@@ -295,7 +303,8 @@ def _gradient_fitter(
 
     def converged_and_info(state, x, value, grad, linesearch_steps, minibatch_objective):
         log_likelihood = (
-            value if spec.prior is None
+            value
+            if spec.prior is None
             else mean_log_likelihood(x, from_unconstrained(state.u, spec), spec)
         )
         grad_norm = optax.tree.norm(grad)
@@ -319,7 +328,9 @@ def _gradient_fitter(
         del key  # deterministic
         loss = lambda u: -objective(u, x, spec)  # optax minimises
         if line_search:
-            neg_value, neg_grad = optax.value_and_grad_from_state(loss)(state.u, state=state.opt_state)
+            neg_value, neg_grad = optax.value_and_grad_from_state(loss)(
+                state.u, state=state.opt_state
+            )
             updates, opt_state = opt.update(
                 neg_grad, state.opt_state, state.u, value=neg_value, grad=neg_grad, value_fn=loss
             )
@@ -374,19 +385,19 @@ def fit_gradient(
     x,
     spec,
     *,
-    init: Union[str, GMMParams] = "kmeans",
+    init: str | GMMParams = "kmeans",
     n_init: int = 1,
     optimizer: str = "lbfgs",
-    learning_rate: Optional[float] = None,
-    schedule: Optional[str] = None,
+    learning_rate: float | None = None,
+    schedule: str | None = None,
     optimizer_options=None,
     max_steps: int = 1000,
     tol: float = 1e-9,
     grad_tol: float = 0.0,
-    batch_size: Optional[int] = None,
-    eval_every: Optional[int] = None,
-    chunk_size: Optional[int] = None,
-    callback: Optional[Callable] = None,
+    batch_size: int | None = None,
+    eval_every: int | None = None,
+    chunk_size: int | None = None,
+    callback: Callable | None = None,
 ) -> FitResult:
     """Fit ``spec`` to ``x`` by gradient ascent on the log-likelihood (or log-posterior
     when ``spec.prior`` is set), mirroring `jaxgmm.fit_em`.
@@ -443,6 +454,12 @@ def fit_gradient(
     else:
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, x.dtype), GMMParams(*init))
     return run_fitter(
-        fitter, key_run, x, params, spec, max_iter=max_steps, chunk_size=chunk_size,
+        fitter,
+        key_run,
+        x,
+        params,
+        spec,
+        max_iter=max_steps,
+        chunk_size=chunk_size,
         callback=callback,
     )

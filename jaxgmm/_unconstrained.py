@@ -78,9 +78,7 @@ class _CholeskyFamily:
     def decode(cov_factor, reg_covar, covariance_type):
         log_diag = jnp.diagonal(cov_factor, axis1=-2, axis2=-1)
         lower = jnp.tril(cov_factor, k=-1) + _diag_embed(jnp.exp(log_diag))
-        cov = regularize_covariance(
-            lower @ jnp.swapaxes(lower, -1, -2), reg_covar, covariance_type
-        )
+        cov = regularize_covariance(lower @ jnp.swapaxes(lower, -1, -2), reg_covar, covariance_type)
         return get_family(covariance_type).prec_chol_from_covariance(cov)
 
     @staticmethod

@@ -65,7 +65,9 @@ def _random_params(seed, spec, n_features, dtype):
     else:
         cov = rng.uniform(0.1, 3.0, size=(k,))
     return jaxgmm.params_from_covariances(
-        jnp.asarray(weights, dtype), jnp.asarray(means, dtype), jnp.asarray(cov, dtype),
+        jnp.asarray(weights, dtype),
+        jnp.asarray(means, dtype),
+        jnp.asarray(cov, dtype),
         spec.covariance_type,
     )
 
@@ -96,7 +98,7 @@ def test_params_round_trip(covariance_type):
     spec = jaxgmm.GMMSpec(3, covariance_type, reg_covar=1e-3)
     params = _random_params(0, spec, 4, dtype)
     back = from_unconstrained(to_unconstrained(params, spec), spec)
-    for name, a, b in zip(params._fields, params, back):
+    for name, a, b in zip(params._fields, params, back, strict=False):
         assert b.dtype == dtype, name
         np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol, err_msg=name)
 
@@ -118,14 +120,17 @@ def test_decoder_matches_numpy_reference_and_inverts(covariance_type):
     logits = rng.normal(size=k)
     logits -= logits.mean()
     u = UnconstrainedParams(
-        jnp.asarray(logits, dtype), jnp.asarray(rng.normal(size=(k, d)), dtype),
+        jnp.asarray(logits, dtype),
+        jnp.asarray(rng.normal(size=(k, d)), dtype),
         jnp.asarray(raw, dtype),
     )
     params = from_unconstrained(u, spec)
 
     expected_w = np.exp(logits) / np.exp(logits).sum()
     if covariance_type in ("full", "tied"):
-        lower = np.tril(raw, -1) + np.exp(np.diagonal(raw, axis1=-2, axis2=-1))[..., None] * np.eye(d)
+        lower = np.tril(raw, -1) + np.exp(np.diagonal(raw, axis1=-2, axis2=-1))[..., None] * np.eye(
+            d
+        )
         expected_cov = lower @ np.swapaxes(lower, -1, -2) + reg * np.eye(d)
     else:
         expected_cov = np.exp(2 * raw) + reg
@@ -134,7 +139,7 @@ def test_decoder_matches_numpy_reference_and_inverts(covariance_type):
         jaxgmm.covariances(params, covariance_type), expected_cov, rtol=rtol, atol=rtol
     )
     again = to_unconstrained(params, spec)
-    for name, a, b in zip(u._fields, u, again):
+    for name, a, b in zip(u._fields, u, again, strict=False):
         np.testing.assert_allclose(b, a, rtol=10 * rtol, atol=10 * rtol, err_msg=name)
 
 
@@ -163,7 +168,9 @@ def test_collapsed_component_encodes_finitely(require_x64, covariance_type):
     back = from_unconstrained(u, spec)
     np.testing.assert_allclose(
         jaxgmm.covariances(back, covariance_type),
-        jaxgmm.covariances(params, covariance_type), rtol=0, atol=1e-12,
+        jaxgmm.covariances(params, covariance_type),
+        rtol=0,
+        atol=1e-12,
     )
 
 
@@ -240,7 +247,9 @@ def test_gradient_vanishes_at_em_fixed_point(require_x64, em_reference, reg_cova
 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 @pytest.mark.parametrize("optimizer, gap", [("lbfgs", 1e-5), ("adam", 1e-3), ("sgd", 1e-3)])
-def test_reaches_em_log_likelihood_from_same_start(require_x64, em_reference, dataset, optimizer, gap):
+def test_reaches_em_log_likelihood_from_same_start(
+    require_x64, em_reference, dataset, optimizer, gap
+):
     x, spec, start, em = em_reference(dataset)
     result = fit_gradient(
         jax.random.key(2), x, spec, init=start, optimizer=optimizer, max_steps=1000
@@ -248,7 +257,9 @@ def test_reaches_em_log_likelihood_from_same_start(require_x64, em_reference, da
     assert result.nonfinite_iteration is None
     assert em.log_likelihood - gap <= result.log_likelihood <= em.log_likelihood + gap
     # Same start as EM, same trace fields, objective == log-likelihood without a prior.
-    np.testing.assert_allclose(result.trace.log_likelihood[0], em.trace.log_likelihood[0], rtol=1e-12)
+    np.testing.assert_allclose(
+        result.trace.log_likelihood[0], em.trace.log_likelihood[0], rtol=1e-12
+    )
     assert result.fitter == f"gradient_{optimizer}" and result.bound_name == "log_likelihood"
     assert len(result.trace.log_likelihood) == result.n_iter
     np.testing.assert_allclose(result.trace.bound, result.trace.log_likelihood, rtol=1e-12)
@@ -290,13 +301,22 @@ def test_divergent_learning_rate_keeps_last_finite_params(require_x64, em_refere
 
 def test_minibatch_adam_with_schedule(require_x64, em_reference):
     x, spec, start, em = em_reference("iris")
-    kwargs = dict(init=start, optimizer="adam", learning_rate=0.05, schedule="cosine",
-                  batch_size=50, max_steps=150, tol=0.0)
+    kwargs = dict(
+        init=start,
+        optimizer="adam",
+        learning_rate=0.05,
+        schedule="cosine",
+        batch_size=50,
+        max_steps=150,
+        tol=0.0,
+    )
     result = fit_gradient(jax.random.key(3), x, spec, **kwargs)
     assert result.n_iter == 150 and result.nonfinite_iteration is None
     # Full-data log-likelihood per iteration (3 updates of 50 samples each), starting at
     # the start's value; the decayed learning rate brings it near EM's optimum.
-    np.testing.assert_allclose(result.trace.log_likelihood[0], em.trace.log_likelihood[0], rtol=1e-12)
+    np.testing.assert_allclose(
+        result.trace.log_likelihood[0], em.trace.log_likelihood[0], rtol=1e-12
+    )
     assert em.log_likelihood - 5e-3 <= result.log_likelihood <= em.log_likelihood + 1e-6
     assert np.all(result.trace.extras["minibatch_objective"] != result.trace.bound)
     again = fit_gradient(jax.random.key(3), x, spec, **kwargs)
@@ -315,16 +335,23 @@ def test_unknown_optimizer_lists_the_names():
     for name in OPTIMIZERS:
         assert repr(name) in str(info.value)
     with pytest.raises(ValueError, match="optimizer must be one of"):
-        fit_gradient(jax.random.key(0), np.random.default_rng(0).normal(size=(20, 2)), spec,
-                     optimizer="newton")
+        fit_gradient(
+            jax.random.key(0),
+            np.random.default_rng(0).normal(size=(20, 2)),
+            spec,
+            optimizer="newton",
+        )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(schedule="linear", learning_rate=0.1), "schedule must be one of"),
-    (dict(learning_rate=-1.0), "learning_rate"),
-    (dict(optimizer_options={"momentm": 0.9}), "momentm"),
-    (dict(batch_size=10), "line search"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(schedule="linear", learning_rate=0.1), "schedule must be one of"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(optimizer_options={"momentm": 0.9}), "momentm"),
+        (dict(batch_size=10), "line search"),
+    ],
+)
 def test_bad_optimizer_settings(kwargs, match):
     optimizer = "sgd" if "optimizer_options" in kwargs else "lbfgs"
     if "schedule" in kwargs or "learning_rate" in kwargs:
@@ -350,3 +377,16 @@ def test_every_schedule_builds(name):
     state = opt.init(jnp.zeros(3))
     updates, _ = opt.update(jnp.ones(3), state, jnp.zeros(3))
     assert np.all(np.isfinite(updates))
+
+
+@pytest.mark.numerics
+def test_float32_lbfgs_fit_is_finite_and_near_em():
+    x = np.asarray(load_iris().data, np.float32)
+    spec = jaxgmm.GMMSpec(3, "full")
+    em = jaxgmm.fit_em(jax.random.key(0), x, spec, tol=1e-6, max_iter=500)
+    result = fit_gradient(jax.random.key(0), x, spec, optimizer="lbfgs", max_steps=300, tol=1e-7)
+    assert result.params.means.dtype == jnp.float32
+    assert all(bool(np.all(np.isfinite(leaf))) for leaf in result.params)
+    assert np.all(np.isfinite(result.trace.log_likelihood))
+    assert result.nonfinite_iteration is None
+    assert abs(result.log_likelihood - em.log_likelihood) < 1e-3

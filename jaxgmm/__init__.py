@@ -46,3 +46,25 @@ __all__ = [
     "params_from_covariances", "params_from_precisions", "precisions", "regularize_covariance",
     "run_fitter", "sample", "sufficient_statistics", "weighted_log_prob",
 ]
+
+# Gradient ML/MAP (issue 4).
+from jaxgmm._gradient import (  # noqa: E402
+    OPTIMIZERS,
+    SCHEDULES,
+    GradientInfo,
+    GradientState,
+    fit_gradient,
+    gradient_fitter,
+    make_optimizer,
+)
+from jaxgmm._unconstrained import (  # noqa: E402
+    UnconstrainedParams,
+    from_unconstrained,
+    to_unconstrained,
+)
+
+__all__ += [
+    "OPTIMIZERS", "SCHEDULES", "GradientInfo", "GradientState", "UnconstrainedParams",
+    "fit_gradient", "from_unconstrained", "gradient_fitter", "make_optimizer",
+    "to_unconstrained",
+]

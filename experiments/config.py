@@ -365,6 +365,38 @@ register_method_block(
 )
 
 
+register_method_block(
+    "gradient",
+    {
+        "optimizer": Field(
+            "lbfgs", "str", one_of(lambda: jaxgmm.OPTIMIZERS),
+            "optax optimiser: adam, sgd (momentum 0.9) or lbfgs (zoom line search)",
+        ),
+        "learning_rate": Field(
+            None, "float", greater_than(0),
+            "step size (null: the optimiser's default; L-BFGS uses its line search)",
+            nullable=True,
+        ),
+        "schedule": Field(
+            None, "str", one_of(lambda: jaxgmm.SCHEDULES),
+            "learning-rate schedule (null: constant)", nullable=True,
+        ),
+        "max_steps": Field(1000, "int", at_least(1), "maximum iterations"),
+        "tol": Field(
+            1.0e-9, "float", at_least(0), "stop when the objective per sample changes less"
+        ),
+        "grad_tol": Field(0.0, "float", at_least(0), "stop when the gradient norm is below"),
+        "batch_size": Field(
+            None, "int", at_least(1), "minibatch size (null: full batch)", nullable=True
+        ),
+        "eval_every": Field(
+            1, "int", at_least(1),
+            "minibatch updates per iteration; the full-data log-likelihood is traced once per iteration",
+        ),
+    },
+)
+
+
 # ----------------------------------------------------------------------- validation
 
 

@@ -125,11 +125,10 @@ def result_from_fit(fit, point_estimate=True, extra=None, history=None):
 
 
 def _registry():
-    from experiments.methods import em
+    from experiments.methods import em, gradient
 
-    methods = {"em": em.METHOD}
+    methods = {"em": em.METHOD, "gradient": gradient.METHOD}
     # Slots filled when the fitters land on main:
-    #   "gradient": experiments.methods.gradient.METHOD  (issue 4)
     #   "svi", "nuts": experiments.methods.numpyro_methods  (issue 5)
     #   "vb": the variational fitter
     return methods

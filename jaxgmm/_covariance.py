@@ -46,9 +46,15 @@ class Full:
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        """(N, K): (x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k)."""
-        y = jnp.einsum("nd,kde->nke", x, prec_chol) - jnp.einsum("kd,kde->ke", means, prec_chol)
-        return _sq_norm_rows(y)
+        """(N, K): (x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k).
+
+        One (N, D) @ (D, K*D) matrix product on data shifted by the mean of the means,
+        so float32 keeps its digits when the data sit far from the origin."""
+        n_components, n_features = means.shape
+        center = jnp.mean(means, axis=0)
+        stacked = jnp.transpose(prec_chol, (1, 0, 2)).reshape(n_features, -1)
+        y = ((x - center) @ stacked).reshape(x.shape[:-1] + (n_components, n_features))
+        return _sq_norm_rows(y - jnp.einsum("kd,kde->ke", means - center, prec_chol))
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):
@@ -118,7 +124,8 @@ class Tied(Full):
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        y = (x @ prec_chol)[:, None, :] - (means @ prec_chol)[None, :, :]
+        center = jnp.mean(means, axis=0)
+        y = ((x - center) @ prec_chol)[..., None, :] - (means - center) @ prec_chol
         return _sq_norm_rows(y)
 
     @staticmethod
@@ -159,8 +166,17 @@ class Diag:
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        y = (x[:, None, :] - means[None, :, :]) * prec_chol[None, :, :]
-        return _sq_norm_rows(y)
+        # Expanded into matrix products, as scikit-learn does, but about the mean of the
+        # means so float32 cancellation is limited to the spread of the means.
+        center = jnp.mean(means, axis=0)
+        xs, ms = x - center, means - center
+        precision = jnp.square(prec_chol)
+        maha = (
+            jnp.square(xs) @ precision.T
+            - 2.0 * (xs @ (ms * precision).T)
+            + jnp.sum(jnp.square(ms) * precision, axis=-1)
+        )
+        return jnp.maximum(maha, 0.0)
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):
@@ -222,7 +238,14 @@ class Spherical(Diag):
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        return Diag.mahalanobis(x, means, prec_chol[:, None])
+        center = jnp.mean(means, axis=0)
+        xs, ms = x - center, means - center
+        sq_dist = (
+            jnp.sum(jnp.square(xs), axis=-1, keepdims=True)
+            - 2.0 * (xs @ ms.T)
+            + jnp.sum(jnp.square(ms), axis=-1)
+        )
+        return jnp.maximum(sq_dist, 0.0) * jnp.square(prec_chol)
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):

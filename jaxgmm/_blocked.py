@@ -52,19 +52,22 @@ class Moments(NamedTuple):
 
 def _second_full(resp, x, means):
     center = jnp.mean(means, axis=0)
-    z = resp[..., None] * (x[:, None, :] - means)  # (B, K, D)
-    first = jnp.sum(z, axis=0)
-    cross = (z.reshape(x.shape[0], -1).T @ (x - center)).reshape(means.shape + means.shape[-1:])
-    second = cross - first[:, :, None] * (means - center)[:, None, :]
-    return first, second
+    xs, ms = x - center, means - center
+    first = resp.T @ xs - jnp.sum(resp, axis=0)[:, None] * ms
+    # Z (K, D, B) = r_nk (x_n - mu_k): the one block-sized operand, laid out so the
+    # scatter is a plain (K*D, B) @ (B, D) product (about 2x faster on XLA:CPU than
+    # contracting the leading axis of a (B, K*D) array).
+    z = resp.T[:, None, :] * (xs.T[None, :, :] - ms[:, :, None])
+    cross = (z.reshape(-1, x.shape[0]) @ xs).reshape(means.shape + means.shape[-1:])
+    return first, cross - first[:, :, None] * ms[:, None, :]
 
 
 def _second_tied(resp, x, means):
     center = jnp.mean(means, axis=0)
-    z = resp[..., None] * (x[:, None, :] - means)
-    first = jnp.sum(z, axis=0)
-    second = jnp.sum(z, axis=1).T @ (x - center) - first.T @ (means - center)
-    return first, second
+    xs, ms = x - center, means - center
+    first = resp.T @ xs - jnp.sum(resp, axis=0)[:, None] * ms
+    z = xs * jnp.sum(resp, axis=1, keepdims=True) - resp @ ms  # sum_k r_nk (x_n - mu_k)
+    return first, z.T @ xs - first.T @ ms
 
 
 def _second_diag(resp, x, means):

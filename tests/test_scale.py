@@ -60,9 +60,9 @@ def test_blocked_em_matches_sklearn(cov):
 
 @needs_x64
 @pytest.mark.parametrize("cov", FAMILIES)
-@pytest.mark.parametrize("block_size", [1, 64, 1500])
+@pytest.mark.parametrize("block_size", [7, 10**4])
 def test_blocked_statistics_equal_naive(cov, block_size):
-    x = jnp.asarray(_data(n=700) if block_size > 1 else _data(n=60))
+    x = jnp.asarray(_data(n=700))
     spec = jaxgmm.GMMSpec(3, cov)
     params = _kmeans_init(x, spec)
     moments = jaxgmm.accumulate_moments(x, params, spec, block_size)

@@ -21,6 +21,7 @@ from jaxgmm._em import (
     m_step,
     sufficient_statistics,
 )
+from jaxgmm._estimator import ConvergenceWarning, DegeneracyWarning, GaussianMixture
 from jaxgmm._fit import fit_em
 from jaxgmm._fitter import Fitter
 from jaxgmm._init import INITIALIZERS, initial_params, kmeans_labels, kmeans_plusplus_indices
@@ -32,16 +33,18 @@ from jaxgmm._params import (
     params_from_precisions,
     precisions,
 )
+from jaxgmm._sample import sample
 from jaxgmm._spec import COVARIANCE_TYPES, GMMSpec
 
 __all__ = [
-    "COVARIANCE_FAMILIES", "COVARIANCE_TYPES", "INITIALIZERS", "Degeneracy", "EMInfo",
+    "COVARIANCE_FAMILIES", "COVARIANCE_TYPES", "INITIALIZERS", "ConvergenceWarning",
+    "Degeneracy", "DegeneracyWarning", "GaussianMixture", "EMInfo",
     "EMState", "FitResult", "Fitter", "GMMParams", "GMMSpec", "RestartSummary",
     "SufficientStats", "Trace", "component_diagnostics", "covariances", "e_step", "em_bound",
     "em_bound_from_stats", "em_fitter", "fit_em", "initial_params", "kmeans_labels",
     "kmeans_plusplus_indices", "log_prob", "m_step", "mean_log_likelihood", "n_parameters",
     "params_from_covariances", "params_from_precisions", "precisions", "regularize_covariance",
-    "run_fitter", "sufficient_statistics", "weighted_log_prob",
+    "run_fitter", "sample", "sufficient_statistics", "weighted_log_prob",
 ]
 
 # Scale: blocked EM statistics, out-of-core EM, data-parallel sharding (docs/scale.md).

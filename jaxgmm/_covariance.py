@@ -88,7 +88,8 @@ class Full:
     def covariance_from_prec_chol(prec_chol):
         eye = jnp.broadcast_to(jnp.eye(prec_chol.shape[-1], dtype=prec_chol.dtype), prec_chol.shape)
         inv_upper = lax.linalg.triangular_solve(prec_chol, eye, left_side=True, lower=False)
-        return inv_upper @ jnp.swapaxes(inv_upper, -1, -2)
+        # precision = P P^T  =>  Sigma = P^{-T} P^{-1}.
+        return jnp.swapaxes(inv_upper, -1, -2) @ inv_upper
 
     @staticmethod
     def precision_from_prec_chol(prec_chol):

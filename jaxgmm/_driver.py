@@ -10,7 +10,8 @@ measured apart (ahead-of-time compilation) and is 0 when the executable is cache
 from __future__ import annotations
 
 import time
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,7 +99,7 @@ class FitResult(NamedTuple):
     restarts: RestartSummary
     best_restart: int
     degeneracies: tuple
-    nonfinite_iteration: Optional[int]
+    nonfinite_iteration: int | None
 
 
 class _Carry(NamedTuple):
@@ -165,7 +166,9 @@ def default_chunk_size(n_samples, n_features, spec, max_iter):
     return int(max(1, min(max_iter, 100, 2e7 // max(work, 1))))
 
 
-_final_log_likelihood = jax.jit(jax.vmap(mean_log_likelihood, in_axes=(None, 0, None)), static_argnums=2)
+_final_log_likelihood = jax.jit(
+    jax.vmap(mean_log_likelihood, in_axes=(None, 0, None)), static_argnums=2
+)
 
 
 def run_fitter(
@@ -176,8 +179,8 @@ def run_fitter(
     spec,
     *,
     max_iter: int,
-    chunk_size: Optional[int] = None,
-    callback: Optional[Callable[[int, object], None]] = None,
+    chunk_size: int | None = None,
+    callback: Callable[[int, object], None] | None = None,
 ) -> FitResult:
     """Run ``fitter`` from one or several initial parameters.
 

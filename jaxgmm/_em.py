@@ -165,7 +165,7 @@ class EMInfo(NamedTuple):
     converged: jax.Array
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
     """The EM `Fitter` for ``spec``. Cached so repeated fits reuse compiled code.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import jax
 
@@ -18,12 +18,12 @@ def fit_em(
     x,
     spec,
     *,
-    init: Union[str, GMMParams] = "kmeans",
+    init: str | GMMParams = "kmeans",
     n_init: int = 1,
     max_iter: int = 100,
     tol: float = 1e-3,
-    chunk_size: Optional[int] = None,
-    callback: Optional[Callable] = None,
+    chunk_size: int | None = None,
+    callback: Callable | None = None,
 ) -> FitResult:
     """Fit ``spec`` to ``x`` by EM.
 

@@ -33,7 +33,9 @@ def kmeans_plusplus_indices(key, x, n_clusters):
         # Sample candidates proportional to squared distance; all-zero distances
         # (duplicated points) fall back to uniform.
         logits = jnp.where(jnp.sum(closest) > 0, jnp.log(jnp.maximum(closest, tiny)), 0.0)
-        candidates = jax.random.categorical(jax.random.fold_in(key_rest, i), logits, shape=(n_trials,))
+        candidates = jax.random.categorical(
+            jax.random.fold_in(key_rest, i), logits, shape=(n_trials,)
+        )
         cand_dist = jnp.minimum(closest[None, :], _sq_distances(x, x[candidates]).T)
         best = jnp.argmin(jnp.sum(cand_dist, axis=1))
         return indices.at[i].set(candidates[best].astype(jnp.int32)), cand_dist[best]
@@ -124,7 +126,9 @@ def get_initializer(name):
     try:
         return INITIALIZERS[name]
     except KeyError:
-        raise ValueError(f"init_params must be one of {sorted(INITIALIZERS)}, got {name!r}") from None
+        raise ValueError(
+            f"init_params must be one of {sorted(INITIALIZERS)}, got {name!r}"
+        ) from None
 
 
 def initial_params(key, x, spec, method="kmeans", n_init=1):

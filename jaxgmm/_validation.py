@@ -48,7 +48,9 @@ def check_data(x, name="X", n_components=None, dtype=None):
             f"got {arr.ndim}D array of shape {arr.shape}.{hint}"
         )
     if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one sample and one feature, got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must have at least one sample and one feature, got shape {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(

@@ -1,0 +1,192 @@
+"""The scikit-learn-style estimator: contract, bad input, degenerate data."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _helpers import blobs, iris
+
+import jaxgmm
+from jaxgmm import COVARIANCE_FAMILIES, GaussianMixture
+
+
+def quiet_fit(gm, x):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gm.fit(x)
+    return caught
+
+
+def test_accepts_numpy_and_jax_arrays_alike():
+    x, _ = blobs(0)
+    a = GaussianMixture(3, random_state=0).fit(x)
+    b = GaussianMixture(3, random_state=0).fit(jnp.asarray(x))
+    np.testing.assert_allclose(a.means_, b.means_, rtol=1e-6)
+    assert a.predict(x).shape == (len(x),)
+    assert a.predict_proba(jnp.asarray(x)).shape == (len(x), 3)
+
+
+def test_fit_predict_equals_fit_then_predict():
+    x, _ = blobs(1)
+    gm = GaussianMixture(3, random_state=3)
+    labels = gm.fit_predict(x)
+    np.testing.assert_array_equal(labels, gm.predict(x))
+
+
+def test_sample_shapes_and_moments(require_x64):
+    x = iris()
+    gm = GaussianMixture(3, random_state=0, tol=1e-6).fit(x)
+    xs, ys = gm.sample(20000)
+    assert xs.shape == (20000, 4) and ys.shape == (20000,)
+    np.testing.assert_allclose(np.bincount(ys, minlength=3) / 20000, gm.weights_, atol=0.02)
+    for k in range(3):
+        np.testing.assert_allclose(np.cov(xs[ys == k].T), gm.covariances_[k], atol=0.05)
+
+
+def test_n_init_keeps_best_and_reports_every_restart():
+    x, _ = blobs(4, n_components=4)
+    gm = GaussianMixture(4, n_init=5, init_params="random_from_data", random_state=0, tol=1e-6)
+    quiet_fit(gm, x)
+    restarts = gm.fit_result_.restarts
+    assert restarts.log_likelihood.shape == (5,)
+    assert gm.log_likelihood_ == pytest.approx(restarts.log_likelihood.max())
+
+
+def test_warm_start_continues_from_previous_parameters():
+    x, _ = blobs(5)
+    gm = GaussianMixture(3, max_iter=2, tol=0.0, warm_start=True, random_state=0)
+    quiet_fit(gm, x)
+    first = gm.log_likelihood_
+    quiet_fit(gm, x)
+    assert gm.lower_bounds_[0] == pytest.approx(first, rel=1e-6)
+    assert gm.log_likelihood_ >= first - 1e-6
+
+
+def test_not_converged_warns():
+    x, _ = blobs(6)
+    caught = quiet_fit(GaussianMixture(3, max_iter=1, tol=0.0, random_state=0), x)
+    assert any(issubclass(w.category, jaxgmm.ConvergenceWarning) for w in caught)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_components": 0}, "n_components"),
+        ({"covariance_type": "fool"}, "covariance_type"),
+        ({"init_params": "kmean"}, "init_params.*kmeans"),
+        ({"reg_covar": 0.0}, "reg_covar"),
+        ({"reg_covar": -1e-3}, "reg_covar"),
+        ({"tol": -1.0}, "tol"),
+        ({"max_iter": -1}, "max_iter"),
+        ({"n_init": 0}, "n_init"),
+        ({"weights_init": [0.5, 0.5]}, r"weights_init.*\(3,\)"),
+        ({"weights_init": [0.5, 0.5, 0.5]}, "weights_init.*sum to 1"),
+        ({"means_init": np.zeros((3, 3))}, r"means_init.*\(3, 2\)"),
+        ({"precisions_init": np.ones((3, 2))}, r"precisions_init.*\(3, 2, 2\)"),
+        (
+            {"precisions_init": -np.ones((3, 2)), "covariance_type": "diag"},
+            "precisions_init.*positive",
+        ),
+        ({"precisions_init": np.stack([np.diag([1.0, -1.0])] * 3)}, "positive-definite"),
+        ({"random_state": "seed"}, "random_state"),
+    ],
+)
+def test_bad_parameters_raise_value_error_naming_them(kwargs, match):
+    x, _ = blobs(7)
+    params = {"n_components": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(**params).fit(x)
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (np.arange(10.0), "2D array.*reshape"),
+        (np.array([[0.0, np.nan]] * 10), "NaN or infinity.*row 0, column 1"),
+        (np.array([[0.0, np.inf]] * 10), "NaN or infinity"),
+        (np.ones((2, 2)), "n_samples=2, fewer than n_components=3"),
+        (np.array([["a", "b"]] * 5), "numbers"),
+        (np.zeros((5, 0)), "at least one"),
+    ],
+)
+def test_bad_data_raises_value_error(x, match):
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(3).fit(x)
+
+
+def test_predict_before_fit_and_wrong_width_are_clear():
+    with pytest.raises(ValueError, match="not fitted"):
+        GaussianMixture(2).predict(np.zeros((3, 2)))
+    gm = GaussianMixture(2, random_state=0).fit(blobs(8)[0])
+    with pytest.raises(ValueError, match="3 features.*2 features"):
+        gm.score(np.zeros((3, 3)))
+
+
+def _assert_finite(gm):
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert np.all(np.isfinite(getattr(gm, name))), name
+    assert np.isfinite(gm.log_likelihood_)
+
+
+@pytest.mark.parametrize("covariance_type", sorted(COVARIANCE_FAMILIES))
+def test_duplicated_points_flag_collapse_instead_of_crashing(covariance_type, require_x64):
+    rng = np.random.default_rng(0)
+    x = np.vstack([np.repeat([[5.0, 5.0]], 30, axis=0), rng.normal(size=(60, 2))])
+    gm = GaussianMixture(3, covariance_type=covariance_type, init_params="kmeans", random_state=0)
+    caught = quiet_fit(gm, x)
+    _assert_finite(gm)
+    if covariance_type != "tied":  # tied shares one covariance with the spread data
+        kinds = {d.kind for d in gm.degeneracies_}
+        assert "collapsed_covariance" in kinds
+        assert any(issubclass(w.category, jaxgmm.DegeneracyWarning) for w in caught)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("covariance_type", sorted(COVARIANCE_FAMILIES))
+def test_constant_column_finishes_finite(covariance_type, dtype):
+    x, _ = blobs(9, n_features=3)
+    x[:, 1] = 7.0
+    gm = GaussianMixture(3, covariance_type=covariance_type, random_state=0)
+    quiet_fit(gm, x.astype(dtype))
+    _assert_finite(gm)
+    if covariance_type != "spherical":  # one variance averaged over features can't see it
+        assert any(d.kind == "collapsed_covariance" for d in gm.degeneracies_)
+
+
+@pytest.mark.parametrize("scale", [1e8, 1e-8])
+@pytest.mark.parametrize("covariance_type", sorted(COVARIANCE_FAMILIES))
+def test_extreme_scales_finish_finite(covariance_type, scale, require_x64):
+    x, _ = blobs(10)
+    gm = GaussianMixture(3, covariance_type=covariance_type, random_state=0)
+    quiet_fit(gm, x * scale)
+    _assert_finite(gm)
+    if scale == 1e-8:  # the data's variance is far below reg_covar: must be flagged
+        assert {d.kind for d in gm.degeneracies_} == {"collapsed_covariance"}
+
+
+@pytest.mark.parametrize("covariance_type", sorted(COVARIANCE_FAMILIES))
+def test_float32_default_path_has_no_nan(covariance_type):
+    x = iris().astype(np.float32)
+    gm = GaussianMixture(3, covariance_type=covariance_type, random_state=0, n_init=2)
+    quiet_fit(gm, x)
+    _assert_finite(gm)
+    assert gm.means_.dtype == np.float32 or jax.config.jax_enable_x64
+
+
+def test_empty_component_is_reported():
+    # Four components for two tight, far-apart clusters: some weight must vanish or
+    # collapse; whatever happens, it is finite and reported.
+    x = np.vstack([np.zeros((20, 1)), np.full((20, 1), 100.0)]) + np.linspace(0, 1e-3, 40)[:, None]
+    start = dict(
+        weights_init=[0.25] * 4,
+        means_init=[[0.0], [100.0], [1e4], [-1e4]],
+        precisions_init=np.ones((4, 1, 1)),
+    )
+    gm = GaussianMixture(4, **start, max_iter=20)
+    quiet_fit(gm, x)
+    _assert_finite(gm)
+    empty = [d for d in gm.degeneracies_ if d.kind == "empty_component"]
+    assert {d.component for d in empty} == {2, 3}
+    assert all(d.first_iteration >= 1 for d in empty)

@@ -167,17 +167,10 @@ class Diag:
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        # Expanded into matrix products, as scikit-learn does, but about the mean of the
-        # means so float32 cancellation is limited to the spread of the means.
-        center = jnp.mean(means, axis=0)
-        xs, ms = x - center, means - center
-        precision = jnp.square(prec_chol)
-        maha = (
-            jnp.square(xs) @ precision.T
-            - 2.0 * (xs @ (ms * precision).T)
-            + jnp.sum(jnp.square(ms) * precision, axis=-1)
-        )
-        return jnp.maximum(maha, 0.0)
+        # Direct differences, not scikit-learn's expansion into matrix products: the
+        # expansion cancels catastrophically for a collapsing (tiny-variance) component.
+        y = (x[..., None, :] - means) * prec_chol
+        return _sq_norm_rows(y)
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):
@@ -239,14 +232,7 @@ class Spherical(Diag):
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        center = jnp.mean(means, axis=0)
-        xs, ms = x - center, means - center
-        sq_dist = (
-            jnp.sum(jnp.square(xs), axis=-1, keepdims=True)
-            - 2.0 * (xs @ ms.T)
-            + jnp.sum(jnp.square(ms), axis=-1)
-        )
-        return jnp.maximum(sq_dist, 0.0) * jnp.square(prec_chol)
+        return Diag.mahalanobis(x, means, prec_chol[:, None])
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):

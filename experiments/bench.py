@@ -198,7 +198,7 @@ def worker(job):
 def scaling_worker(job):
     """jaxgmm float32 full-covariance seconds per iteration over the N, K, D sweeps."""
     rows = []
-    sweeps = SCALING[job["sizes"]]
+    sweeps = job["sweeps"]
     base_n, base_k, base_d = sweeps["base"]
     for axis in ("n", "k", "d"):
         for value in sweeps[axis]:
@@ -310,7 +310,7 @@ def main(argv=None):
             r[f] == row[f] for f in ("n_samples", "n_features", "n_components", "covariance_type", "dtype")))
         row["ratio_peer_over_jaxgmm"] = row["s_per_iter"] / ours["s_per_iter"]
     _write_csv(out / "bench.csv", rows, FIELDS)
-    scaling = [] if args.no_scaling else _spawn(dict(scaling=True, sizes=args.sizes, iters=min(iters, 5)))
+    scaling = [] if args.no_scaling else _spawn(dict(scaling=True, sweeps=SCALING[args.sizes], iters=min(iters, 5)))
     _write_csv(out / "scaling.csv", scaling,
                ["axis", "n_samples", "n_components", "n_features", "s_per_iter", "compile_s"])
     _plots(out, rows, scaling)

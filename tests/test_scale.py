@@ -164,3 +164,20 @@ def test_sharded_equals_single_device(families):
     assert len(out) == 4 * len(families.split(","))
     for name, diff in out.items():
         assert diff < 1e-10, (name, diff)
+
+
+@needs_x64
+@pytest.mark.parametrize("cov", FAMILIES)
+def test_blocked_log_prob_and_gradient_equal_unblocked(cov, monkeypatch):
+    import jaxgmm._density as density
+
+    x = jnp.asarray(_data(n=1001))
+    spec = jaxgmm.GMMSpec(3, cov)
+    params = _kmeans_init(x, spec)
+    grad = jax.grad(jaxgmm.mean_log_likelihood, argnums=1)
+    whole, g_whole = jaxgmm.log_prob(x, params, spec), grad(x, params, spec)
+    monkeypatch.setattr(density, "_BLOCK_ELEMENTS", 100)  # 6-25 rows per block + a tail
+    blocked, g_blocked = jaxgmm.log_prob(x, params, spec), grad(x, params, spec)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12)
+    for a, b in zip(g_blocked, g_whole):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

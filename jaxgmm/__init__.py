@@ -68,3 +68,25 @@ __all__ += [
     "fit_gradient", "from_unconstrained", "gradient_fitter", "make_optimizer",
     "to_unconstrained",
 ]
+
+# Scale: blocked EM statistics, out-of-core EM, data-parallel sharding (docs/scale.md).
+from jaxgmm._blocked import (  # noqa: E402
+    Moments,
+    accumulate_moments,
+    block_moments,
+    default_block_size,
+    stats_from_moments,
+)
+from jaxgmm._out_of_core import fit_em_out_of_core, moments_from_host  # noqa: E402
+from jaxgmm._sharding import (  # noqa: E402
+    data_mesh,
+    shard_data,
+    sharded_mean_log_likelihood,
+    sharded_moments,
+)
+
+__all__ += [
+    "Moments", "accumulate_moments", "block_moments", "data_mesh", "default_block_size",
+    "fit_em_out_of_core", "moments_from_host", "shard_data", "sharded_mean_log_likelihood",
+    "sharded_moments", "stats_from_moments",
+]

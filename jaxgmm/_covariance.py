@@ -46,9 +46,15 @@ class Full:
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        """(N, K): (x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k)."""
-        y = jnp.einsum("nd,kde->nke", x, prec_chol) - jnp.einsum("kd,kde->ke", means, prec_chol)
-        return _sq_norm_rows(y)
+        """(N, K): (x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k).
+
+        One (N, D) @ (D, K*D) matrix product on data shifted by the mean of the means,
+        so float32 keeps its digits when the data sit far from the origin."""
+        n_components, n_features = means.shape
+        center = jnp.mean(means, axis=0)
+        stacked = jnp.transpose(prec_chol, (1, 0, 2)).reshape(n_features, -1)
+        y = ((x - center) @ stacked).reshape(x.shape[:-1] + (n_components, n_features))
+        return _sq_norm_rows(y - jnp.einsum("kd,kde->ke", means - center, prec_chol))
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):
@@ -119,7 +125,8 @@ class Tied(Full):
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        y = (x @ prec_chol)[:, None, :] - (means @ prec_chol)[None, :, :]
+        center = jnp.mean(means, axis=0)
+        y = ((x - center) @ prec_chol)[..., None, :] - (means - center) @ prec_chol
         return _sq_norm_rows(y)
 
     @staticmethod
@@ -160,7 +167,9 @@ class Diag:
 
     @staticmethod
     def mahalanobis(x, means, prec_chol):
-        y = (x[:, None, :] - means[None, :, :]) * prec_chol[None, :, :]
+        # Direct differences, not scikit-learn's expansion into matrix products: the
+        # expansion cancels catastrophically for a collapsing (tiny-variance) component.
+        y = (x[..., None, :] - means) * prec_chol
         return _sq_norm_rows(y)
 
     @staticmethod

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.scipy.special import logsumexp
 
 from jaxgmm._covariance import get_family
@@ -27,9 +29,26 @@ def weighted_log_prob(x, params, spec):
     return log_gauss + jnp.log(params.weights)
 
 
+# Above this many (sample, component, feature) elements, `log_prob` works in blocks so
+# that no (n_samples, K, D) array is formed (and, under jax.grad, none is stored).
+_BLOCK_ELEMENTS = 2**24
+
+
 def log_prob(x, params, spec):
-    """Per-sample log-density log p(x_n | params), shape (n_samples,)."""
-    return logsumexp(weighted_log_prob(x, params, spec), axis=1)
+    """Per-sample log-density log p(x_n | params), shape (n_samples,).
+
+    Large inputs are scored in blocks of rows (`lax.map`, rematerialised under
+    differentiation), so memory stays O(block * K * D) beyond the data."""
+    n_samples, n_features = x.shape[0], x.shape[-1]
+    per_row = spec.n_components * (n_features + 1)
+    block = max(1, _BLOCK_ELEMENTS // per_row)
+    if x.ndim != 2 or n_samples <= block:
+        return logsumexp(weighted_log_prob(x, params, spec), axis=1)
+    score = jax.checkpoint(lambda xb: logsumexp(weighted_log_prob(xb, params, spec), axis=1))
+    n_blocks, tail = divmod(n_samples, block)
+    main = lax.map(score, x[: n_blocks * block].reshape(n_blocks, block, n_features))
+    parts = [main.reshape(-1)] + ([score(x[n_blocks * block :])] if tail else [])
+    return jnp.concatenate(parts)
 
 
 def mean_log_likelihood(x, params, spec):

@@ -166,18 +166,41 @@ class EMInfo(NamedTuple):
 
 
 @functools.cache
-def em_fitter(spec, tol=1e-3):
-    """The EM `Fitter` for ``spec``. Cached so repeated fits reuse compiled code."""
+def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
+    """The EM `Fitter` for ``spec``. Cached so repeated fits reuse compiled code.
+
+    Each step is one blocked pass over the data (`jaxgmm._blocked.accumulate_moments`:
+    log-likelihood, counts, first moments, scatter, sum r log r) followed by the M-step
+    from those statistics; no (n_samples, K, D) array is formed.
+
+    Args:
+        spec: `GMMSpec`.
+        tol: convergence threshold on the change of the log-likelihood per sample.
+        block_size: samples per block (default chosen from n_samples, K and D by
+            `jaxgmm._blocked.default_block_size`).
+        mesh: optional `jax.sharding.Mesh`; the data (sharded along samples over all of
+            its axes, see `jaxgmm.shard_data`) are reduced per device and the statistics
+            summed across devices (and hosts) by XLA collectives.
+    """
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
+        raise ValueError(f"block_size must be None or an int >= 1, got {block_size!r}")
+    from jaxgmm._blocked import accumulate_moments, stats_from_moments
+    from jaxgmm._sharding import sharded_moments
 
     def init(params, x):
         return EMState(params=params, prev_log_likelihood=jnp.asarray(-jnp.inf, x.dtype))
 
     def step(key, state, x):
         del key  # EM is deterministic
-        log_likelihood, log_resp = e_step(x, state.params, spec)
-        stats = sufficient_statistics(x, log_resp, spec)
+        if mesh is None:
+            moments = accumulate_moments(x, state.params, spec, block_size)
+        else:
+            moments = sharded_moments(x, state.params, spec, mesh, block_size)
+        log_likelihood, stats = stats_from_moments(moments, state.params, spec)
         new_params = params_from_stats(stats, spec)
         info = EMInfo(
             log_likelihood=log_likelihood,

@@ -1,0 +1,327 @@
+"""EM speed benchmark: jaxgmm against scikit-learn (and gmmx / pomegranate when they
+are importable) on the same data and the same initial parameters, in one run.
+
+    python -m experiments.bench [--sizes small|all] [--dtypes float32,float64]
+                                [--out results/bench] [--iters N]
+
+Each (size, dtype, tool) runs in its own subprocess so that its peak resident memory
+(``ru_maxrss`` minus the resident size after the data are built) is its own. Reported per
+row: seconds per EM iteration (compile excluded), the ratio peer / jaxgmm, compile time,
+time to first result (a cold call: compile plus the first jitted chunk), peak memory
+beyond the data, and the final log-likelihood per sample of every tool's parameters
+scored by one float64 NumPy function (``score_float64``), so a fast wrong answer shows.
+Writes ``bench.csv``, ``scaling.csv``, ``bench.png`` and ``scaling.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# (n_samples, n_features, n_components, covariance_type)
+GRIDS = {
+    "small": [(20_000, 8, 8, "full"), (20_000, 8, 8, "diag")],
+    "all": [
+        (100_000, 8, 8, "full"),
+        (1_000_000, 16, 16, "full"),
+        (1_000_000, 16, 16, "diag"),
+    ],
+}
+# Scaling sweeps for jaxgmm (float32, full): vary one of N, K, D about a base point.
+SCALING = {
+    "small": {"base": (20_000, 8, 8), "n": [5_000, 20_000, 50_000], "k": [2, 8, 16], "d": [2, 8, 16]},
+    "all": {
+        "base": (200_000, 16, 16),
+        "n": [10_000, 100_000, 1_000_000],
+        "k": [4, 8, 16, 32],
+        "d": [4, 8, 16, 32],
+    },
+}
+FIELDS = [
+    "n_samples", "n_features", "n_components", "covariance_type", "dtype", "tool",
+    "s_per_iter", "ratio_peer_over_jaxgmm", "compile_s", "time_to_first_result_s",
+    "peak_mem_mb", "final_log_likelihood_f64", "n_iter",
+]
+
+
+def make_data(n_samples, n_features, n_components, seed=0):
+    """A seeded mixture with random means and random full covariances (float64)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_components, n_features)) * 3.0
+    factors = rng.normal(size=(n_components, n_features, n_features)) / np.sqrt(n_features)
+    labels = rng.integers(0, n_components, n_samples)
+    x = np.empty((n_samples, n_features))
+    for k in range(n_components):
+        rows = labels == k
+        x[rows] = means[k] + rng.normal(size=(rows.sum(), n_features)) @ (factors[k] + 0.3 * np.eye(n_features))
+    return x
+
+
+def initial_parameters(x, n_components, covariance_type, seed=1):
+    """The same start for every tool: random data points as means, the data's
+    covariance (or variances) for every component, equal weights."""
+    rng = np.random.default_rng(seed)
+    means = x[rng.choice(x.shape[0], n_components, replace=False)]
+    cov = np.cov(x[: min(x.shape[0], 100_000)].T)
+    weights = np.full(n_components, 1.0 / n_components)
+    if covariance_type == "full":
+        covs = np.broadcast_to(cov, (n_components,) + cov.shape).copy()
+    elif covariance_type == "diag":
+        covs = np.broadcast_to(np.diag(cov), (n_components, x.shape[1])).copy()
+    else:
+        raise ValueError(f"covariance_type must be 'full' or 'diag' here, got {covariance_type!r}")
+    return weights, means, covs
+
+
+def score_float64(x, weights, means, covs, covariance_type, block=65536):
+    """Log-likelihood per sample in float64 NumPy (independent of every tool)."""
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    k = len(weights)
+    covs = np.asarray(covs, np.float64)
+    if covariance_type == "diag":
+        covs = np.stack([np.diag(c) for c in covs])
+    chols = np.linalg.cholesky(covs)
+    log_det = 2 * np.sum(np.log(np.diagonal(chols, axis1=1, axis2=2)), axis=1)
+    total = 0.0
+    for start in range(0, n, block):
+        xb = x[start : start + block]
+        wlp = np.empty((xb.shape[0], k))
+        for j in range(k):
+            z = np.linalg.solve(chols[j], (xb - means[j]).T)
+            wlp[:, j] = np.log(weights[j]) - 0.5 * (d * np.log(2 * np.pi) + log_det[j] + np.sum(z * z, 0))
+        top = wlp.max(1, keepdims=True)
+        total += np.sum(top[:, 0] + np.log(np.exp(wlp - top).sum(1)))
+    return total / n
+
+
+def _rss_mb():
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _run_jaxgmm(x, init, cov_type, dtype, n_iter):
+    import jax
+    import jax.numpy as jnp
+
+    import jaxgmm
+    from jaxgmm._driver import default_chunk_size
+
+    k = init[1].shape[0]
+    spec = jaxgmm.GMMSpec(k, cov_type)
+    xj = jnp.asarray(x, dtype)
+    params = jaxgmm.params_from_covariances(*[jnp.asarray(a, dtype) for a in init], cov_type)
+    chunk = default_chunk_size(x.shape[0], x.shape[1], spec, n_iter)
+    fitter = jaxgmm.em_fitter(spec, 0.0)
+    start = time.perf_counter()
+    cold = jaxgmm.run_fitter(fitter, jax.random.key(0), xj, params, spec, max_iter=1, chunk_size=chunk)
+    first = time.perf_counter() - start
+    res = jaxgmm.run_fitter(fitter, jax.random.key(0), xj, params, spec, max_iter=n_iter, chunk_size=chunk)
+    covs = np.asarray(jaxgmm.covariances(res.params, cov_type), np.float64)
+    return {
+        "s_per_iter": float(res.trace.elapsed_s[-1] / res.n_iter),
+        "compile_s": cold.compile_s,
+        "time_to_first_result_s": first,
+        "n_iter": res.n_iter,
+        "params": (np.asarray(res.params.weights, np.float64), np.asarray(res.params.means, np.float64), covs),
+    }
+
+
+def _run_sklearn(x, init, cov_type, dtype, n_iter):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    weights, means, covs = init
+    if cov_type == "full":
+        precisions = np.linalg.inv(covs)
+    else:
+        precisions = 1.0 / covs
+    xs = np.asarray(x, dtype)
+
+    def fit(iters):
+        gm = GaussianMixture(
+            len(weights), covariance_type=cov_type, max_iter=iters, tol=0.0,
+            weights_init=weights, means_init=means, precisions_init=precisions,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            start = time.perf_counter()
+            gm.fit(xs)
+        return gm, time.perf_counter() - start
+
+    _, t_one = fit(1)
+    gm, t_all = fit(n_iter)
+    # Differences cancel sklearn's per-fit set-up and final E-step.
+    per_iter = (t_all - t_one) / (n_iter - 1) if n_iter > 1 else t_all
+    return {
+        "s_per_iter": per_iter,
+        "compile_s": 0.0,
+        "time_to_first_result_s": t_one,
+        "n_iter": int(gm.n_iter_),
+        "params": (gm.weights_, gm.means_, gm.covariances_),
+    }
+
+
+TOOLS = {"jaxgmm": _run_jaxgmm, "sklearn": _run_sklearn}
+# Peers benchmarked only when importable; no adapter is written for them yet (they
+# were not installed where this benchmark was developed), so they are listed as absent.
+OPTIONAL_PEERS = ("gmmx", "pomegranate")
+
+
+def worker(job):
+    """Run one (size, dtype, tool) and return its row (runs in a subprocess)."""
+    n, d, k, cov_type = job["n"], job["d"], job["k"], job["cov"]
+    x = make_data(n, d, k)
+    init = initial_parameters(x, k, cov_type)
+    base = _rss_mb()
+    out = TOOLS[job["tool"]](x, init, cov_type, np.dtype(job["dtype"]), job["iters"])
+    peak = _rss_mb() - base
+    ll = score_float64(x, *out.pop("params"), cov_type)
+    return dict(
+        n_samples=n, n_features=d, n_components=k, covariance_type=cov_type, dtype=job["dtype"],
+        tool=job["tool"], peak_mem_mb=round(peak, 1), final_log_likelihood_f64=ll, **out,
+    )
+
+
+def scaling_worker(job):
+    """jaxgmm float32 full-covariance seconds per iteration over the N, K, D sweeps."""
+    rows = []
+    sweeps = job["sweeps"]
+    base_n, base_k, base_d = sweeps["base"]
+    for axis in ("n", "k", "d"):
+        for value in sweeps[axis]:
+            n, k, d = base_n, base_k, base_d
+            n, k, d = (value if axis == "n" else n), (value if axis == "k" else k), (value if axis == "d" else d)
+            x = make_data(n, d, k)
+            init = initial_parameters(x, k, "full")
+            out = _run_jaxgmm(x, init, "full", np.dtype("float32"), job["iters"])
+            rows.append(dict(axis=axis, n_samples=n, n_components=k, n_features=d,
+                             s_per_iter=out["s_per_iter"], compile_s=out["compile_s"]))
+    return rows
+
+
+def _spawn(payload):
+    env = dict(os.environ, JAX_ENABLE_X64="1")
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.bench", "--worker", json.dumps(payload)],
+        env=env, capture_output=True, text=True, cwd=root,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker {payload} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _write_csv(path, rows, fields):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plots(out, rows, scaling):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({(r["n_samples"], r["n_features"], r["n_components"], r["covariance_type"]) for r in rows})
+    series = sorted({(r["tool"], r["dtype"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(labels), 4))
+    width = 0.8 / max(len(series), 1)
+    for i, (tool, dtype) in enumerate(series):
+        vals = [
+            next((r["s_per_iter"] for r in rows if (r["n_samples"], r["n_features"], r["n_components"],
+                  r["covariance_type"]) == lab and r["tool"] == tool and r["dtype"] == dtype), np.nan)
+            for lab in labels
+        ]
+        ax.bar(np.arange(len(labels)) + i * width, vals, width, label=f"{tool} {dtype}")
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"N={n:.0e}\nD={d} K={k}\n{c}" for n, d, k, c in labels])
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per EM iteration")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (axis, key, name) in zip(axes, [("n", "n_samples", "N"), ("k", "n_components", "K"),
+                                            ("d", "n_features", "D")]):
+        pts = [r for r in scaling if r["axis"] == axis]
+        ax.loglog([r[key] for r in pts], [r["s_per_iter"] for r in pts], "o-")
+        ax.set_xlabel(name)
+        ax.set_ylabel("s / iteration (jaxgmm f32 full)")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", choices=sorted(GRIDS), default="small")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--iters", type=int, default=None, help="EM iterations per timing")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the N/K/D sweeps")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps(scaling_worker(job) if job.get("scaling") else worker(job)))
+        return 0
+    dtypes = [s.strip() for s in args.dtypes.split(",") if s.strip()]
+    for dt in dtypes:
+        if dt not in ("float32", "float64"):
+            parser.error(f"--dtypes entries must be float32 or float64, got {dt!r}")
+    iters = args.iters or (10 if args.sizes == "small" else 4)
+    if iters < 2:
+        parser.error("--iters must be >= 2")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    absent = [p for p in OPTIONAL_PEERS if importlib.util.find_spec(p) is None]
+    print(f"peers not installed (skipped): {', '.join(absent) or 'none'}", flush=True)
+
+    rows = []
+    for n, d, k, cov in GRIDS[args.sizes]:
+        for dtype in dtypes:
+            for tool in TOOLS:
+                row = _spawn(dict(n=n, d=d, k=k, cov=cov, dtype=dtype, tool=tool, iters=iters))
+                rows.append(row)
+                print(f"N={n} D={d} K={k} {cov} {dtype} {tool}: {row['s_per_iter']:.4g} s/iter, "
+                      f"compile {row['compile_s']:.2f} s, peak {row['peak_mem_mb']:.0f} MB, "
+                      f"ll {row['final_log_likelihood_f64']:.6f}", flush=True)
+    for row in rows:
+        ours = next(r for r in rows if r["tool"] == "jaxgmm" and all(
+            r[f] == row[f] for f in ("n_samples", "n_features", "n_components", "covariance_type", "dtype")))
+        row["ratio_peer_over_jaxgmm"] = row["s_per_iter"] / ours["s_per_iter"]
+    _write_csv(out / "bench.csv", rows, FIELDS)
+    scaling = [] if args.no_scaling else _spawn(dict(scaling=True, sweeps=SCALING[args.sizes], iters=min(iters, 5)))
+    _write_csv(out / "scaling.csv", scaling,
+               ["axis", "n_samples", "n_components", "n_features", "s_per_iter", "compile_s"])
+    _plots(out, rows, scaling)
+    for row in rows:
+        if row["tool"] != "jaxgmm":
+            print(f"{row['tool']} / jaxgmm at N={row['n_samples']} D={row['n_features']} "
+                  f"K={row['n_components']} {row['covariance_type']} {row['dtype']}: "
+                  f"{row['ratio_peer_over_jaxgmm']:.1f}x", flush=True)
+    print(f"wrote {out / 'bench.csv'}, {out / 'scaling.csv'}, bench.png, scaling.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

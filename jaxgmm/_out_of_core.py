@@ -1,0 +1,136 @@
+"""Exact EM for data that do not fit in device memory: the samples stay on the host
+(a NumPy array or a memmapped ``.npy`` file) and are fed to the device block by block;
+per-block `Moments` are summed on the device, so each iteration is the same EM step as
+in memory (to rounding), with device memory O(block * K * D + K * D^2)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgmm._blocked import add_moments, block_moments, default_block_size
+from jaxgmm._params import GMMParams
+
+
+def open_data(x, dtype=None):
+    """``x`` as a host array without reading it: a path to a ``.npy`` file is opened
+    with ``np.load(mmap_mode='r')``; arrays (and memmaps) are returned as they are."""
+    if isinstance(x, (str, os.PathLike)):
+        if not os.path.exists(x):
+            raise ValueError(f"x: no such file {os.fspath(x)!r} (expected a .npy file)")
+        x = np.load(x, mmap_mode="r")
+    if not hasattr(x, "shape") or len(x.shape) != 2:
+        raise ValueError(
+            f"x must be a 2D array or a path to a 2D .npy file of shape (n_samples, n_features), "
+            f"got {getattr(x, 'shape', type(x).__name__)}"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"x must hold floats (float32 or float64), got dtype {x.dtype}")
+    if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
+        raise ValueError(f"dtype must be a floating dtype, got {dtype!r}")
+    return x
+
+
+@functools.partial(jax.jit, static_argnums=(4,), donate_argnums=(0,))
+def _add_block(total, x_block, weight, params, spec):
+    return add_moments(total, block_moments(x_block, params, spec, sample_weight=weight))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _first_block(x_block, weight, params, spec):
+    return block_moments(x_block, params, spec, sample_weight=weight)
+
+
+def host_blocks(x, block_size, dtype):
+    """Yield ``(block, weight)`` pairs of fixed shape (block_size, D) read from ``x``;
+    the last block is zero-padded with weight 0 so one compiled function serves all."""
+    n_samples = x.shape[0]
+    for start in range(0, n_samples, block_size):
+        block = np.asarray(x[start : start + block_size], dtype=dtype)
+        n = block.shape[0]
+        if not np.all(np.isfinite(block)):
+            bad = start + int(np.argwhere(~np.isfinite(block))[0, 0])
+            raise ValueError(f"x contains NaN or infinity (first at row {bad})")
+        weight = np.ones((block_size,), dtype)
+        if n < block_size:
+            block = np.concatenate([block, np.zeros((block_size - n, block.shape[1]), dtype)])
+            weight[n:] = 0
+        yield block, weight
+
+
+def moments_from_host(x, params, spec, block_size: Optional[int] = None, dtype=None):
+    """`Moments` of host data ``x`` (array or memmap, (n_samples, n_features)) under
+    ``params``, streamed to the device in blocks. The next block is read from disk while
+    the device works on the current one (JAX dispatch is asynchronous)."""
+    dtype = np.dtype(dtype or x.dtype)
+    block_size = block_size or default_block_size(x.shape[0], spec.n_components, x.shape[1])
+    block_size = int(min(block_size, x.shape[0]))
+    total = None
+    for block, weight in host_blocks(x, block_size, dtype):
+        if total is None:
+            total = _first_block(block, weight, params, spec)
+        else:
+            total = _add_block(total, block, weight, params, spec)
+    return total
+
+
+def fit_em_out_of_core(
+    key,
+    x: Union[np.ndarray, str, os.PathLike],
+    spec,
+    *,
+    init: Union[str, GMMParams] = "kmeans",
+    init_subsample: int = 100_000,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    block_size: Optional[int] = None,
+    dtype=None,
+):
+    """Exact EM on data held on the host or on disk.
+
+    Args:
+        key: PRNG key (for the initialiser's subsample and the initialiser).
+        x: array of shape (n_samples, n_features), a ``np.memmap``, or a path to a
+            ``.npy`` file (opened memory-mapped; never loaded whole).
+        spec: `GMMSpec`.
+        init: an initialiser name (run on ``init_subsample`` random rows) or `GMMParams`.
+        init_subsample: rows read for a named initialiser.
+        max_iter, tol: as in `fit_em`.
+        block_size: rows per block sent to the device (default from N, K, D).
+        dtype: float dtype for the computation (default: the data's).
+
+    Returns:
+        `FitResult` (one restart) with the per-iteration trace.
+    """
+    from jaxgmm._driver import run_em_out_of_core
+    from jaxgmm._init import initial_params
+    from jaxgmm._validation import check_int, check_positive
+
+    x = open_data(x, dtype)
+    dtype = np.dtype(dtype or x.dtype)
+    tol = check_positive(tol, "tol", allow_zero=True)
+    max_iter = check_int(max_iter, "max_iter", 0)
+    if block_size is not None:
+        block_size = check_int(block_size, "block_size", 1)
+    if x.shape[0] < spec.n_components:
+        raise ValueError(
+            f"x has n_samples={x.shape[0]}, fewer than n_components={spec.n_components}"
+        )
+    if isinstance(init, str):
+        n_sub = check_int(init_subsample, "init_subsample", spec.n_components)
+        key_rows, key_init = jax.random.split(key)
+        rows = np.sort(np.asarray(jax.random.choice(
+            key_rows, x.shape[0], (min(n_sub, x.shape[0]),), replace=False
+        )))
+        subset = jnp.asarray(np.asarray(x[rows], dtype=dtype))
+        params = jax.tree_util.tree_map(lambda a: a[0], initial_params(key_init, subset, spec, init, 1))
+    else:
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), GMMParams(*init))
+    return run_em_out_of_core(
+        x, params, spec, max_iter=max_iter, tol=tol, block_size=block_size, dtype=dtype
+    )

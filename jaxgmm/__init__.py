@@ -46,3 +46,23 @@ __all__ = [
     "params_from_covariances", "params_from_precisions", "precisions", "regularize_covariance",
     "run_fitter", "sample", "sufficient_statistics", "weighted_log_prob",
 ]
+
+# Bayesian GMM on the same spec (NumPyro): prior registry, model, SVI, NUTS, posterior tools.
+from jaxgmm import priors  # noqa: E402
+from jaxgmm._numpyro_model import gmm_model  # noqa: E402
+from jaxgmm._nuts import NUTSResult, fit_nuts  # noqa: E402
+from jaxgmm._posterior import (  # noqa: E402
+    linear_assignment,
+    log_predictive_density,
+    posterior_mean_params,
+    relabel,
+    summarize,
+    waic,
+)
+from jaxgmm._svi import GUIDES, OPTIMIZERS, SVIResult, fit_svi, svi_fitter  # noqa: E402
+
+__all__ += [
+    "GUIDES", "NUTSResult", "OPTIMIZERS", "SVIResult", "fit_nuts", "fit_svi", "gmm_model",
+    "linear_assignment", "log_predictive_density", "posterior_mean_params", "priors", "relabel",
+    "summarize", "svi_fitter", "waic",
+]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.initialization import init_to_value
 
+from jaxgmm._density import mean_log_likelihood
 from jaxgmm._fit import fit_em
 from jaxgmm._numpyro_model import gmm_model, model_prior
 from jaxgmm._params import GMMParams
@@ -24,7 +25,6 @@ from jaxgmm._posterior import (
     summarize,
     summarize_params,
 )
-from jaxgmm._density import mean_log_likelihood
 from jaxgmm._validation import check_data, check_int, check_positive
 from jaxgmm.priors import resolve_prior
 
@@ -73,8 +73,8 @@ def fit_nuts(
     num_samples: int = 500,
     num_chains: int = 4,
     chain_method: str = "vectorized",
-    reference: Optional[GMMParams] = None,
-    init: Optional[GMMParams] = None,
+    reference: GMMParams | None = None,
+    init: GMMParams | None = None,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     dense_mass: bool = False,

@@ -148,7 +148,7 @@ def summarize_params(draws, spec):
 def _covariances_of_draws(draws, spec):
     lead = np.asarray(draws.means).shape[:-2]
     prec_chol = jnp.asarray(draws.prec_chol)
-    flat = prec_chol.reshape((-1,) + prec_chol.shape[len(lead):])
+    flat = prec_chol.reshape((-1,) + prec_chol.shape[len(lead) :])
     cov = jax.vmap(lambda p: covariances(GMMParams(None, None, p), spec.covariance_type))(flat)
     return np.asarray(cov).reshape(lead + cov.shape[1:])
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,7 +105,7 @@ class SVIHandle(NamedTuple):
     n_features: int
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _svi_handle(spec, n_features, dtype_name, guide_name, optimizer, num_particles, init_scale):
     dtype = jnp.dtype(dtype_name)
     prior = model_prior(spec)
@@ -170,7 +171,7 @@ def point_estimate(handle, guide_params):
     return model_prior(handle.spec).params_from_sites(sites, handle.spec, handle.n_features, dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def svi_fitter(
     spec,
     n_features,
@@ -199,12 +200,12 @@ def svi_fitter(
 
     def step(key, state, x):
         svi_state = SVIState(state.optim_state, state.mutable_state, key)
-        log_likelihood = mean_log_likelihood(x, point_estimate(handle, svi.get_params(svi_state)), spec)
+        log_likelihood = mean_log_likelihood(
+            x, point_estimate(handle, svi.get_params(svi_state)), spec
+        )
         new_state, loss = svi.update(svi_state, x)
         bound = (-loss / x.shape[0]).astype(x.dtype)
-        converged = (
-            jnp.asarray(False) if tol is None else jnp.abs(bound - state.prev_bound) < tol
-        )
+        converged = jnp.asarray(False) if tol is None else jnp.abs(bound - state.prev_bound) < tol
         info = SVIInfo(log_likelihood=log_likelihood, bound=bound, converged=converged)
         return (
             SVIFitState(new_state.optim_state, new_state.mutable_state, bound),
@@ -307,13 +308,13 @@ def fit_svi(
     optimizer=None,
     num_steps: int = 2000,
     num_particles: int = 1,
-    init: Union[str, GMMParams] = "kmeans",
+    init: str | GMMParams = "kmeans",
     n_init: int = 1,
-    tol: Optional[float] = None,
+    tol: float | None = None,
     init_scale: float = 0.1,
     n_eval_samples: int = 1000,
-    chunk_size: Optional[int] = None,
-    callback: Optional[Callable] = None,
+    chunk_size: int | None = None,
+    callback: Callable | None = None,
 ) -> SVIResult:
     """Fit the NumPyro model of ``spec`` (prior ``spec.prior``) to ``x`` by SVI.
 
@@ -363,8 +364,14 @@ def fit_svi(
         spec, x.shape[1], str(x.dtype), guide, optimizer, num_particles, tol, init_scale
     )
     result = run_fitter(
-        fitter, key_run, x, params, spec,
-        max_iter=num_steps, chunk_size=chunk_size, callback=callback,
+        fitter,
+        key_run,
+        x,
+        params,
+        spec,
+        max_iter=num_steps,
+        chunk_size=chunk_size,
+        callback=callback,
     )
     final_state = handle.svi.get_params(SVIState(result.state.optim_state, None, None))
     log_post = float(log_posterior(x, result.params, spec))
@@ -375,8 +382,15 @@ def fit_svi(
             key_eval, handle, final_state, x, n_eval_samples
         )
     return SVIResult(
-        fit=result, guide_params=final_state, guide=guide, spec=spec, elbo=elbo,
-        elbo_stderr=stderr, log_marginal_is=is_estimate, log_posterior=log_post, handle=handle,
+        fit=result,
+        guide_params=final_state,
+        guide=guide,
+        spec=spec,
+        elbo=elbo,
+        elbo_stderr=stderr,
+        log_marginal_is=is_estimate,
+        log_posterior=log_post,
+        handle=handle,
     )
 
 

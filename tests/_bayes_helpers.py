@@ -38,7 +38,9 @@ def _from_params(params, spec):
     pc = params.prec_chol
     if spec.covariance_type in ("full", "tied"):
         d = pc.shape[-1]
-        raw = jnp.triu(pc, 1) + jnp.log(jnp.diagonal(pc, axis1=-2, axis2=-1))[..., None] * jnp.eye(d)
+        raw = jnp.triu(pc, 1) + jnp.log(jnp.diagonal(pc, axis1=-2, axis2=-1))[..., None] * jnp.eye(
+            d
+        )
     else:
         raw = jnp.log(pc)
     return (jnp.log(params.weights), params.means, raw)

@@ -6,13 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
+from _bayes_helpers import faithful
 from numpyro.infer.util import log_density
 
 import jaxgmm
 from jaxgmm._numpyro_model import gmm_model
 from jaxgmm.priors import make_prior, resolve_prior
-
-from _bayes_helpers import faithful
 
 
 def _params(cov_type, key=0, k=3, d=2):
@@ -21,8 +20,12 @@ def _params(cov_type, key=0, k=3, d=2):
     means = jax.random.normal(keys[1], (k, d)) * 2
     a = jax.random.normal(keys[2], (k, d, d))
     full = a @ jnp.swapaxes(a, -1, -2) + 0.5 * jnp.eye(d)
-    cov = {"full": full, "tied": full[0], "diag": jnp.diagonal(full, axis1=1, axis2=2),
-           "spherical": jnp.diagonal(full, axis1=1, axis2=2).mean(1)}[cov_type]
+    cov = {
+        "full": full,
+        "tied": full[0],
+        "diag": jnp.diagonal(full, axis1=1, axis2=2),
+        "spherical": jnp.diagonal(full, axis1=1, axis2=2).mean(1),
+    }[cov_type]
     return jaxgmm.params_from_covariances(weights, means, cov, cov_type), cov
 
 
@@ -86,7 +89,8 @@ def test_faithful_model_runs_in_float32_without_nan():
     x = jnp.asarray(faithful(), jnp.float32)
     spec = resolve_prior(jaxgmm.GMMSpec(2, "full", prior=make_prior("lkj")), x)
     params = jaxgmm.params_from_covariances(
-        jnp.array([0.36, 0.64], jnp.float32), jnp.array([[2.0, 54.5], [4.3, 80.0]], jnp.float32),
+        jnp.array([0.36, 0.64], jnp.float32),
+        jnp.array([[2.0, 54.5], [4.3, 80.0]], jnp.float32),
         jnp.array([[[0.07, 0.44], [0.44, 33.7]], [[0.17, 0.94], [0.94, 36.0]]], jnp.float32),
         "full",
     )

@@ -1,12 +1,11 @@
 """The prior registry: construction and errors, densities against SciPy, the site <->
 params maps, and the conjugate prior's closed-form MAP M-step."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _bayes_helpers import faithful, log_posterior_total
 from scipy import stats
 
 import jaxgmm
@@ -16,8 +15,6 @@ from jaxgmm.priors import (
     prior_from_config,
     resolve_prior,
 )
-
-from _bayes_helpers import faithful, log_posterior_total
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -39,9 +36,7 @@ def ml_fits():
         "diag": np.diagonal(full, axis1=1, axis2=2),
         "spherical": np.diagonal(full, axis1=1, axis2=2).mean(1),
     }
-    return {
-        ct: jaxgmm.params_from_covariances(weights, means, cov[ct], ct) for ct in COV_TYPES
-    }
+    return {ct: jaxgmm.params_from_covariances(weights, means, cov[ct], ct) for ct in COV_TYPES}
 
 
 def test_unknown_prior_name_lists_valid():
@@ -65,8 +60,15 @@ def test_config_form_and_hashability():
     assert prior == make_prior("conjugate", mean_prior=(0.0, 1.0), mean_precision=2.0)
     assert prior.mean_prior == (0.0, 1.0)
     spec = jaxgmm.GMMSpec(2, "full", prior=prior)
-    assert hash(spec) == hash(jaxgmm.GMMSpec(2, "full", prior=prior_from_config(
-        {"name": "conjugate", "mean_prior": np.array([0.0, 1.0]), "mean_precision": 2.0})))
+    assert hash(spec) == hash(
+        jaxgmm.GMMSpec(
+            2,
+            "full",
+            prior=prior_from_config(
+                {"name": "conjugate", "mean_prior": np.array([0.0, 1.0]), "mean_precision": 2.0}
+            ),
+        )
+    )
     with pytest.raises(ValueError, match="'name'"):
         prior_from_config({"eta": 1.0})
 
@@ -98,14 +100,15 @@ def test_sites_round_trip_and_finite_density(name, cov_type, data, ml_fits):
     params = ml_fits[cov_type]
     prior = spec.prior
     back = prior.params_from_sites(prior.site_values(params, spec), spec, 2, data.dtype)
-    for a, b in zip(back, params):
+    for a, b in zip(back, params, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     assert np.isfinite(float(prior.log_density(params, spec)))
 
 
 def test_conjugate_full_density_matches_scipy(data, ml_fits):
-    prior = make_prior("conjugate", weight_concentration=2.5, mean_precision=0.3,
-                       degrees_of_freedom=4.5).with_data_defaults(data, 2)
+    prior = make_prior(
+        "conjugate", weight_concentration=2.5, mean_precision=0.3, degrees_of_freedom=4.5
+    ).with_data_defaults(data, 2)
     spec = jaxgmm.GMMSpec(2, "full", prior=prior)
     p = ml_fits["full"]
     cov = np.asarray(jaxgmm.covariances(p, "full"))
@@ -168,7 +171,7 @@ def test_flat_em_step_is_maximum_likelihood(data, ml_fits):
     log_resp = jaxgmm.e_step(data, ml_fits["full"], spec)[1]
     stats_ = jaxgmm.sufficient_statistics(data, log_resp, spec)
     ml = jaxgmm.m_step(data, log_resp, jaxgmm.GMMSpec(2, "full"))
-    for a, b in zip(spec.prior.em_m_step(stats_, spec), ml):
+    for a, b in zip(spec.prior.em_m_step(stats_, spec), ml, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
@@ -198,11 +201,12 @@ def test_conjugate_em_map_is_a_stationary_point_and_monotone(cov_type, data, req
         params = jaxgmm.GMMParams(jax.nn.softmax(logits), means, prec_chol)
         return log_posterior_total(data, params, spec)
 
-    grads = jax.grad(objective, argnums=(0, 1, 2))(jnp.log(final.weights), final.means,
-                                                   final.prec_chol)
+    grads = jax.grad(objective, argnums=(0, 1, 2))(
+        jnp.log(final.weights), final.means, final.prec_chol
+    )
     g_pc = grads[2]
     if cov_type in ("full", "tied"):
         g_pc = jnp.triu(g_pc)  # only the upper triangle is a free coordinate
-    for g, v in zip((grads[0], grads[1], g_pc), (None, final.means, final.prec_chol)):
+    for g, v in zip((grads[0], grads[1], g_pc), (None, final.means, final.prec_chol), strict=True):
         scale = 1.0 if v is None else jnp.abs(v) + 1e-3
         assert float(jnp.max(jnp.abs(g) * scale)) < 1e-5 * data.shape[0]

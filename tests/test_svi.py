@@ -13,12 +13,11 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
+from _bayes_helpers import faithful, gradient_map
 
 import jaxgmm
 from jaxgmm._svi import GUIDES, fit_svi, log_posterior
 from jaxgmm.priors import PRIORS, Prior, make_prior, register_prior, resolve_prior
-
-from _bayes_helpers import faithful, gradient_map
 
 # A decaying step size so that AutoDelta settles on the optimum instead of hovering.
 DECAYING_ADAM = optax.adam(optax.exponential_decay(0.05, 1000, 0.1))
@@ -46,8 +45,15 @@ def test_auto_delta_flat_reaches_em_maximum_likelihood(x, require_x64):
     init = _init(jax.random.key(0), x, spec)
     em = jaxgmm.fit_em(jax.random.key(1), x, spec, init=init, tol=1e-10, max_iter=1000)
     flat = dataclasses.replace(spec, prior=make_prior("flat"))
-    svi = fit_svi(jax.random.key(2), x, flat, guide="auto_delta", init=init,
-                  optimizer=DECAYING_ADAM, num_steps=3000)
+    svi = fit_svi(
+        jax.random.key(2),
+        x,
+        flat,
+        guide="auto_delta",
+        init=init,
+        optimizer=DECAYING_ADAM,
+        num_steps=3000,
+    )
     assert abs(svi.fit.log_likelihood - em.log_likelihood) < 1e-3
     trace = svi.fit.trace
     assert svi.fit.bound_name == "log_joint"
@@ -64,8 +70,15 @@ def test_map_agrees_em_gradient_auto_delta(x, require_x64):
     init = _init(jax.random.key(0), x, spec)
     em = jaxgmm.fit_em(jax.random.key(1), x, spec, init=init, tol=1e-12, max_iter=2000)
     grad = gradient_map(x, spec, init)
-    svi = fit_svi(jax.random.key(2), x, spec, guide="auto_delta", init=init,
-                  optimizer=DECAYING_ADAM, num_steps=3000)
+    svi = fit_svi(
+        jax.random.key(2),
+        x,
+        spec,
+        guide="auto_delta",
+        init=init,
+        optimizer=DECAYING_ADAM,
+        num_steps=3000,
+    )
     values = [float(log_posterior(x, p, spec)) for p in (em.params, grad, svi.fit.params)]
     assert svi.log_posterior == pytest.approx(values[2])
     np.testing.assert_allclose(values, values[0], rtol=0, atol=1e-3)
@@ -88,10 +101,12 @@ def test_stochastic_guides_elbo_below_importance_sampling(guide, x):
 
 def _two_clusters():
     key_a, key_b = jax.random.split(jax.random.key(7))
-    return jnp.concatenate([
-        jax.random.normal(key_a, (60, 2)) * 0.5 - 3.0,
-        jax.random.normal(key_b, (60, 2)) * 0.5 + 3.0,
-    ])
+    return jnp.concatenate(
+        [
+            jax.random.normal(key_a, (60, 2)) * 0.5 - 3.0,
+            jax.random.normal(key_b, (60, 2)) * 0.5 + 3.0,
+        ]
+    )
 
 
 def test_sparse_dirichlet_empties_surplus_components():
@@ -99,8 +114,14 @@ def test_sparse_dirichlet_empties_surplus_components():
     and weight_concentration=1 they keep about 1% of the mass; see docs/bayes.md)."""
     x = _two_clusters()
     spec = jaxgmm.GMMSpec(4, "full", prior=make_prior("sparse_dirichlet"))
-    svi = fit_svi(jax.random.key(4), x, spec, guide="auto_normal", num_steps=1500,
-                  optimizer={"name": "adam", "learning_rate": 0.05})
+    svi = fit_svi(
+        jax.random.key(4),
+        x,
+        spec,
+        guide="auto_normal",
+        num_steps=1500,
+        optimizer={"name": "adam", "learning_rate": 0.05},
+    )
     weights = np.sort(np.asarray(svi.fit.params.weights))
     assert weights[:2].sum() < 1e-3, weights
     np.testing.assert_allclose(weights[2:], 0.5, atol=0.05)
@@ -122,7 +143,8 @@ class StudentMeansPrior(Prior):
         k = spec.n_components
         weights = numpyro.sample("weights", dist.Dirichlet(jnp.ones(k, dtype)))
         means = numpyro.sample(
-            "means", dist.StudentT(self.df, 0.0, self.mean_scale).expand((k, n_features)).to_event(2)
+            "means",
+            dist.StudentT(self.df, 0.0, self.mean_scale).expand((k, n_features)).to_event(2),
         )
         sd = numpyro.sample("sd", dist.LogNormal(0.0, 2.0).expand((k, n_features)).to_event(2))
         return jaxgmm.GMMParams(weights, means, 1.0 / sd)
@@ -140,8 +162,11 @@ def test_extension_path_new_prior_registers_and_fits():
         x = _two_clusters()
         spec = jaxgmm.GMMSpec(2, "diag", prior=prior)
         params = jaxgmm.params_from_covariances(
-            jnp.array([0.5, 0.5]), jnp.array([[-3.0, -3.0], [3.0, 3.0]]), jnp.full((2, 2), 0.25),
-            "diag")
+            jnp.array([0.5, 0.5]),
+            jnp.array([[-3.0, -3.0], [3.0, 3.0]]),
+            jnp.full((2, 2), 0.25),
+            "diag",
+        )
         # The derived density is the sum of the sample statements' log-probs.
         expected = (
             dist.Dirichlet(jnp.ones(2)).log_prob(params.weights)

@@ -61,12 +61,14 @@ def prior_from_config(config):
     if isinstance(config, dict):
         if "name" not in config:
             raise ValueError(
-                f"prior config needs a 'name' key (one of {sorted(PRIORS)}), got keys {sorted(config)}"
+                f"prior config needs a 'name' key (one of {sorted(PRIORS)}), "
+                f"got keys {sorted(config)}"
             )
         rest = {key: value for key, value in config.items() if key != "name"}
         return make_prior(config["name"], **rest)
     raise ValueError(
-        f"prior config must be None, a prior name or a mapping with 'name', got {type(config).__name__}"
+        "prior config must be None, a prior name or a mapping with 'name', "
+        f"got {type(config).__name__}"
     )
 
 
@@ -90,6 +92,15 @@ def resolve_prior(spec, x):
 
 
 __all__ = [
-    "PRIORS", "ConjugatePrior", "FlatPrior", "LKJPrior", "Prior", "SparseDirichletPrior",
-    "hyperparameter_names", "make_prior", "prior_from_config", "register_prior", "resolve_prior",
+    "PRIORS",
+    "ConjugatePrior",
+    "FlatPrior",
+    "LKJPrior",
+    "Prior",
+    "SparseDirichletPrior",
+    "hyperparameter_names",
+    "make_prior",
+    "prior_from_config",
+    "register_prior",
+    "resolve_prior",
 ]

@@ -4,17 +4,21 @@ Classification 24:155, "Bayesian regularization for normal mixture estimation").
 
 Sites (the variables the density is over):
   ``weights`` (K,) ~ Dirichlet(weight_concentration)
-  full:      ``covariances`` (K, D, D) ~ InverseWishart(dof, Psi); ``means`` (K, D) | cov ~ N(m0, cov / kappa)
-  tied:      ``covariance`` (D, D) ~ InverseWishart(dof, Psi); ``means`` (K, D) | cov ~ N(m0, cov / kappa)
-  diag:      ``variances`` (K, D) ~ InverseGamma(dof / 2, diag(Psi) / 2); ``means`` ~ N(m0, var / kappa)
-  spherical: ``variances`` (K,) ~ InverseGamma(dof / 2, tr(Psi) / (2 D)); ``means`` ~ N(m0, var / kappa I)
+  full:      ``covariances`` (K, D, D) ~ InverseWishart(dof, Psi);
+             ``means`` (K, D) | cov ~ N(m0, cov / kappa)
+  tied:      ``covariance`` (D, D) ~ InverseWishart(dof, Psi);
+             ``means`` (K, D) | cov ~ N(m0, cov / kappa)
+  diag:      ``variances`` (K, D) ~ InverseGamma(dof / 2, diag(Psi) / 2);
+             ``means`` ~ N(m0, var / kappa)
+  spherical: ``variances`` (K,) ~ InverseGamma(dof / 2, tr(Psi) / (2 D));
+             ``means`` ~ N(m0, var / kappa I)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpyro
@@ -55,10 +59,10 @@ class ConjugatePrior(Prior):
     covariance_types: ClassVar[tuple] = ALL_COVARIANCE_TYPES
 
     weight_concentration: float = 1.0
-    mean_prior: Optional[tuple] = None
+    mean_prior: tuple | None = None
     mean_precision: float = 0.01
-    degrees_of_freedom: Optional[float] = None
-    covariance_prior: Optional[tuple] = None
+    degrees_of_freedom: float | None = None
+    covariance_prior: tuple | None = None
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

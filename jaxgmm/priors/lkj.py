@@ -15,7 +15,7 @@ Sites (the variables the density is over):
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpyro
@@ -58,9 +58,9 @@ class LKJPrior(Prior):
     weight_concentration: float = 1.0
     eta: float = 2.0
     scale_distribution: str = "half_normal"
-    mean_prior: Optional[tuple] = None
-    mean_scale: Optional[tuple] = None
-    scale_scale: Optional[tuple] = None
+    mean_prior: tuple | None = None
+    mean_scale: tuple | None = None
+    scale_scale: tuple | None = None
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

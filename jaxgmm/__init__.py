@@ -90,3 +90,23 @@ __all__ += [
     "fit_em_out_of_core", "moments_from_host", "shard_data", "sharded_mean_log_likelihood",
     "sharded_moments", "stats_from_moments",
 ]
+
+# Bayesian GMM on the same spec (NumPyro): prior registry, model, SVI, NUTS, posterior tools.
+from jaxgmm import priors  # noqa: E402
+from jaxgmm._numpyro_model import gmm_model  # noqa: E402
+from jaxgmm._nuts import NUTSResult, fit_nuts  # noqa: E402
+from jaxgmm._posterior import (  # noqa: E402
+    linear_assignment,
+    log_predictive_density,
+    posterior_mean_params,
+    relabel,
+    summarize,
+    waic,
+)
+from jaxgmm._svi import GUIDES, SVIResult, fit_svi, svi_fitter  # noqa: E402
+
+__all__ += [
+    "GUIDES", "NUTSResult", "SVIResult", "fit_nuts", "fit_svi", "gmm_model",
+    "linear_assignment", "log_predictive_density", "posterior_mean_params", "priors", "relabel",
+    "summarize", "svi_fitter", "waic",
+]

@@ -85,6 +85,8 @@ class FitResult(NamedTuple):
         degeneracies: tuple of `Degeneracy` of the final parameters.
         nonfinite_iteration: iteration at which the fitter produced non-finite values
             (the fit stopped there and kept the last finite parameters), or None.
+        state: the best restart's final fitter state (e.g. an SVI guide's parameters,
+            which ``params`` alone does not determine).
     """
 
     params: object
@@ -100,6 +102,7 @@ class FitResult(NamedTuple):
     best_restart: int
     degeneracies: tuple
     nonfinite_iteration: int | None
+    state: object = None
 
 
 class _Carry(NamedTuple):
@@ -253,6 +256,7 @@ def run_fitter(
         best_restart=best,
         degeneracies=find_degeneracies(trace, spec, n_samples),
         nonfinite_iteration=None if nonfinite_at < 0 else nonfinite_at,
+        state=jax.tree_util.tree_map(lambda a: a[best], carry.state),
     )
 
 

@@ -1,0 +1,201 @@
+"""Posterior draws of `GMMParams`: label switching (relabelling draws to a reference by
+an optimal assignment), summaries with NumPyro's r-hat and ESS, plug-in and posterior
+predictive log-likelihoods, WAIC.
+
+Draws are `GMMParams` whose leaves carry leading draw axes: (n_chains, n_draws, ...) for
+summaries (r-hat needs chains), any leading shape for predictive densities.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+from jaxgmm._density import log_prob, mean_log_likelihood
+from jaxgmm._params import GMMParams, covariances, params_from_covariances
+
+
+def linear_assignment(cost):
+    """Minimum-cost perfect matching of a square cost matrix (the Hungarian algorithm,
+    Kuhn 1955, in the O(n^3) potentials form of Jonker and Volgenant 1987).
+
+    Args:
+        cost: array of shape (n, n).
+
+    Returns:
+        (n,) int array ``col`` such that row i is matched to column ``col[i]``.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"cost must be a square matrix, got shape {cost.shape}")
+    if not np.all(np.isfinite(cost)):
+        raise ValueError("cost must be finite")
+    n = cost.shape[0]
+    u = np.zeros(n + 1)
+    v = np.zeros(n + 1)
+    row_of_col = np.zeros(n + 1, dtype=int)  # 1-based row matched to each column, 0 = none
+    way = np.zeros(n + 1, dtype=int)
+    for i in range(1, n + 1):
+        row_of_col[0] = i
+        j0 = 0
+        minv = np.full(n + 1, np.inf)
+        used = np.zeros(n + 1, dtype=bool)
+        while True:
+            used[j0] = True
+            i0 = row_of_col[j0]
+            free = ~used[1:]
+            reduced = cost[i0 - 1] - u[i0] - v[1:]
+            better = free & (reduced < minv[1:])
+            minv[1:][better] = reduced[better]
+            way[1:][better] = j0
+            candidates = np.where(free, minv[1:], np.inf)
+            j1 = int(np.argmin(candidates)) + 1
+            delta = candidates[j1 - 1]
+            u[row_of_col[used]] += delta
+            v[used] -= delta
+            minv[~used] -= delta
+            j0 = j1
+            if row_of_col[j0] == 0:
+                break
+        while j0:
+            j1 = way[j0]
+            row_of_col[j0] = row_of_col[j1]
+            j0 = j1
+    col = np.empty(n, dtype=int)
+    col[row_of_col[1:] - 1] = np.arange(n)
+    return col
+
+
+def relabel(draws, reference, spec, scale=None):
+    """Undo label switching: permute each draw's components to match ``reference``.
+
+    The cost of matching draw component k to reference component j is the squared
+    distance between their means, each feature divided by ``scale`` (default: the spread
+    of the reference means per feature, or 1). Covariances of ``tied`` are shared and
+    not permuted.
+
+    Args:
+        draws: `GMMParams` with leading draw axes (..., K, ...).
+        reference: `GMMParams` (one solution, e.g. the EM fit).
+        spec: `GMMSpec`.
+        scale: optional (n_features,) feature scales.
+
+    Returns:
+        ``(relabelled_draws, permutations)``; permutations has shape (..., K) with
+        ``relabelled.means[..., j, :] = draws.means[..., permutations[..., j], :]``.
+    """
+    means = np.asarray(draws.means)
+    lead = means.shape[:-2]
+    k = means.shape[-2]
+    ref = np.asarray(reference.means)
+    if scale is None:
+        scale = ref.std(axis=0) if k > 1 else np.ones(ref.shape[-1])
+        scale = np.where(scale > 0, scale, 1.0)
+    flat = means.reshape((-1,) + means.shape[-2:]) / scale
+    cost = np.sum(np.square(ref[None, :, None, :] / scale - flat[:, None, :, :]), axis=-1)
+    perms = np.stack([linear_assignment(c) for c in cost]).reshape(lead + (k,))
+
+    def take(leaf, per_component):
+        if not per_component:
+            return leaf
+        leaf = np.asarray(leaf)
+        index = perms.reshape(perms.shape + (1,) * (leaf.ndim - perms.ndim))
+        return np.take_along_axis(leaf, index, axis=len(lead))
+
+    relabelled = GMMParams(
+        weights=take(draws.weights, True),
+        means=take(draws.means, True),
+        prec_chol=take(draws.prec_chol, spec.covariance_type != "tied"),
+    )
+    return relabelled, perms
+
+
+def summarize(values):
+    """Summary of draws of shape (n_chains, n_draws, ...): dict of arrays of shape (...)
+    with ``mean``, ``sd``, ``q05``, ``q95``, ``r_hat`` (split Gelman-Rubin) and ``ess``
+    (NumPyro's diagnostics)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim < 2:
+        raise ValueError(f"draws must have shape (n_chains, n_draws, ...), got {values.shape}")
+    pooled = values.reshape((-1,) + values.shape[2:])
+    return {
+        "mean": pooled.mean(axis=0),
+        "sd": pooled.std(axis=0, ddof=1),
+        "q05": np.quantile(pooled, 0.05, axis=0),
+        "q95": np.quantile(pooled, 0.95, axis=0),
+        "r_hat": np.asarray(split_gelman_rubin(values)),
+        "ess": np.asarray(effective_sample_size(values)),
+    }
+
+
+def summarize_params(draws, spec):
+    """Summaries (see `summarize`) of ``weights``, ``means`` and ``covariances`` of
+    relabelled draws with leading axes (n_chains, n_draws)."""
+    cov = _covariances_of_draws(draws, spec)
+    return {
+        "weights": summarize(draws.weights),
+        "means": summarize(draws.means),
+        "covariances": summarize(cov),
+    }
+
+
+def _covariances_of_draws(draws, spec):
+    lead = np.asarray(draws.means).shape[:-2]
+    prec_chol = jnp.asarray(draws.prec_chol)
+    flat = prec_chol.reshape((-1,) + prec_chol.shape[len(lead) :])
+    cov = jax.vmap(lambda p: covariances(GMMParams(None, None, p), spec.covariance_type))(flat)
+    return np.asarray(cov).reshape(lead + cov.shape[1:])
+
+
+def posterior_mean_params(draws, spec):
+    """`GMMParams` from posterior means of weights, means and covariances (relabelled)."""
+    lead = np.asarray(draws.means).shape[:-2]
+    axes = tuple(range(len(lead)))
+    weights = np.asarray(draws.weights).mean(axis=axes)
+    cov = _covariances_of_draws(draws, spec).mean(axis=axes)
+    return params_from_covariances(
+        weights / weights.sum(), np.asarray(draws.means).mean(axis=axes), cov, spec.covariance_type
+    )
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def pointwise_log_likelihood(x, draws, spec):
+    """(n_draws_total, n_samples) log p(x_n | params_s), draws flattened."""
+    lead = draws.means.ndim - 2
+    flat = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[lead:]), draws)
+    return jax.lax.map(lambda p: log_prob(x, p, spec), flat)
+
+
+def log_predictive_density(x, draws, spec):
+    """Log posterior predictive density per sample of (held-out) ``x``:
+    1/N sum_n log (1/S sum_s p(x_n | params_s))."""
+    ll = pointwise_log_likelihood(x, draws, spec)
+    n_draws = ll.shape[0]
+    return float(jnp.mean(logsumexp(ll, axis=0) - math.log(n_draws)))
+
+
+def waic(x, draws, spec):
+    """WAIC (Watanabe 2010; Gelman, Hwang and Vehtari 2014), per sample: returns
+    ``(elpd_waic, p_waic)`` with elpd_waic = lppd - p_waic, p_waic = sum_n var_s log p(x_n|s),
+    both divided by n_samples."""
+    ll = pointwise_log_likelihood(x, draws, spec)
+    n_draws, n = ll.shape
+    lppd = jnp.sum(logsumexp(ll, axis=0) - math.log(n_draws))
+    p_waic = jnp.sum(jnp.var(ll, axis=0, ddof=1))
+    return float((lppd - p_waic) / n), float(p_waic / n)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def draws_mean_log_likelihood(x, draws, spec):
+    """Log-likelihood per sample of each draw, shape = the draws' leading axes."""
+    lead = draws.means.ndim - 2
+    fn = lambda p: mean_log_likelihood(x, p, spec)  # noqa: E731
+    for _ in range(lead):
+        fn = jax.vmap(fn)
+    return fn(draws)

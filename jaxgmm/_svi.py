@@ -1,0 +1,406 @@
+"""Stochastic variational inference on the NumPyro model of a `GMMSpec`, as a `Fitter`
+run by the generic driver (uniform traces, restarts, compile time kept apart), plus an
+importance-sampling estimate of log p(X) from the fitted guide.
+
+Guides (NumPyro autoguides, keyed by config name in `GUIDES`): ``auto_delta`` (MAP: its
+objective is the log joint at a point, so it is traced as ``log_joint``, not as an ELBO),
+``auto_normal`` (mean field in the unconstrained space) and ``auto_multivariate_normal``
+(full-rank Gaussian in the unconstrained space).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.scipy.special import logsumexp
+from numpyro import handlers
+from numpyro.distributions import biject_to
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.svi import SVIState
+from numpyro.infer.util import log_density
+from numpyro.optim import optax_to_numpyro
+
+from jaxgmm._density import mean_log_likelihood
+from jaxgmm._driver import FitResult, run_fitter
+from jaxgmm._fitter import Fitter
+from jaxgmm._init import initial_params
+from jaxgmm._numpyro_model import gmm_model, model_prior
+from jaxgmm._params import GMMParams
+from jaxgmm._prior_api import log_prior
+from jaxgmm._validation import check_data, check_int, check_positive
+from jaxgmm.priors import resolve_prior
+
+GUIDES = {
+    "auto_delta": AutoDelta,
+    "auto_normal": AutoNormal,
+    "auto_multivariate_normal": AutoMultivariateNormal,
+}
+
+OPTIMIZERS = {
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+    "sgd": optax.sgd,
+    "rmsprop": optax.rmsprop,
+    "adagrad": optax.adagrad,
+}
+
+
+def make_optimizer(name, **kwargs):
+    """An optax optimiser from `OPTIMIZERS` by name (e.g. ``adam``, learning_rate=0.01)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {sorted(OPTIMIZERS)}")
+    try:
+        return OPTIMIZERS[name](**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments {sorted(kwargs)} for optimizer {name!r}: {exc}") from None
+
+
+def _guide_class(name):
+    if name not in GUIDES:
+        raise ValueError(f"unknown guide {name!r}; valid guides: {sorted(GUIDES)}")
+    return GUIDES[name]
+
+
+class SVIFitState(NamedTuple):
+    """Carried by the SVI fitter (the key is supplied per step by the driver)."""
+
+    optim_state: object  # numpyro/optax optimiser state of the guide's parameters
+    mutable_state: object  # None for these models
+    prev_bound: jax.Array  # scalar, previous objective per sample (for tol)
+
+
+class SVIInfo(NamedTuple):
+    """Per-step SVI diagnostics.
+
+    Attributes:
+        log_likelihood: log p(X | point estimate of the guide before the step) per sample;
+            the point estimate is the guide's median (the delta for AutoDelta).
+        bound: the stochastic objective per sample at the parameters before the step:
+            the ELBO estimate (``num_particles`` draws), or for AutoDelta the log joint
+            log p(X, params) / N.
+        converged: |bound - previous bound| < tol (never, when tol is None).
+    """
+
+    log_likelihood: jax.Array
+    bound: jax.Array
+    converged: jax.Array
+
+
+class SVIHandle(NamedTuple):
+    """What the fitter closes over, exposed for post-processing (IS estimates)."""
+
+    svi: SVI
+    guide: object
+    model: Callable
+    spec: object
+    n_features: int
+
+
+@functools.cache
+def _svi_handle(spec, n_features, dtype_name, guide_name, optimizer, num_particles, init_scale):
+    dtype = jnp.dtype(dtype_name)
+    prior = model_prior(spec)
+    model = functools.partial(gmm_model, spec=spec, prior=prior)
+    cls = _guide_class(guide_name)
+    kwargs = {"init_loc_fn": init_to_uniform}
+    if guide_name != "auto_delta":
+        kwargs["init_scale"] = init_scale
+    guide = cls(model, **kwargs)
+    svi = SVI(model, guide, optax_to_numpyro(optimizer), Trace_ELBO(num_particles=num_particles))
+    # The guide records a prototype trace of the model on its first call. Record it here,
+    # once, on placeholder data of the right shape (a numpy constant, so the closures the
+    # guide keeps hold no tracer), by abstract evaluation: running the model eagerly costs
+    # tens of seconds of per-op compilation. Later calls only read static structure from
+    # the prototype (supports, shapes); the guide's values are always supplied by us.
+    placeholder = np.zeros((1, n_features), dtype)
+    jax.eval_shape(lambda: handlers.seed(guide, rng_seed=0)(placeholder))
+    return SVIHandle(svi=svi, guide=guide, model=model, spec=spec, n_features=n_features)
+
+
+def guide_init_params(handle, params):
+    """Guide parameters that put the guide's point estimate at ``params`` (`GMMParams`)."""
+    prior, guide = model_prior(handle.spec), handle.guide
+    sites = prior.site_values(params, handle.spec)
+    if isinstance(guide, AutoDelta):
+        return {f"{name}_auto_loc": value for name, value in sites.items()}
+    unconstrained = {
+        name: biject_to(guide.prototype_trace[name]["fn"].support).inv(sites[name])
+        for name in guide._init_locs
+    }
+    if isinstance(guide, AutoNormal):
+        return {f"{name}_auto_loc": value for name, value in unconstrained.items()}
+    # AutoContinuous guides ravel their latent sites in the prototype's order.
+    flat = [jnp.reshape(unconstrained[name], (-1,)) for name in guide._init_locs]
+    return {"auto_loc": jnp.concatenate(flat)}
+
+
+def median_sites(handle, guide_params):
+    """Site values at the guide's median: the delta (AutoDelta), or the constrained image
+    of the unconstrained Gaussian's location (AutoNormal, AutoMultivariateNormal)."""
+    guide = handle.guide
+    if isinstance(guide, AutoDelta):
+        return {name: guide_params[f"{name}_auto_loc"] for name in guide._init_locs}
+    if isinstance(guide, AutoNormal):
+        unconstrained = {name: guide_params[f"{name}_auto_loc"] for name in guide._init_locs}
+    else:
+        unconstrained, start = {}, 0
+        for name, init in guide._init_locs.items():
+            size = int(np.prod(jnp.shape(init)))
+            flat = guide_params["auto_loc"][start : start + size]
+            unconstrained[name] = jnp.reshape(flat, jnp.shape(init))
+            start += size
+    return {
+        name: biject_to(guide.prototype_trace[name]["fn"].support)(value)
+        for name, value in unconstrained.items()
+    }
+
+
+def point_estimate(handle, guide_params):
+    """`GMMParams` at the guide's median (the delta's value for AutoDelta)."""
+    sites = median_sites(handle, guide_params)
+    dtype = jax.tree_util.tree_leaves(sites)[0].dtype
+    return model_prior(handle.spec).params_from_sites(sites, handle.spec, handle.n_features, dtype)
+
+
+@functools.cache
+def svi_fitter(
+    spec,
+    n_features,
+    dtype_name,
+    guide="auto_normal",
+    optimizer=None,
+    num_particles=1,
+    tol=None,
+    init_scale=0.1,
+):
+    """The SVI `Fitter` for ``spec`` (prior resolved) on data with ``n_features`` columns
+    of dtype ``dtype_name``. ``optimizer``: an optax GradientTransformation (hashable;
+    reuse the same object to reuse compiled code); default adam(0.01)."""
+    optimizer = optax.adam(0.01) if optimizer is None else optimizer
+    handle = _svi_handle(spec, n_features, dtype_name, guide, optimizer, num_particles, init_scale)
+    svi = handle.svi
+
+    @jax.jit
+    def init(params, x):
+        state = svi.init(jax.random.key(0), x, init_params=guide_init_params(handle, params))
+        return SVIFitState(
+            optim_state=state.optim_state,
+            mutable_state=state.mutable_state,
+            prev_bound=jnp.asarray(-jnp.inf, x.dtype),
+        )
+
+    def step(key, state, x):
+        svi_state = SVIState(state.optim_state, state.mutable_state, key)
+        log_likelihood = mean_log_likelihood(
+            x, point_estimate(handle, svi.get_params(svi_state)), spec
+        )
+        new_state, loss = svi.update(svi_state, x)
+        bound = (-loss / x.shape[0]).astype(x.dtype)
+        converged = jnp.asarray(False) if tol is None else jnp.abs(bound - state.prev_bound) < tol
+        info = SVIInfo(log_likelihood=log_likelihood, bound=bound, converged=converged)
+        return (
+            SVIFitState(new_state.optim_state, new_state.mutable_state, bound),
+            info,
+        )
+
+    def unbatched_params(state):
+        return point_estimate(handle, svi.get_params(SVIState(state.optim_state, None, None)))
+
+    @jax.jit
+    def get_params(state):
+        # The driver also calls this on states with a leading restart axis.
+        if state.prev_bound.ndim == 0:
+            return unbatched_params(state)
+        return jax.vmap(unbatched_params)(state)
+
+    return Fitter(
+        name=f"svi_{guide}",
+        bound_name="log_joint" if guide == "auto_delta" else "elbo",
+        init=init,
+        step=step,
+        get_params=get_params,
+    ), handle
+
+
+class SVIResult(NamedTuple):
+    """Outcome of `fit_svi`.
+
+    Attributes:
+        fit: the driver's `FitResult` (params at the guide's point estimate, trace with
+            log-likelihood per sample, ``bound`` = ELBO (or log joint for AutoDelta) per
+            sample, elapsed seconds).
+        guide_params: dict of the fitted guide's (constrained) parameters.
+        guide: guide name; spec: the `GMMSpec` with its prior resolved.
+        elbo: ELBO per sample of the final guide, from ``n_eval_samples`` fresh draws
+            (for AutoDelta: the log joint per sample at the point).
+        elbo_stderr: its Monte Carlo standard error.
+        log_marginal_is: importance-sampling estimate of log p(X) per sample, from
+            ``n_eval_samples`` draws independent of the ELBO's; NaN for AutoDelta (a point
+            mass is no proposal).
+        log_posterior: log p(X | params) + log p(params) (total, not per sample) at the
+            point estimate: the MAP objective.
+    """
+
+    fit: FitResult
+    guide_params: dict
+    guide: str
+    spec: object
+    elbo: float
+    elbo_stderr: float
+    log_marginal_is: float
+    log_posterior: float
+    handle: SVIHandle
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4))
+def log_importance_weights(key, handle, guide_params, x, n_draws):
+    """(n_draws,) log p(X, z_s) - log q(z_s), z_s ~ q (the guide), totals over samples."""
+    guide, model = handle.guide, handle.model
+
+    def one(draw_key):
+        seeded = handlers.seed(handlers.substitute(guide, data=guide_params), draw_key)
+        guide_trace = handlers.trace(seeded).get_trace(x)
+        log_q = 0.0
+        latent = {}
+        for name, site in guide_trace.items():
+            if site["type"] != "sample":
+                continue
+            log_q = log_q + jnp.sum(site["fn"].log_prob(site["value"]))
+            if not site.get("infer", {}).get("is_auxiliary", False):
+                latent[name] = site["value"]
+        log_p, _ = log_density(model, (x,), {}, latent)
+        return log_p - log_q
+
+    return jax.lax.map(one, jax.random.split(key, n_draws))
+
+
+def elbo_and_is_estimate(key, handle, guide_params, x, n_draws=1000):
+    """(elbo, elbo_stderr, log_marginal_is), all per sample, from independent draws.
+
+    log p(X) >= E_q[log p(X, z) - log q(z)] (the ELBO); the IS estimate
+    log (1/S) sum_s exp(log p(X, z_s) - log q(z_s)) is a consistent estimate of log p(X)
+    whose expectation lies between the ELBO and log p(X) (Burda et al. 2016).
+    """
+    n = x.shape[0]
+    weights = np.asarray(log_importance_weights(key, handle, guide_params, x, 2 * n_draws))
+    w_elbo, w_is = weights[:n_draws], weights[n_draws:]
+    elbo = float(np.mean(w_elbo)) / n
+    stderr = float(np.std(w_elbo) / math.sqrt(n_draws)) / n
+    is_estimate = float(logsumexp(w_is) - math.log(n_draws)) / n
+    return elbo, stderr, is_estimate
+
+
+def fit_svi(
+    key,
+    x,
+    spec,
+    *,
+    guide: str = "auto_normal",
+    optimizer=None,
+    num_steps: int = 2000,
+    num_particles: int = 1,
+    init: str | GMMParams = "kmeans",
+    n_init: int = 1,
+    tol: float | None = None,
+    init_scale: float = 0.1,
+    n_eval_samples: int = 1000,
+    chunk_size: int | None = None,
+    callback: Callable | None = None,
+) -> SVIResult:
+    """Fit the NumPyro model of ``spec`` (prior ``spec.prior``) to ``x`` by SVI.
+
+    Args:
+        key: PRNG key.
+        x: array of shape (n_samples, n_features).
+        spec: `GMMSpec` with a prior; data-dependent prior defaults are filled from ``x``.
+        guide: a name in `GUIDES`.
+        optimizer: an optax GradientTransformation, or a config mapping
+            ``{"name": "adam", "learning_rate": 0.01}``; default adam(0.01).
+        num_steps: SVI steps (per restart).
+        num_particles: draws per ELBO gradient estimate.
+        init: initialiser name or `GMMParams` (optionally batched); the guide's point
+            estimate starts there.
+        n_init: restarts when ``init`` is a name (best final log-likelihood kept).
+        tol: stop when the per-sample objective changes by less than ``tol`` (useful for
+            AutoDelta, whose objective is deterministic); None runs ``num_steps``.
+        init_scale: initial scale of stochastic guides (unconstrained space).
+        n_eval_samples: draws for the final ELBO and importance-sampling estimates.
+        chunk_size, callback: see `run_fitter`.
+    """
+    x = check_data(x, "x", n_components=spec.n_components, dtype=getattr(x, "dtype", None))
+    spec = resolve_prior(spec, x)
+    model_prior(spec)
+    _guide_class(guide)
+    num_steps = check_int(num_steps, "num_steps", 0)
+    num_particles = check_int(num_particles, "num_particles", 1)
+    n_init = check_int(n_init, "n_init", 1)
+    n_eval_samples = check_int(n_eval_samples, "n_eval_samples", 1)
+    init_scale = check_positive(init_scale, "init_scale")
+    if tol is not None:
+        tol = check_positive(tol, "tol", allow_zero=True)
+    if isinstance(optimizer, dict):
+        optimizer = make_optimizer(**optimizer)
+    elif optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise ValueError(
+            "optimizer must be an optax GradientTransformation or a mapping "
+            f"{{'name': ..., **kwargs}} with name in {sorted(OPTIMIZERS)}, got {optimizer!r}"
+        )
+    optimizer = _default_adam() if optimizer is None else optimizer
+    key_init, key_run, key_eval = jax.random.split(key, 3)
+    if isinstance(init, str):
+        params = initial_params(key_init, x, spec, init, n_init)
+    else:
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, x.dtype), GMMParams(*init))
+    fitter, handle = svi_fitter(
+        spec, x.shape[1], str(x.dtype), guide, optimizer, num_particles, tol, init_scale
+    )
+    result = run_fitter(
+        fitter,
+        key_run,
+        x,
+        params,
+        spec,
+        max_iter=num_steps,
+        chunk_size=chunk_size,
+        callback=callback,
+    )
+    final_state = handle.svi.get_params(SVIState(result.state.optim_state, None, None))
+    log_post = float(log_posterior(x, result.params, spec))
+    if guide == "auto_delta":
+        elbo, stderr, is_estimate = log_post / x.shape[0], 0.0, float("nan")
+    else:
+        elbo, stderr, is_estimate = elbo_and_is_estimate(
+            key_eval, handle, final_state, x, n_eval_samples
+        )
+    return SVIResult(
+        fit=result,
+        guide_params=final_state,
+        guide=guide,
+        spec=spec,
+        elbo=elbo,
+        elbo_stderr=stderr,
+        log_marginal_is=is_estimate,
+        log_posterior=log_post,
+        handle=handle,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _default_adam():
+    return optax.adam(0.01)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def log_posterior(x, params, spec):
+    """log p(X | params) + log p(params), a total (not per sample): the MAP objective of
+    every fitter (EM with a closed-form step, gradient MAP, SVI with AutoDelta)."""
+    return mean_log_likelihood(x, params, spec) * x.shape[0] + log_prior(params, spec)

@@ -1,0 +1,106 @@
+"""The prior registry. A prior is a frozen dataclass (hyperparameters as fields) whose
+NumPyro sample statements define its density; see `jaxgmm.priors._base.Prior`.
+
+Adding a prior: one new module defining a `Prior` subclass, plus one entry in `PRIORS`
+(or `register_prior(name, cls)` at run time). Config form: ``prior: {name: lkj, eta: 2.0}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxgmm.priors._base import Prior, freeze
+from jaxgmm.priors.conjugate import ConjugatePrior
+from jaxgmm.priors.flat import FlatPrior
+from jaxgmm.priors.lkj import LKJPrior
+from jaxgmm.priors.sparse_dirichlet import SparseDirichletPrior
+
+PRIORS = {
+    "flat": FlatPrior,
+    "conjugate": ConjugatePrior,
+    "lkj": LKJPrior,
+    "sparse_dirichlet": SparseDirichletPrior,
+}
+
+
+def hyperparameter_names(name):
+    """The hyperparameters (dataclass fields) of the registered prior ``name``."""
+    return [f.name for f in dataclasses.fields(_prior_class(name))]
+
+
+def _prior_class(name):
+    try:
+        return PRIORS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown prior {name!r}; valid priors: {sorted(PRIORS)}") from None
+
+
+def make_prior(name, **hyperparameters):
+    """Build the registered prior ``name`` with the given hyperparameters.
+
+    Lists and arrays are frozen into tuples (priors are hashable, static under jit).
+    Raises ValueError listing the valid names / hyperparameters on an unknown one.
+    """
+    cls = _prior_class(name)
+    valid = hyperparameter_names(name)
+    unknown = sorted(set(hyperparameters) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"prior {name!r} has no hyperparameter(s) {unknown}; valid hyperparameters: {valid}"
+        )
+    return cls(**{key: freeze(value) for key, value in hyperparameters.items()})
+
+
+def prior_from_config(config):
+    """A prior from a config value: ``None``, a name, ``{"name": ..., **hyperparameters}``
+    or an already-built `Prior`."""
+    if config is None or isinstance(config, Prior):
+        return config
+    if isinstance(config, str):
+        return make_prior(config)
+    if isinstance(config, dict):
+        if "name" not in config:
+            raise ValueError(
+                f"prior config needs a 'name' key (one of {sorted(PRIORS)}), "
+                f"got keys {sorted(config)}"
+            )
+        rest = {key: value for key, value in config.items() if key != "name"}
+        return make_prior(config["name"], **rest)
+    raise ValueError(
+        "prior config must be None, a prior name or a mapping with 'name', "
+        f"got {type(config).__name__}"
+    )
+
+
+def register_prior(name, cls):
+    """Add a `Prior` subclass to `PRIORS` under ``name`` (refuses to overwrite)."""
+    if not (isinstance(cls, type) and issubclass(cls, Prior) and dataclasses.is_dataclass(cls)):
+        raise ValueError(f"register_prior needs a dataclass subclass of Prior, got {cls!r}")
+    if name in PRIORS and PRIORS[name] is not cls:
+        raise ValueError(f"a prior named {name!r} is already registered ({PRIORS[name].__name__})")
+    PRIORS[name] = cls
+    return cls
+
+
+def resolve_prior(spec, x):
+    """``spec`` with its prior's data-dependent defaults filled from ``x`` (array of
+    shape (n_samples, n_features)); ``spec`` itself when there is nothing to fill."""
+    if spec.prior is None:
+        return spec
+    resolved = spec.prior.with_data_defaults(x, spec.n_components)
+    return spec if resolved == spec.prior else dataclasses.replace(spec, prior=resolved)
+
+
+__all__ = [
+    "PRIORS",
+    "ConjugatePrior",
+    "FlatPrior",
+    "LKJPrior",
+    "Prior",
+    "SparseDirichletPrior",
+    "hyperparameter_names",
+    "make_prior",
+    "prior_from_config",
+    "register_prior",
+    "resolve_prior",
+]

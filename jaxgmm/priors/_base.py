@@ -1,0 +1,159 @@
+"""The prior interface: a frozen dataclass whose NumPyro sample statements are the single
+definition of its density.
+
+A prior implements two methods:
+
+* ``sample(spec, n_features, dtype) -> GMMParams``: ``numpyro.sample`` statements for its
+  *sites* (the variables its density is over) and the deterministic map from the sites to
+  `GMMParams`;
+* ``site_values(params, spec) -> dict``: the inverse map, `GMMParams` -> site values.
+
+Everything else is derived here: ``log_density`` (the sample statements traced with the
+site values substituted), ``params_from_sites`` (the sample statements run with site
+values substituted). Optional: ``em_m_step(stats, spec)`` (closed-form MAP M-step) and
+``with_data_defaults(x)`` (fill hyperparameters left as ``None`` from the data).
+
+MAP, for every fitter, means: maximise ``log p(X | params) + log_density(params, spec)``,
+where ``log_density`` is the density of the prior's *site variables* with respect to
+Lebesgue measure on those variables (no Jacobian of any other parameterisation is added).
+Maximising a fixed function is invariant to how it is parameterised, so EM's closed form,
+gradient MAP (any unconstrained parameterisation) and SVI with AutoDelta (whose objective
+is the model's log joint at the delta's site values) all target the same point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import ClassVar
+
+import numpy as np
+from numpyro import handlers
+from numpyro.infer.util import log_density as _numpyro_log_density
+
+from jaxgmm._spec import COVARIANCE_TYPES
+
+
+def freeze(value):
+    """Hyperparameter value -> hashable: arrays and lists become nested tuples of floats."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        return float(arr)
+    return tuple(freeze(v) for v in arr)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+    """Base class of priors (see the module docstring for the contract)."""
+
+    name: ClassVar[str] = "prior"
+    #: covariance types the prior supports; others raise ValueError.
+    covariance_types: ClassVar[tuple] = ("full",)
+
+    # -- to implement -------------------------------------------------------------------
+    def sample(self, spec, n_features, dtype):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def site_values(self, params, spec):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- derived ------------------------------------------------------------------------
+    def with_data_defaults(self, x, n_components=None):
+        """A copy with every data-dependent default (``None``) filled from ``x``
+        (array of shape (n_samples, n_features)) and ``n_components``; concrete values
+        are stored as tuples so the prior stays hashable. Default: nothing to fill."""
+        del x, n_components
+        return self
+
+    def log_density(self, params, spec):
+        """log p(sites(params)): a scalar total, traced from the sample statements."""
+        self.check(spec, params.means.shape[-1])
+        values = self.site_values(params, spec)
+        log_joint, _ = _numpyro_log_density(
+            self.sample, (spec, params.means.shape[-1], params.means.dtype), {}, values
+        )
+        return log_joint
+
+    def params_from_sites(self, sites, spec, n_features, dtype):
+        """`GMMParams` from a dict of site values (the sample statements, substituted)."""
+        with handlers.block():
+            return handlers.substitute(self.sample, data=sites)(spec, n_features, dtype)
+
+    def check(self, spec, n_features):
+        """ValueError for an unsupported covariance type or unresolved defaults."""
+        if spec.covariance_type not in self.covariance_types:
+            raise ValueError(
+                f"prior {self.name!r} supports covariance_type in {list(self.covariance_types)}, "
+                f"got {spec.covariance_type!r}"
+            )
+        missing = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is None]
+        if missing:
+            raise ValueError(
+                f"prior {self.name!r} has data-dependent hyperparameters {missing} still unset; "
+                "call prior.with_data_defaults(x) (or jaxgmm.priors.resolve_prior(spec, x)) "
+                "first, or give them explicitly"
+            )
+
+    # -- helpers for subclasses ---------------------------------------------------------
+    def _check_positive(self, *names, minimum=0.0, strict=True):
+        for name in names:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            ok = value > minimum if strict else value >= minimum
+            if not (isinstance(value, float) and np.isfinite(value) and ok):
+                raise ValueError(
+                    f"prior {self.name!r}: {name} must be a finite number "
+                    f"{'>' if strict else '>='} {minimum}, got {value!r}"
+                )
+
+
+def vector_hyperparameter(prior, name, n_features, dtype):
+    """A (n_features,) hyperparameter: a scalar is broadcast, a vector must match."""
+    import jax.numpy as jnp
+
+    value = np.asarray(getattr(prior, name), dtype=np.float64)
+    if value.ndim == 0:
+        value = np.full((n_features,), float(value))
+    if value.shape != (n_features,):
+        raise ValueError(
+            f"prior {prior.name!r}: {name} must be a scalar or have shape ({n_features},), "
+            f"got shape {value.shape}"
+        )
+    return jnp.asarray(value, dtype)
+
+
+def matrix_hyperparameter(prior, name, n_features, dtype):
+    """A (n_features, n_features) matrix: scalar -> s I, vector -> diag(v), or a matrix."""
+    import jax.numpy as jnp
+
+    value = np.asarray(getattr(prior, name), dtype=np.float64)
+    if value.ndim == 0:
+        value = float(value) * np.eye(n_features)
+    elif value.ndim == 1 and value.shape == (n_features,):
+        value = np.diag(value)
+    if value.shape != (n_features, n_features):
+        raise ValueError(
+            f"prior {prior.name!r}: {name} must be a scalar, shape ({n_features},) or "
+            f"({n_features}, {n_features}), got shape {value.shape}"
+        )
+    return jnp.asarray(value, dtype)
+
+
+def data_mean_std_cov(x):
+    """Mean (D,), standard deviation (D,) and covariance (D, D) of x, in float64 numpy."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(
+            "data-dependent prior defaults need x of shape (n_samples >= 2, n_features), "
+            f"got shape {x.shape}"
+        )
+    cov = np.atleast_2d(np.cov(x, rowvar=False, bias=True))
+    return x.mean(axis=0), np.sqrt(np.diag(cov)), cov
+
+
+ALL_COVARIANCE_TYPES = COVARIANCE_TYPES

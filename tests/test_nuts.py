@@ -1,0 +1,198 @@
+"""NUTS, relabelling and posterior summaries: the assignment solver against SciPy, the
+relabelling against known permutations, predictive densities against a naive reference,
+a short NUTS run for shapes and diagnostics, and (slow) the Old Faithful lkj posterior."""
+
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _bayes_helpers import faithful
+from scipy import optimize, stats
+
+import jaxgmm
+from jaxgmm._nuts import fit_nuts
+from jaxgmm._posterior import (
+    linear_assignment,
+    log_predictive_density,
+    relabel,
+    summarize,
+    waic,
+)
+from jaxgmm.priors import make_prior
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 12])
+def test_linear_assignment_matches_scipy(n):
+    rng = np.random.default_rng(n)
+    for _ in range(10):
+        cost = rng.normal(size=(n, n))
+        rows, cols = optimize.linear_sum_assignment(cost)
+        ours = linear_assignment(cost)
+        assert sorted(ours) == list(range(n))
+        np.testing.assert_allclose(cost[np.arange(n), ours].sum(), cost[rows, cols].sum())
+
+
+def test_linear_assignment_matches_brute_force_with_ties():
+    cost = np.array([[1.0, 1.0, 2.0], [1.0, 1.0, 2.0], [0.0, 3.0, 3.0]])
+    best = min(sum(cost[i, p[i]] for i in range(3)) for p in itertools.permutations(range(3)))
+    assert cost[np.arange(3), linear_assignment(cost)].sum() == best
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_relabel_undoes_known_permutations(cov_type):
+    rng = np.random.default_rng(0)
+    k, d = 4, 3
+    cov = {
+        "full": np.stack([np.eye(d) * (i + 1) for i in range(k)]),
+        "tied": np.eye(d),
+        "diag": np.arange(1, k * d + 1, dtype=float).reshape(k, d),
+        "spherical": np.arange(1.0, k + 1),
+    }[cov_type]
+    ref = jaxgmm.params_from_covariances(
+        np.array([0.1, 0.2, 0.3, 0.4]), rng.normal(size=(k, d)) * 5, cov, cov_type
+    )
+    perms = np.stack([rng.permutation(k) for _ in range(6)]).reshape(2, 3, k)
+    per_comp = cov_type != "tied"
+
+    def permute(leaf, comp):
+        leaf = np.asarray(leaf)
+        if not comp:
+            return np.broadcast_to(leaf, (2, 3) + leaf.shape)
+        return leaf[perms]
+
+    noise = rng.normal(size=(2, 3, k, d)) * 0.01
+    draws = jaxgmm.GMMParams(
+        permute(ref.weights, True),
+        permute(ref.means, True) + noise,
+        permute(ref.prec_chol, per_comp),
+    )
+    relabelled, found = relabel(draws, ref, jaxgmm.GMMSpec(k, cov_type))
+    np.testing.assert_array_equal(
+        np.take_along_axis(perms, found, -1), np.broadcast_to(np.arange(k), (2, 3, k))
+    )
+    np.testing.assert_allclose(relabelled.weights, np.broadcast_to(ref.weights, (2, 3, k)))
+    np.testing.assert_allclose(
+        relabelled.prec_chol, np.broadcast_to(ref.prec_chol, (2, 3) + ref.prec_chol.shape)
+    )
+
+
+def test_summarize_r_hat_flags_disagreeing_chains():
+    rng = np.random.default_rng(1)
+    mixed = rng.normal(size=(4, 500))
+    stuck = mixed + np.array([0.0, 0.0, 3.0, 3.0])[:, None]
+    assert abs(summarize(mixed)["r_hat"] - 1) < 0.01
+    assert summarize(stuck)["r_hat"] > 1.5
+    np.testing.assert_allclose(summarize(mixed)["mean"], mixed.mean())
+
+
+def test_predictive_density_and_waic_against_naive_reference():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 2))
+    n_draws = 5
+    means = rng.normal(size=(n_draws, 2, 2))
+    weights = np.tile([0.3, 0.7], (n_draws, 1))
+    covs = np.tile(np.eye(2), (n_draws, 2, 1, 1)) * rng.uniform(0.5, 2, (n_draws, 2, 1, 1))
+    spec = jaxgmm.GMMSpec(2, "full")
+    draws = jax.vmap(lambda w, m, c: jaxgmm.params_from_covariances(w, m, c, "full"))(
+        jnp.asarray(weights), jnp.asarray(means), jnp.asarray(covs)
+    )
+    dens = np.array(
+        [
+            sum(
+                weights[s, k] * stats.multivariate_normal.pdf(x, means[s, k], covs[s, k])
+                for k in range(2)
+            )
+            for s in range(n_draws)
+        ]
+    )  # (S, N)
+    np.testing.assert_allclose(
+        log_predictive_density(jnp.asarray(x), draws, spec),
+        np.mean(np.log(dens.mean(0))),
+        rtol=1e-10,
+    )
+    elpd, p_waic = waic(jnp.asarray(x), draws, spec)
+    expected_p = np.sum(np.var(np.log(dens), axis=0, ddof=1)) / 30
+    np.testing.assert_allclose(p_waic, expected_p, rtol=1e-10)
+    np.testing.assert_allclose(elpd, np.mean(np.log(dens.mean(0))) - expected_p, rtol=1e-10)
+
+
+def test_short_nuts_run_shapes_and_diagnostics():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(-2, 0.5, (40, 1)), rng.normal(2, 0.5, (40, 1))])
+    spec = jaxgmm.GMMSpec(2, "diag", prior=make_prior("conjugate"))
+    reference = jaxgmm.params_from_covariances(
+        np.array([0.5, 0.5]), np.array([[2.0], [-2.0]]), np.full((2, 1), 0.25), "diag"
+    )
+    result = fit_nuts(
+        jax.random.key(0),
+        x,
+        spec,
+        num_warmup=150,
+        num_samples=100,
+        num_chains=2,
+        chain_method="vectorized",
+        reference=reference,
+    )
+    assert result.log_likelihood.shape == (2, 100) and result.diverging.shape == (2, 100)
+    assert np.all(np.isfinite(result.log_likelihood))
+    assert result.draws.means.shape == (2, 100, 2, 1)
+    assert set(result.summary) == {"weights", "means", "covariances", "log_likelihood"}
+    assert result.summary["means"]["r_hat"].shape == (2, 1)
+    # Relabelled to the reference, whose component 1 is the one near -2.
+    np.testing.assert_allclose(result.summary["means"]["mean"][:, 0], [2.0, -2.0], atol=0.3)
+    ml = jaxgmm.fit_em(jax.random.key(0), x, jaxgmm.GMMSpec(2, "diag"), init=reference, tol=1e-8)
+    # The plug-in log-likelihood at the posterior mean is at most the ML optimum.
+    assert result.plug_in_log_likelihood <= ml.log_likelihood + 1e-9
+
+
+def test_bad_chain_method():
+    with pytest.raises(ValueError, match="chain_method"):
+        fit_nuts(
+            jax.random.key(0),
+            faithful(),
+            jaxgmm.GMMSpec(2, "full", prior=make_prior("lkj")),
+            chain_method="threads",
+        )
+
+
+@pytest.mark.slow
+def test_nuts_old_faithful_lkj():
+    x = faithful()
+    rng = np.random.default_rng(0)
+    held_out = rng.permutation(len(x))[:40]
+    train = np.delete(x, held_out, axis=0)
+    spec = jaxgmm.GMMSpec(2, "full", prior=make_prior("lkj"))
+    start = time.perf_counter()
+    result = fit_nuts(
+        jax.random.key(0),
+        train,
+        spec,
+        num_warmup=500,
+        num_samples=1000,
+        num_chains=4,
+        chain_method="vectorized",
+    )
+    elapsed = time.perf_counter() - start
+    r_hat = result.summary["means"]["r_hat"]
+    print(
+        f"NUTS faithful lkj: {elapsed:.1f}s, max r-hat(means) {r_hat.max():.4f}, "
+        f"divergences {result.n_divergences}, min ESS(means) "
+        f"{result.summary['means']['ess'].min():.0f}"
+    )
+    assert np.all(r_hat < 1.01)
+    assert result.n_divergences == 0
+    assert result.summary["log_likelihood"]["r_hat"] < 1.01
+    em = jaxgmm.fit_em(jax.random.key(1), train, jaxgmm.GMMSpec(2, "full"), n_init=5, tol=1e-8)
+    order = relabel(jax.tree_util.tree_map(lambda a: a[None], em.params), result.reference, spec)[0]
+    em_means = np.asarray(order.means[0])
+    mean, sd = result.summary["means"]["mean"], result.summary["means"]["sd"]
+    assert np.all(np.abs(mean - em_means) < 2 * sd), (mean, em_means, sd)
+    lpd = log_predictive_density(jnp.asarray(x[held_out]), result.draws, result.spec)
+    plug_in = float(
+        jaxgmm.mean_log_likelihood(jnp.asarray(x[held_out]), result.posterior_mean, result.spec)
+    )
+    print(f"held-out log predictive density {lpd:.4f}, plug-in {plug_in:.4f}")
+    assert np.isfinite(lpd) and abs(lpd - plug_in) < 0.1

@@ -37,6 +37,7 @@ from jaxgmm._numpyro_model import gmm_model, model_prior
 from jaxgmm._params import GMMParams
 from jaxgmm._prior_api import log_prior
 from jaxgmm._validation import check_data, check_int, check_positive
+from jaxgmm._gradient import OPTIMIZERS, make_optimizer
 from jaxgmm.priors import resolve_prior
 
 GUIDES = {
@@ -45,23 +46,14 @@ GUIDES = {
     "auto_multivariate_normal": AutoMultivariateNormal,
 }
 
-OPTIMIZERS = {
-    "adam": optax.adam,
-    "adamw": optax.adamw,
-    "sgd": optax.sgd,
-    "rmsprop": optax.rmsprop,
-    "adagrad": optax.adagrad,
-}
-
-
-def make_optimizer(name, **kwargs):
-    """An optax optimiser from `OPTIMIZERS` by name (e.g. ``adam``, learning_rate=0.01)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {sorted(OPTIMIZERS)}")
-    try:
-        return OPTIMIZERS[name](**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad arguments {sorted(kwargs)} for optimizer {name!r}: {exc}") from None
+def make_svi_optimizer(name, learning_rate=0.01, schedule=None, schedule_steps=1000, **options):
+    """An optax optimiser for SVI from the same registry the gradient fitter uses
+    (`jaxgmm.OPTIMIZERS`), minus line-search methods: SVI's gradients are stochastic."""
+    entry = OPTIMIZERS.get(name)
+    if entry is None or entry.line_search:
+        valid = sorted(k for k, v in OPTIMIZERS.items() if not v.line_search)
+        raise ValueError(f"unknown optimizer {name!r} for SVI; valid optimizers: {valid}")
+    return make_optimizer(name, learning_rate, schedule, schedule_steps, options)
 
 
 def _guide_class(name):
@@ -348,11 +340,12 @@ def fit_svi(
     if tol is not None:
         tol = check_positive(tol, "tol", allow_zero=True)
     if isinstance(optimizer, dict):
-        optimizer = make_optimizer(**optimizer)
+        optimizer = make_svi_optimizer(**optimizer)
     elif optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(
             "optimizer must be an optax GradientTransformation or a mapping "
-            f"{{'name': ..., **kwargs}} with name in {sorted(OPTIMIZERS)}, got {optimizer!r}"
+            f"{{'name': ..., 'learning_rate': ..., **options}} (see make_svi_optimizer), "
+            f"got {optimizer!r}"
         )
     optimizer = _default_adam() if optimizer is None else optimizer
     key_init, key_run, key_eval = jax.random.split(key, 3)

@@ -69,7 +69,11 @@ def test_map_agrees_em_gradient_auto_delta(x, require_x64):
     spec = resolve_prior(jaxgmm.GMMSpec(2, "full", prior=prior), x)
     init = _init(jax.random.key(0), x, spec)
     em = jaxgmm.fit_em(jax.random.key(1), x, spec, init=init, tol=1e-12, max_iter=2000)
-    grad = gradient_map(x, spec, init)
+    grad = gradient_map(x, spec, init)  # an independent L-BFGS written in the tests
+    ours = jaxgmm.fit_gradient(
+        jax.random.key(3), x, spec, init=init, optimizer="lbfgs", max_steps=2000, tol=1e-13
+    )
+    assert ours.bound_name == "log_posterior"
     svi = fit_svi(
         jax.random.key(2),
         x,
@@ -79,8 +83,12 @@ def test_map_agrees_em_gradient_auto_delta(x, require_x64):
         optimizer=DECAYING_ADAM,
         num_steps=3000,
     )
-    values = [float(log_posterior(x, p, spec)) for p in (em.params, grad, svi.fit.params)]
-    assert svi.log_posterior == pytest.approx(values[2])
+    fits = (em.params, grad, ours.params, svi.fit.params)
+    values = [float(log_posterior(x, p, spec)) for p in fits]
+    assert svi.log_posterior == pytest.approx(values[3])
+    # EM's closed-form MAP step and the gradient fitter agree tightly; AutoDelta
+    # (Adam with a decaying step) to 1e-3.
+    np.testing.assert_allclose(values[:3], values[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(values, values[0], rtol=0, atol=1e-3)
     # The prior matters: the MAP is not the ML fit.
     ml = jaxgmm.fit_em(jax.random.key(1), x, jaxgmm.GMMSpec(2, "full"), init=init, tol=1e-12)

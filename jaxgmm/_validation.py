@@ -64,8 +64,10 @@ def check_data(x, name="X", n_components=None, dtype=None):
         )
     if dtype is None:
         dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
-        if not jax.config.jax_enable_x64:
-            dtype = np.float32
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = np.float64
+    if not jax.config.jax_enable_x64 and jnp.dtype(dtype).itemsize > 4:
+        dtype = np.float32  # without x64, JAX would truncate with a warning anyway
     if isinstance(x, jax.Array) and x.dtype == dtype and x.ndim == 2:
         return x
     return jnp.asarray(arr, dtype=dtype)

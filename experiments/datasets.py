@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxgmm import linear_assignment  # the one Hungarian solver (also used for NUTS relabelling)
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 # Options each dataset reads from the config's ``data`` block, with their defaults.
@@ -471,61 +473,6 @@ def adjusted_rand_index(labels_true, labels_pred):
         together_both + together_pred_only
     ) * (together_pred_only + apart_both)
     return float(numerator / denominator)
-
-
-def linear_assignment(cost):
-    """Minimum-cost perfect matching of a square cost matrix (Hungarian algorithm).
-
-    The O(K^3) shortest-augmenting-path form with potentials (Kuhn-Munkres, as in
-    e-maxx.ru "Hungarian algorithm"). Plain Python loops: K is a number of components.
-
-    Args:
-        cost: array of shape (K, K).
-
-    Returns:
-        int array perm of shape (K,) minimising sum_i cost[i, perm[i]].
-    """
-    cost = np.asarray(cost, dtype=np.float64)
-    n = cost.shape[0]
-    if cost.shape != (n, n):
-        raise ValueError(f"cost must be square, got shape {cost.shape}")
-    u = np.zeros(n + 1)
-    v = np.zeros(n + 1)
-    match_col = np.zeros(n + 1, dtype=np.int64)  # row (1-based) matched to each column
-    way = np.zeros(n + 1, dtype=np.int64)
-    for row in range(1, n + 1):
-        match_col[0] = row
-        col0 = 0
-        min_slack = np.full(n + 1, np.inf)
-        used = np.zeros(n + 1, dtype=bool)
-        while True:
-            used[col0] = True
-            row0 = match_col[col0]
-            delta, col1 = np.inf, 0
-            for col in range(1, n + 1):
-                if not used[col]:
-                    slack = cost[row0 - 1, col - 1] - u[row0] - v[col]
-                    if slack < min_slack[col]:
-                        min_slack[col], way[col] = slack, col0
-                    if min_slack[col] < delta:
-                        delta, col1 = min_slack[col], col
-            for col in range(n + 1):
-                if used[col]:
-                    u[match_col[col]] += delta
-                    v[col] -= delta
-                else:
-                    min_slack[col] -= delta
-            col0 = col1
-            if match_col[col0] == 0:
-                break
-        while col0:
-            col1 = way[col0]
-            match_col[col0] = match_col[col1]
-            col0 = col1
-    perm = np.empty(n, dtype=np.int64)
-    for col in range(1, n + 1):
-        perm[match_col[col] - 1] = col - 1
-    return perm
 
 
 def _full_covariances(covariances, covariance_type, n_components, n_features):

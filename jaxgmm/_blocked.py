@@ -18,7 +18,7 @@ The log-density is the shared `weighted_log_prob`, applied per block.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +133,7 @@ def default_block_size(n_samples, n_components, n_features):
     return int(max(1, min(n_samples, max(256, min(65536, size)))))
 
 
-def accumulate_moments(x, params, spec, block_size: Optional[int] = None):
+def accumulate_moments(x, params, spec, block_size: int | None = None):
     """`Moments` of all of ``x`` (in memory), computed block by block under
     `lax.fori_loop`, so no (n_samples, K, D) array is ever formed.
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +62,7 @@ def host_blocks(x, block_size, dtype):
         yield block, weight
 
 
-def moments_from_host(x, params, spec, block_size: Optional[int] = None, dtype=None):
+def moments_from_host(x, params, spec, block_size: int | None = None, dtype=None):
     """`Moments` of host data ``x`` (array or memmap, (n_samples, n_features)) under
     ``params``, streamed to the device in blocks. The next block is read from disk while
     the device works on the current one (JAX dispatch is asynchronous)."""
@@ -81,14 +80,14 @@ def moments_from_host(x, params, spec, block_size: Optional[int] = None, dtype=N
 
 def fit_em_out_of_core(
     key,
-    x: Union[np.ndarray, str, os.PathLike],
+    x: np.ndarray | str | os.PathLike,
     spec,
     *,
-    init: Union[str, GMMParams] = "kmeans",
+    init: str | GMMParams = "kmeans",
     init_subsample: int = 100_000,
     max_iter: int = 100,
     tol: float = 1e-3,
-    block_size: Optional[int] = None,
+    block_size: int | None = None,
     dtype=None,
 ):
     """Exact EM on data held on the host or on disk.

@@ -32,12 +32,12 @@ from numpyro.optim import optax_to_numpyro
 from jaxgmm._density import mean_log_likelihood
 from jaxgmm._driver import FitResult, run_fitter
 from jaxgmm._fitter import Fitter
+from jaxgmm._gradient import OPTIMIZERS, make_optimizer
 from jaxgmm._init import initial_params
 from jaxgmm._numpyro_model import gmm_model, model_prior
 from jaxgmm._params import GMMParams
 from jaxgmm._prior_api import log_prior
 from jaxgmm._validation import check_data, check_int, check_positive
-from jaxgmm._gradient import OPTIMIZERS, make_optimizer
 from jaxgmm.priors import resolve_prior
 
 GUIDES = {

@@ -40,7 +40,7 @@ for cov in families:
     g_single = grad(x, p0, spec)
     g_auto = grad(xs, p0, spec)  # plain function on sharded data: XLA partitions it
     g_shmap = jax.jit(
-        jax.grad(lambda p, x: jaxgmm.sharded_mean_log_likelihood(x, p, spec, mesh))
+        jax.grad(lambda p, x, spec=spec: jaxgmm.sharded_mean_log_likelihood(x, p, spec, mesh))
     )(p0, xs)
     scale = max(float(np.max(np.abs(np.asarray(g)))) for g in g_single)
     for name, g in (("grad_auto", g_auto), ("grad_shard_map", g_shmap)):

@@ -34,12 +34,16 @@ from jaxgmm._unconstrained import (
 FAITHFUL = Path(__file__).resolve().parents[1] / "experiments" / "data" / "faithful.csv"
 
 
+def _float():
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
 def _iris():
-    return jnp.asarray(load_iris().data, jnp.float64)
+    return jnp.asarray(load_iris().data, _float())
 
 
 def _faithful():
-    return jnp.asarray(np.loadtxt(FAITHFUL, delimiter=",", skiprows=1), jnp.float64)
+    return jnp.asarray(np.loadtxt(FAITHFUL, delimiter=",", skiprows=1), _float())
 
 
 DATASETS = {"iris": (_iris, 3), "faithful": (_faithful, 2)}

@@ -13,7 +13,9 @@ from jaxgmm import COVARIANCE_FAMILIES, GMMSpec
 pytestmark = pytest.mark.numerics
 
 N, D, K = 40, 2, 3
-SETTINGS = settings(max_examples=15, deadline=None,
+# derandomize: the same examples every run, so CI is reproducible (run with
+# --hypothesis-seed=N locally to explore further).
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

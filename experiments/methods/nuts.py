@@ -91,6 +91,7 @@ def run(context):
         "divergences": int(result.n_divergences),
         "plug_in_log_likelihood": float(result.plug_in_log_likelihood),
         "posterior_mean_log_likelihood": float(np.mean(log_likelihood)),
+        "params_summary": "posterior mean",
         "num_chains": n_chains,
         "num_samples": n_draws,
         "num_warmup": settings["num_warmup"],

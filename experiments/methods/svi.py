@@ -51,6 +51,7 @@ def run(context):
     point = guide == "auto_delta"
     extra = {
         "guide": guide,
+        "params_summary": "MAP" if point else "guide median",
         "optimizer": settings["optimizer"],
         "learning_rate": settings["learning_rate"],
         # auto_delta: the log joint per sample at the MAP point (its exact objective).

@@ -555,7 +555,8 @@ def format_table(metrics):
             cells.append(text.rjust(width) if i else text.ljust(width))
         lines.append("  ".join(cells))
     details = [
-        f"  {method}: " + ", ".join(
+        f"  {method}: "
+        + ", ".join(
             f"{label} {_fmt(row['extra'][key], spec)}"
             for key, label, spec in EXTRA_COLUMNS
             if row.get("extra", {}).get(key) is not None

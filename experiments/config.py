@@ -179,8 +179,51 @@ def _check_name(value):
 
 def _check_prior(value):
     if not isinstance(value.get("name"), str):
-        return "a prior mapping needs a str key 'name'"
+        from jaxgmm.priors import PRIORS
+
+        return f"a prior mapping needs a str key 'name' (one of {sorted(PRIORS)})"
     return None
+
+
+def _check_prior_registry(config):
+    """``model.prior`` against the prior registry: the name, each hyperparameter's name and
+    value (built one at a time, so an error names its key), then all of them together.
+    Data-dependent checks (vector lengths, covariance types) run once the data is loaded."""
+    from jaxgmm.priors import PRIORS, hyperparameter_names, make_prior
+
+    prior = config["model"]["prior"]
+    if prior is None:
+        return []
+    name = prior["name"]
+    if name not in PRIORS:
+        return [("model.prior.name", f"expected one of {sorted(PRIORS)}, got {name!r}")]
+    valid = hyperparameter_names(name)
+    errors = []
+    for key, value in prior.items():
+        if key == "name":
+            continue
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            errors.append(
+                (
+                    f"model.prior.{key}",
+                    f"prior {name!r} has no such hyperparameter{hint} "
+                    f"(valid hyperparameters: {valid})",
+                )
+            )
+            continue
+        try:
+            make_prior(name, **{key: value})
+        except (ValueError, TypeError) as error:
+            errors.append((f"model.prior.{key}", str(error)))
+    if not errors:
+        rest = {k: v for k, v in prior.items() if k != "name"}
+        try:
+            make_prior(name, **rest)
+        except (ValueError, TypeError) as error:
+            errors.append(("model.prior", str(error)))
+    return errors
 
 
 def _check_methods(value):
@@ -397,6 +440,61 @@ register_method_block(
 )
 
 
+def _svi_optimizers():
+    # SVI's optax registry (jaxgmm._svi.OPTIMIZERS); the shared one once they are unified.
+    import jaxgmm._svi as svi
+
+    return getattr(svi, "OPTIMIZERS", None) or jaxgmm.OPTIMIZERS
+
+
+register_method_block(
+    "svi",
+    {
+        "guide": Field(
+            "auto_normal", "str", one_of(lambda: jaxgmm.GUIDES),
+            "NumPyro autoguide: auto_delta (MAP), auto_normal (mean field), "
+            "auto_multivariate_normal (full rank)",
+        ),
+        "optimizer": Field(
+            "adam", "str", one_of(_svi_optimizers), "optax optimiser of the guide's parameters"
+        ),
+        "learning_rate": Field(0.01, "float", greater_than(0), "the optimiser's step size"),
+        "num_steps": Field(2000, "int", at_least(1), "maximum SVI steps"),
+        "num_particles": Field(1, "int", at_least(1), "draws per ELBO gradient estimate"),
+        "tol": Field(
+            None, "float", at_least(0),
+            "stop when the objective per sample changes less (null: run num_steps; "
+            "useful for auto_delta, whose objective is not noisy)",
+            nullable=True,
+        ),
+        "n_eval_samples": Field(
+            1000, "int", at_least(1),
+            "guide draws for the final ELBO and, independently, the importance-sampling log p(X)",
+        ),
+    },
+)
+
+
+register_method_block(
+    "nuts",
+    {
+        "num_warmup": Field(500, "int", at_least(0), "warm-up (adaptation) steps per chain"),
+        "num_samples": Field(500, "int", at_least(1), "kept draws per chain"),
+        "num_chains": Field(2, "int", at_least(1), "chains (r-hat needs >= 2)"),
+        "chain_method": Field(
+            "vectorized", "str", one_of(["vectorized", "sequential", "parallel"]),
+            "how chains run: vectorized (one device, default), sequential, parallel "
+            "(one device per chain)",
+        ),
+        "target_accept_prob": Field(
+            0.8, "float", in_interval(1e-9, 1.0), "NUTS step-size adaptation target"
+        ),
+        "dense_mass": Field(False, "bool", None, "adapt a dense mass matrix (else diagonal)"),
+        "max_tree_depth": Field(10, "int", at_least(1), "NUTS maximum tree depth"),
+    },
+)
+
+
 # ----------------------------------------------------------------------- validation
 
 
@@ -485,7 +583,7 @@ def _check_data_options(config):
 # Rules that involve several keys of one block: (block, check), with
 # check(resolved_config) -> [(key_path, message)]. A check may fill defaults that depend on
 # other keys; it runs only when its block has no per-key errors, so it can trust types.
-_CROSS_CHECKS = [("data", _check_data_options)]
+_CROSS_CHECKS = [("data", _check_data_options), ("model", _check_prior_registry)]
 
 
 def validate(raw, source="<config>", overridden=()):

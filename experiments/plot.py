@@ -10,7 +10,8 @@ history.npz, posterior.npz; never refits. Figures (PNG, written atomically):
   method (plus the shared initialisation and, for generated data, the truth); for 1-D
   data, component densities over a histogram.
 - ``posterior.png``: for methods with posterior draws (NUTS), the posterior of the
-  log-likelihood per sample and of the relabelled means next to the point estimates.
+  log-likelihood per sample, its trace per chain, and the relabelled means next to every
+  method's estimates. Sampled methods are left out of ``convergence.png``.
 - ``model_selection.png``: BIC/AIC and held-out log-likelihood over the grid.
 - ``em_animation.gif``: EM's ellipses over iterations (only when history.npz exists).
 """
@@ -79,7 +80,11 @@ class Run:
 
 
 def plot_convergence(run, path):
-    traces = run.traces
+    # Samplers' per-draw traces are not convergence curves: posterior.png shows them.
+    sampled = {k.split("/")[0] for k in run.posterior}
+    traces = {m: t for m, t in run.traces.items() if m not in sampled}
+    lengths = [len(t["iteration"]) for t in traces.values() if len(t["iteration"])]
+    log_x = bool(lengths) and max(lengths) > 10 * max(min(lengths), 1)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax_iter, ax_time, ax_gap = axes
     ax_time.sharey(ax_iter)
@@ -122,8 +127,17 @@ def plot_convergence(run, path):
         low, high = min(lows), max(highs)
         pad = 0.05 * max(high - low, 1e-6)
         ax_iter.set_ylim(low - pad, high + pad)
-    ax_iter.set(xlabel="iteration", ylabel=f"per-sample value ({UNITS})", title="against iteration")
-    ax_time.set(xlabel=f"wall time ({time_unit}, compile excluded)", title="against wall time")
+    log_note = " (log scale)" if log_x else ""
+    ax_iter.set(
+        xlabel=f"iteration{log_note}", ylabel=f"per-sample value ({UNITS})",
+        title="against iteration",
+    )  # fmt: skip
+    ax_time.set(
+        xlabel=f"wall time ({time_unit}, compile excluded){log_note}", title="against wall time"
+    )
+    if log_x:
+        ax_iter.set_xscale("log")
+        ax_time.set_xscale("log")
     for ax in (ax_iter, ax_time):
         ax.ticklabel_format(axis="y", useOffset=False)
     ax_gap.set(
@@ -137,7 +151,8 @@ def plot_convergence(run, path):
     ax_iter.legend(fontsize=8, loc="lower right")
     if ax_gap.lines:
         ax_gap.legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{run.title}: log-likelihood (solid) and bound (dashed)")
+    skipped = f"; {', '.join(sorted(sampled))}: see posterior.png" if sampled else ""
+    fig.suptitle(f"{run.title}: log-likelihood (solid) and bound (dashed){skipped}")
     fig.tight_layout()
     _save(fig, path)
 
@@ -203,7 +218,9 @@ def _panels(run):
         p = results_io.group(run.params, method)
         row = run.metrics["methods"][method]
         ll = row.get("train_log_likelihood")
-        title = method + ("" if ll is None else f"\ntrain ll {ll:.4f} {UNITS}")
+        summary = _estimate_kind(row)
+        title = method + (f" ({summary})" if summary else "")
+        title += "" if ll is None else f"\ntrain ll {ll:.4f} {UNITS}"
         panels.append((title, p["weights"], p["means"], p["covariances"], p["labels_train"]))
     true = results_io.group(run.data, "true")
     cov_type = run.metrics["spec"]["covariance_type"]
@@ -257,6 +274,7 @@ def plot_clusters(run, path):
             ax.scatter(x[:, pair[0]], x[:, pair[1]], s=9, c=colors, alpha=0.55, linewidths=0)
             _ellipses(ax, np.asarray(m), np.asarray(c), pair, len(w))
             ax.set(title=title, xlabel=names[pair[0]], ylabel=names[pair[1]])
+            ax.tick_params(labelbottom=True)
         from matplotlib.lines import Line2D
 
         handles = [
@@ -275,65 +293,82 @@ def plot_clusters(run, path):
 # --------------------------------------------------------------------- posterior
 
 
+def _estimate_kind(row):
+    """What a method's parameters are, for labels: its extra's ``params_summary``, or MAP
+    for point estimates under a prior (None for maximum likelihood)."""
+    summary = (row.get("extra") or {}).get("params_summary")
+    if summary is None and row.get("point_estimate") and row.get("prior") not in (None, "none"):
+        summary = "MAP"
+    return summary
+
+
 def plot_posterior(run, path):
+    """Per sampled method: posterior of the log-likelihood (histogram) with every method's
+    value as a vertical line, the log-likelihood of each draw per chain (mixing), and the
+    relabelled component means of the first plotted feature with every method's means."""
     methods = sorted({k.split("/")[0] for k in run.posterior})
     points = run.methods_with_params()
     reference_method = next(
         (m for m in points if run.metrics["methods"][m].get("point_estimate")), None
     )
-    fig, axes = plt.subplots(len(methods), 2, figsize=(12, 4 * len(methods)), squeeze=False)
+    method_color = {m: COLORS[i % len(COLORS)] for i, m in enumerate(run.metrics["methods"])}
+    styles = ["-", "--", "-.", ":"]
+    pair, names = _feature_pair(run)
+    feature = pair[0]
+    component_colors = plt.get_cmap("Pastel1").colors
+    fig, axes = plt.subplots(len(methods), 3, figsize=(17, 4.4 * len(methods)), squeeze=False)
     for row, method in enumerate(methods):
         draws = results_io.group(run.posterior, method)
-        ax_ll, ax_mu = axes[row]
+        ax_ll, ax_trace, ax_mu = axes[row]
         if "log_likelihood" in draws:
-            ax_ll.hist(
-                draws["log_likelihood"],
-                bins=40,
-                density=True,
-                color="0.7",
-                label=f"{method} posterior",
-            )
+            ll_draws = draws["log_likelihood"]
+            ax_ll.hist(ll_draws, bins=40, density=True, color="0.75", label=f"{method} draws")
             for i, m in enumerate(points):
                 ll = run.metrics["methods"][m].get("train_log_likelihood")
+                summary = _estimate_kind(run.metrics["methods"][m])
                 if ll is not None:
-                    ax_ll.axvline(ll, color=COLORS[i % len(COLORS)], lw=2, label=f"{m} estimate")
+                    ax_ll.axvline(
+                        ll, color=method_color[m], lw=2, ls=styles[i % len(styles)],
+                        label=f"{m}{f' ({summary})' if summary else ''}: {ll:.4f}",
+                    )  # fmt: skip
             ax_ll.set(
                 xlabel=f"log-likelihood ({UNITS})",
                 ylabel="posterior density",
-                title=f"{method}: log-likelihood",
+                title=f"{method}: log-likelihood of the draws",
             )
             ax_ll.legend(fontsize=8)
+            chains = draws.get("chain", np.zeros(len(ll_draws), dtype=int))
+            for c in np.unique(chains):
+                values = ll_draws[chains == c]
+                ax_trace.plot(np.arange(1, len(values) + 1), values, lw=0.8, alpha=0.8,
+                              label=f"chain {c}")  # fmt: skip
+            ax_trace.set(
+                xlabel="draw (after warm-up)", ylabel=f"log-likelihood ({UNITS})",
+                title=f"{method}: trace per chain",
+            )  # fmt: skip
+            ax_trace.legend(fontsize=8)
         if "means" in draws:
             means = draws["means"]  # (S, K, D)
             reference = run.params[f"{reference_method}/means"] if reference_method else means[0]
             relabelled = np.stack([d[match_components(reference, d)] for d in means])
             for k in range(means.shape[1]):
                 ax_mu.hist(
-                    relabelled[:, k, 0],
-                    bins=40,
-                    density=True,
-                    alpha=0.5,
-                    color=COLORS[k % len(COLORS)],
-                    label=f"component {k}",
-                )
-            for m in points:
-                for k, value in enumerate(
-                    run.params[f"{m}/means"][
-                        match_components(reference, run.params[f"{m}/means"]), 0
-                    ]
-                ):
+                    relabelled[:, k, feature], bins=40, density=True,
+                    color=component_colors[k % len(component_colors)],
+                    edgecolor="0.5", linewidth=0.3, label=f"component {k} draws",
+                )  # fmt: skip
+            for i, m in enumerate(points):
+                estimate = run.params[f"{m}/means"]
+                for k, value in enumerate(estimate[match_components(reference, estimate), feature]):
                     ax_mu.axvline(
-                        value,
-                        color="black",
-                        lw=1.2,
-                        ls="--",
-                        label=f"{m} estimate" if k == 0 else None,
-                    )
-            feature = str(run.data["feature_names"][0])
+                        value, color=method_color[m], lw=1.6, ls=styles[i % len(styles)],
+                        label=m if k == 0 else None,
+                    )  # fmt: skip
             ax_mu.set(
-                xlabel=f"mean of {feature} (relabelled to {reference_method or 'draw 0'})",
+                xlabel=f"component mean of {names[feature]} "
+                f"(components matched to {reference_method or 'draw 0'})",
                 ylabel="posterior density",
-                title=f"{method}: component means",
+                title=f"{method}: component means vs each method's",
             )
             ax_mu.legend(fontsize=8)
     fig.suptitle(f"{run.title}: posterior draws vs point estimates")

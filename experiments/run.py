@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import functools
 import importlib.metadata
@@ -86,16 +87,87 @@ def _method_key(root_key, name):
 
 
 def build_prior(prior_config, source):
-    """The prior object of ``model.prior`` (None for maximum likelihood)."""
+    """The prior object of ``model.prior`` (None for maximum likelihood), unresolved:
+    data-dependent hyperparameters are filled by `method_specs` once the data is loaded.
+    (`experiments.config` has already checked the name and hyperparameters.)"""
     if prior_config is None:
         return None
     try:
-        from jaxgmm import priors  # noqa: F401  (arrives with issue 5)
-    except ImportError:
-        raise ConfigError(
-            [f"{source}: model.prior: this jaxgmm has no prior registry (jaxgmm.priors) yet"]
-        ) from None
-    raise ConfigError([f"{source}: model.prior: the runner does not build priors yet"])
+        return jaxgmm.priors.prior_from_config(dict(prior_config))
+    except (ValueError, TypeError) as error:
+        raise ConfigError([f"{source}: model.prior: {error}"]) from None
+
+
+def _prior_label(prior_config, default):
+    label = prior_config["name"]
+    return f"{label} (default)" if default else label
+
+
+def method_specs(config, spec, x_train, source):
+    """The `GMMSpec` of every listed method, priors resolved on the training data.
+
+    Methods that need a prior (SVI, NUTS) get `DEFAULT_PRIOR` when ``model.prior`` is
+    null. Every method's ``check`` runs here, so a method that cannot fit its spec (EM
+    with a prior that has no closed-form M-step) is a config error before any fitting.
+
+    Returns:
+        {method: (spec, prior_label)}, prior_label "none", "<name>" or "<name> (default)".
+    """
+    from experiments.methods import DEFAULT_PRIOR
+    from jaxgmm._prior_api import log_prior
+
+    prior_config = config["model"]["prior"]
+    resolved = {}
+
+    def resolve(prior_spec, what):
+        try:
+            out = jaxgmm.priors.resolve_prior(prior_spec, x_train)
+            out.prior.check(out, x_train.shape[1])
+            # Trace the density once (abstractly) so hyperparameters of the wrong
+            # length for the data surface here, not in the middle of a fit.
+            jax.eval_shape(lambda p: log_prior(p, out), _abstract_params(out, x_train))
+        except ValueError as error:
+            raise ConfigError([f"{source}: {what}: {error}"]) from None
+        return out
+
+    errors = []
+    for name in config["methods"]:
+        method = METHODS[name]
+        method_spec, label = spec, "none"
+        if spec.prior is not None:
+            if "config" not in resolved:
+                resolved["config"] = resolve(spec, "model.prior")
+            method_spec, label = resolved["config"], _prior_label(prior_config, False)
+        elif method.needs_prior:
+            if "default" not in resolved:
+                default = dataclasses.replace(
+                    spec, prior=jaxgmm.priors.prior_from_config(DEFAULT_PRIOR)
+                )
+                resolved["default"] = resolve(default, f"model.prior (default for {name})")
+            method_spec, label = resolved["default"], _prior_label(DEFAULT_PRIOR, True)
+        if method.check is not None:
+            try:
+                method.check(method_spec, config[name], x_train)
+            except ValueError as error:
+                errors.append(
+                    f"{source}: methods: {name} cannot fit this model "
+                    f"(model.prior: {label}): {error}"
+                )
+        resolved[name] = (method_spec, label)
+    if errors:
+        raise ConfigError(errors)
+    return {name: resolved[name] for name in config["methods"]}
+
+
+def _abstract_params(spec, x):
+    """Shape-only `GMMParams` of ``spec`` on data like ``x`` (for eval_shape checks)."""
+    k, d = spec.n_components, x.shape[1]
+    prec_shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}
+    return jaxgmm.GMMParams(
+        jax.ShapeDtypeStruct((k,), x.dtype),
+        jax.ShapeDtypeStruct((k, d), x.dtype),
+        jax.ShapeDtypeStruct(prec_shape[spec.covariance_type], x.dtype),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -236,7 +308,7 @@ def _versions():
     return versions
 
 
-def run_experiment(config, *, config_path, progress, animate=False):
+def run_experiment(config, *, config_path, progress, animate=False, show_progress=False):
     """Fit everything a resolved config asks for.
 
     Returns:
@@ -280,6 +352,7 @@ def run_experiment(config, *, config_path, progress, animate=False):
         )
     x_train = jnp.asarray(train.x, dtype)
     x_test = None if test is None else jnp.asarray(test.x, dtype)
+    specs = method_specs(config, spec, x_train, source)
 
     root = jax.random.key(seed)
     init = jaxgmm.initial_params(
@@ -293,17 +366,24 @@ def run_experiment(config, *, config_path, progress, animate=False):
 
     rows, traces, history, posterior = {}, {}, {}, {}
     for name in config["methods"]:
+        name_spec, prior_label = specs[name]
         context = MethodContext(
             key=_method_key(root, name),
             x=x_train,
-            spec=spec,
+            spec=name_spec,
             init_params=init,
             settings=config[name],
             progress=progress,
             record_history=animate,
+            x_test=x_test,
+            show_progress=show_progress,
         )
         result = METHODS[name].run(context)
-        row, arrays = evaluate(result, spec, train, test, x_train, x_test, dtype)
+        row, arrays = evaluate(result, name_spec, train, test, x_train, x_test, dtype)
+        row["prior"] = prior_label
+        row["prior_hyperparameters"] = (
+            None if name_spec.prior is None else dataclasses.asdict(name_spec.prior)
+        )
         rows[name] = row
         for key, value in (arrays or {}).items():
             npz[f"{name}/{key}"] = value
@@ -420,11 +500,12 @@ def _fmt(value, spec):
 
 TABLE_COLUMNS = (
     # header, width, getter, format
-    ("method", 9, lambda m, r: m, ""),
+    ("method", 8, lambda m, r: m, ""),
     ("train ll", 10, lambda m, r: r.get("train_log_likelihood"), ".5f"),
     ("test ll", 10, lambda m, r: r.get("test_log_likelihood"), ".5f"),
     ("bound", 10, lambda m, r: r.get("bound_final"), ".5f"),
-    ("bound name", 12, lambda m, r: r.get("bound_name"), ""),
+    ("bound name", 13, lambda m, r: r.get("bound_name"), ""),
+    ("prior", 17, lambda m, r: r.get("prior"), ""),
     ("log prior", 10, lambda m, r: r.get("log_prior_total"), ".3f"),
     ("BIC", 10, lambda m, r: r.get("bic"), ".2f"),
     ("AIC", 10, lambda m, r: r.get("aic"), ".2f"),
@@ -435,6 +516,21 @@ TABLE_COLUMNS = (
     ("fit s", 8, lambda m, r: r.get("fit_s"), ".3f"),
     ("conv", 4, lambda m, r: r.get("converged"), ""),
     ("degenerate", 10, lambda m, r: _degeneracy_text(r.get("degeneracies")), ""),
+)
+
+
+# Method extras shown under the table: (key in row["extra"], label, format).
+EXTRA_COLUMNS = (
+    ("elbo", "ELBO", ".5f"),
+    ("elbo_stderr", "+-", ".5f"),
+    ("log_marginal_is", "IS log p(X)", ".5f"),
+    ("elbo_below_is", "ELBO <= IS", ""),
+    ("r_hat_max", "r-hat max", ".4f"),
+    ("ess_min", "ESS min", ".0f"),
+    ("divergences", "divergences", "d"),
+    ("plug_in_log_likelihood", "plug-in ll (posterior mean)", ".5f"),
+    ("posterior_mean_log_likelihood", "E[ll | X]", ".5f"),
+    ("log_predictive_density_test", "held-out log pred. density", ".5f"),
 )
 
 
@@ -458,6 +554,28 @@ def format_table(metrics):
             text = _fmt(get(method, row), spec)
             cells.append(text.rjust(width) if i else text.ljust(width))
         lines.append("  ".join(cells))
+    details = [
+        f"  {method}: "
+        + ", ".join(
+            f"{label} {_fmt(row['extra'][key], spec)}"
+            for key, label, spec in EXTRA_COLUMNS
+            if row.get("extra", {}).get(key) is not None
+        )
+        for method, row in metrics["methods"].items()
+        if any(row.get("extra", {}).get(key) is not None for key, _, _ in EXTRA_COLUMNS)
+    ]
+    if details:
+        lines.append("")
+        lines.append("posterior / variational diagnostics (per sample unless noted):")
+        lines.extend(details)
+    defaults = sorted(
+        {r["prior"] for r in metrics["methods"].values() if "(default)" in (r.get("prior") or "")}
+    )
+    if defaults:
+        lines.append(
+            "  (default) prior: model.prior is null, so methods that need a prior use "
+            "conjugate with data defaults; set model.prior to choose"
+        )
     grid = metrics.get("model_selection")
     if grid:
         lines.append("")
@@ -598,7 +716,7 @@ def main(argv=None):
     try:
         metrics, files = run_experiment(
             config, config_path=args.config, progress=progress_factory(show_progress),
-            animate=animate,
+            animate=animate, show_progress=show_progress,
         )  # fmt: skip
     except ConfigError as error:
         print(f"error: invalid config\n{error}", file=sys.stderr)

@@ -78,6 +78,7 @@ def fit_nuts(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     dense_mass: bool = False,
+    progress_bar: bool = False,
 ) -> NUTSResult:
     """Sample the posterior of ``spec`` (prior ``spec.prior``) given ``x`` with NUTS.
 
@@ -92,6 +93,7 @@ def fit_nuts(
             fit (k-means initialisation, 5 restarts).
         init: where every chain starts; default ``reference``.
         target_accept_prob, max_tree_depth, dense_mass: NUTS settings.
+        progress_bar: NumPyro's own progress bar (for interactive use; off by default).
     """
     x = check_data(x, "x", n_components=spec.n_components, dtype=getattr(x, "dtype", None))
     spec = resolve_prior(spec, x)
@@ -128,7 +130,7 @@ def fit_nuts(
         num_samples=num_samples,
         num_chains=num_chains,
         chain_method=chain_method,
-        progress_bar=False,
+        progress_bar=bool(progress_bar),
     )
     mcmc.run(key_mcmc, x, extra_fields=("diverging",))
     samples = mcmc.get_samples(group_by_chain=True)

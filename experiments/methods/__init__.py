@@ -8,9 +8,15 @@ and held-out log-likelihood from the shared density, BIC/AIC, ARI, recovery erro
 itself, uniformly; a method reports only what it alone knows (its trace, timings, bound,
 diagnostics, posterior draws).
 
-Planned entries (added when their fitters are merged): ``gradient`` (issue 4),
-``svi`` and ``nuts`` (issue 5), ``vb``. Adding one is a module with a ``run`` function,
-its config block (``experiments.config.register_method_block``) and a line below.
+Entries: ``em``, ``gradient``, ``svi``, ``nuts`` (a ``vb`` slot waits for its fitter).
+Adding one is a module with a ``run`` function, its config block
+(``experiments.config.register_method_block``) and a line in ``_registry`` below.
+
+Priors: a method whose `Method.needs_prior` is set (SVI, NUTS: a posterior needs a
+prior) gets ``DEFAULT_PRIOR`` (conjugate, data defaults) when ``model.prior`` is null;
+the runner records which prior every method used. A method may refuse a spec up front
+with ``Method.check(spec, settings)`` raising ValueError (EM without a closed-form
+M-step for the prior); the runner reports that as a config error before fitting.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class MethodContext:
         progress: ``progress(total, desc) -> bar`` with ``bar.update_to(n, **postfix)`` and
             ``bar.close()``; a no-op bar when progress is off.
         record_history: whether to return per-iteration parameters (for the animation).
+        x_test: jax array of the held-out rows, or None (for held-out predictive densities).
+        show_progress: whether progress is shown (for libraries with their own bars).
     """
 
     key: Any
@@ -44,6 +52,8 @@ class MethodContext:
     settings: dict
     progress: Callable
     record_history: bool = False
+    x_test: Any = None
+    show_progress: bool = False
 
 
 @dataclasses.dataclass
@@ -87,11 +97,29 @@ class MethodResult:
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A registry entry: ``run(context) -> MethodResult`` and a one-line description."""
+    """A registry entry.
+
+    Attributes:
+        name: the method's name in ``methods`` and its config block.
+        run: ``run(context) -> MethodResult``.
+        doc: one line.
+        needs_prior: whether the method needs a prior (it gets `DEFAULT_PRIOR` when the
+            config has none).
+        check: optional ``check(spec, settings)`` raising ValueError when the method cannot
+            fit ``spec`` (checked before anything is fitted).
+    """
 
     name: str
     run: Callable[[MethodContext], MethodResult]
     doc: str
+    needs_prior: bool = False
+    check: Callable | None = None
+
+
+# The prior of methods that need one when ``model.prior`` is null: the conjugate
+# Dirichlet x Normal-inverse-Wishart prior with its data-derived defaults (alpha = 1,
+# m0 = data mean, kappa = 0.01, Psi = data covariance / K^(2/D), nu = D + 2).
+DEFAULT_PRIOR = {"name": "conjugate"}
 
 
 def result_from_fit(fit, point_estimate=True, extra=None, history=None):
@@ -125,12 +153,10 @@ def result_from_fit(fit, point_estimate=True, extra=None, history=None):
 
 
 def _registry():
-    from experiments.methods import em, gradient
+    from experiments.methods import em, gradient, nuts, svi
 
-    methods = {"em": em.METHOD, "gradient": gradient.METHOD}
-    # Slots filled when the fitters land on main:
-    #   "svi", "nuts": experiments.methods.numpyro_methods  (issue 5)
-    #   "vb": the variational fitter
+    methods = {m.name: m for m in (em.METHOD, gradient.METHOD, svi.METHOD, nuts.METHOD)}
+    # Slot filled when the variational fitter lands on main: "vb".
     return methods
 
 

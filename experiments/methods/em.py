@@ -72,6 +72,23 @@ def run(context):
     return result_from_fit(fit, point_estimate=True, history=history)
 
 
+def check(spec, settings, x):
+    """Refuse a prior EM has no closed-form M-step for (the core's ValueError names the
+    fitters that can), by tracing one M-step abstractly (nothing is computed)."""
+    del settings
+    if spec.prior is None:
+        return
+    n_samples = x.shape[0]
+    jax.eval_shape(
+        lambda data, log_resp: jaxgmm.m_step(data, log_resp, spec),
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        jax.ShapeDtypeStruct((n_samples, spec.n_components), x.dtype),
+    )
+
+
 METHOD = Method(
-    name="em", run=run, doc="expectation-maximisation (ML, or MAP with a conjugate prior)"
+    name="em",
+    run=run,
+    doc="expectation-maximisation (ML, or MAP with a conjugate prior)",
+    check=check,
 )

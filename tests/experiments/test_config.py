@@ -89,15 +89,15 @@ def test_overrides_are_typed(tmp_path):
             "model.reg_covar=1.0e-3",
             "data.standardize=true",
             "methods=[em]",
-            "model.prior.name=dirichlet",
-            "model.prior.alpha=2",
+            "model.prior.name=conjugate",
+            "model.prior.weight_concentration=2",
             "name=other",
         ],
     )
     assert config["model"]["n_components"] == 4
     assert config["model"]["reg_covar"] == 1e-3
     assert config["data"]["standardize"] is True
-    assert config["model"]["prior"] == {"name": "dirichlet", "alpha": 2}
+    assert config["model"]["prior"] == {"name": "conjugate", "weight_concentration": 2}
     assert config["name"] == "other"
 
 
@@ -112,7 +112,7 @@ def test_round_trip_through_dump(tmp_path):
     config = load_config(
         _write(
             tmp_path,
-            "name: s\ndata: {dataset: synthetic}\nmodel: {n_components: 2, prior: {name: p, a: [1, 2]}}\n",
+            "name: s\ndata: {dataset: synthetic}\nmodel: {n_components: 2, prior: {name: conjugate, mean_prior: [1, 2]}}\n",
         )
     )
     text = dump_config(config)
@@ -153,7 +153,7 @@ def test_round_trip_through_dump(tmp_path):
             "data.dataset",
             ["expected one of", "'iris'", "'irs'"],
         ),
-        (MINIMAL + "methods: [em, nuts]\n", (), "methods", ["'nuts'"]),
+        (MINIMAL + "methods: [em, mcmc]\n", (), "methods", ["'mcmc'", "'nuts'"]),
         (MINIMAL + "methods: []\n", (), "methods", ["at least one"]),
         (MINIMAL + "methods: [em, em]\n", (), "methods", ["twice"]),
         (MINIMAL + "methods: em\n", (), "methods", ["expected list[str]"]),

@@ -16,7 +16,7 @@ from experiments import plot as plot_module
 from experiments import results_io
 from experiments import run as run_module
 from experiments.config import SCHEMA
-from experiments.methods import METHODS, MethodContext, MethodResult
+from experiments.methods import DEFAULT_PRIOR, METHODS, MethodContext, MethodResult
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMOKE = str(CONFIGS / "smoke.yaml")
@@ -236,7 +236,21 @@ def test_json_has_no_nan(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text()) == {"x": None, "y": 1.5}
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+# Small settings for the contract test of slow methods (their defaults are for real runs).
+TINY = {
+    "svi": {"num_steps": 30, "n_eval_samples": 50},
+    "nuts": {"num_warmup": 30, "num_samples": 30},
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # SVI and NUTS compile for ~10-20 s; test_run_bayes runs them through the runner.
+        pytest.param(name, marks=pytest.mark.slow) if METHODS[name].needs_prior else name
+        for name in sorted(METHODS)
+    ],
+)
 def test_method_contract(name):
     """Every registered method has a config block and returns a consistent MethodResult."""
     import jax.numpy as jnp
@@ -249,7 +263,11 @@ def test_method_contract(name):
     x = jnp.asarray(np.concatenate([rng.normal(-3, 1, (40, 2)), rng.normal(3, 1, (40, 2))]))
     spec = jaxgmm.GMMSpec(2, "full")
     init = jaxgmm.initial_params(jax.random.key(0), x, spec, "kmeans", 1)
+    if METHODS[name].needs_prior:
+        prior = jaxgmm.priors.prior_from_config(DEFAULT_PRIOR)
+        spec = jaxgmm.priors.resolve_prior(jaxgmm.GMMSpec(2, "full", prior=prior), x)
     settings = {k: v.default for k, v in SCHEMA[name].items()}
+    settings.update(TINY.get(name, {}))
     context = MethodContext(
         key=jax.random.key(1), x=x, spec=spec, init_params=init, settings=settings,
         progress=run_module.progress_factory(False),

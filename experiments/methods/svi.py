@@ -1,0 +1,85 @@
+"""SVI via `jaxgmm.fit_svi` (NumPyro autoguides on the NumPyro model of the spec, run by
+the core driver) from the shared initial parameters: the guide's point estimate starts
+at them. Its config block is ``svi`` in experiments.config.
+
+The trace holds, per step, the log-likelihood per sample at the guide's point estimate
+(its median; the delta for ``auto_delta``) and the one-step stochastic objective per
+sample: the ELBO (``bound_name="elbo"``), or for ``auto_delta`` the log joint
+log p(X, theta) / N (``"log_joint"``, the MAP objective). ``extra`` holds the final ELBO
+from ``n_eval_samples`` fresh guide draws with its Monte Carlo standard error and, from
+independent draws, the importance-sampling estimate of log p(X) per sample, which the
+ELBO must lie below (``elbo_below_is``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import jaxgmm
+from experiments.methods import Method, result_from_fit
+
+
+def _postfix(infos):
+    """The latest finite objective of a chunk's infos, for the progress bar."""
+    bound = np.asarray(infos.bound, dtype=np.float64)
+    finite = bound[np.isfinite(bound)]
+    return {} if not finite.size else {"objective": f"{finite[-1]:.4f}"}
+
+
+def run(context):
+    settings = context.settings
+    guide = settings["guide"]
+    bar = context.progress(settings["num_steps"], f"svi ({guide})")
+    try:
+        result = jaxgmm.fit_svi(
+            context.key,
+            context.x,
+            context.spec,
+            guide=guide,
+            optimizer={"name": settings["optimizer"], "learning_rate": settings["learning_rate"]},
+            num_steps=settings["num_steps"],
+            num_particles=settings["num_particles"],
+            init=context.init_params,
+            tol=settings["tol"],
+            n_eval_samples=settings["n_eval_samples"],
+            callback=lambda done, infos: bar.update_to(done, **_postfix(infos)),
+        )
+    finally:
+        bar.close()
+    point = guide == "auto_delta"
+    extra = {
+        "guide": guide,
+        "params_summary": "MAP" if point else "guide median",
+        "optimizer": settings["optimizer"],
+        "learning_rate": settings["learning_rate"],
+        # auto_delta: the log joint per sample at the MAP point (its exact objective).
+        "elbo": result.elbo,
+        "elbo_stderr": result.elbo_stderr,
+        "log_marginal_is": None if math.isnan(result.log_marginal_is) else result.log_marginal_is,
+        "log_posterior_total": result.log_posterior,
+    }
+    if not point:
+        extra["elbo_below_is"] = bool(result.elbo <= result.log_marginal_is)
+    return result_from_fit(result.fit, point_estimate=point, extra=extra)
+
+
+def _check(spec, settings, x):
+    del x
+    weights_alpha = getattr(spec.prior, "weight_concentration", 1.0)
+    if settings["guide"] == "auto_delta" and weights_alpha is not None and weights_alpha < 1:
+        raise ValueError(
+            f"svi.guide: auto_delta is MAP, and the prior {spec.prior.name!r} with "
+            f"weight_concentration {weights_alpha} < 1 has no MAP (its density is unbounded "
+            "as a weight goes to 0); use guide auto_normal or auto_multivariate_normal"
+        )
+
+
+METHOD = Method(
+    name="svi",
+    run=run,
+    doc="NumPyro SVI (autoguide) on the model with the prior; ELBO and IS log p(X)",
+    needs_prior=True,
+    check=_check,
+)

@@ -441,10 +441,8 @@ register_method_block(
 
 
 def _svi_optimizers():
-    # SVI's optax registry (jaxgmm._svi.OPTIMIZERS); the shared one once they are unified.
-    import jaxgmm._svi as svi
-
-    return getattr(svi, "OPTIMIZERS", None) or jaxgmm.OPTIMIZERS
+    # The gradient fitter's optax registry, less line-search methods (SVI is stochastic).
+    return [name for name, entry in jaxgmm.OPTIMIZERS.items() if not entry.line_search]
 
 
 register_method_block(

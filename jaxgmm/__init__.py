@@ -69,7 +69,7 @@ __all__ += [
     "to_unconstrained",
 ]
 
-# Scale: blocked EM statistics, out-of-core EM, data-parallel sharding (docs/scale.md).
+# Scale: blocked EM statistics, out-of-core EM, data-parallel sharding (README: Scale).
 from jaxgmm._blocked import (  # noqa: E402
     Moments,
     accumulate_moments,

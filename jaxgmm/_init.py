@@ -13,13 +13,22 @@ from jaxgmm._em import ml_params_from_stats, sufficient_statistics
 
 
 def _sq_distances(x, centers):
-    """(N, K) squared Euclidean distances, computed from differences (no cancellation)."""
-    return jnp.sum(jnp.square(x[:, None, :] - centers[None, :, :]), axis=-1)
+    """(N, K) squared Euclidean distances as ||x||^2 - 2 x.c + ||c||^2 (as scikit-learn's
+    k-means does): one matrix product and no (N, K, D) array, so vmapped restarts stay
+    O(N K) in memory. Rounding only matters for near-ties, which k-means does not care
+    about; callers pass data centred on its mean to keep the terms small."""
+    sq = (
+        jnp.sum(jnp.square(x), axis=1)[:, None]
+        - 2.0 * (x @ centers.T)
+        + jnp.sum(jnp.square(centers), axis=1)[None, :]
+    )
+    return jnp.maximum(sq, 0.0)
 
 
 def kmeans_plusplus_indices(key, x, n_clusters):
     """Greedy k-means++ seeding (Arthur and Vassilvitskii 2007; 2 + log K local trials,
     as in scikit-learn). Returns (n_clusters,) indices into x."""
+    x = x - jnp.mean(x, axis=0)  # distances are shift-invariant; small terms round better
     n_samples = x.shape[0]
     n_trials = 2 + int(math.log(n_clusters))
     key_first, key_rest = jax.random.split(key)
@@ -50,6 +59,7 @@ def kmeans_labels(key, x, n_clusters, max_iter=300, tol=1e-4):
     ``tol`` is relative to the mean feature variance (scikit-learn's convention).
     Empty clusters are moved to the points farthest from their centres.
     """
+    x = x - jnp.mean(x, axis=0)  # distances are shift-invariant; small terms round better
     centers = x[kmeans_plusplus_indices(key, x, n_clusters)]
     abs_tol = tol * jnp.mean(jnp.var(x, axis=0))
 

@@ -133,6 +133,25 @@ def default_block_size(n_samples, n_components, n_features):
     return int(max(1, min(n_samples, max(256, min(65536, size)))))
 
 
+def sum_over_blocks(block_fn, arrays, block_size):
+    """Sum (a pytree sum) of ``block_fn(*row_blocks)`` over consecutive row blocks of
+    ``arrays`` (all with the same leading length), under `lax.fori_loop`."""
+    n_samples = arrays[0].shape[0]
+    block_size = int(min(block_size, n_samples))
+    n_blocks, tail = divmod(n_samples, block_size)
+
+    def body(i, total):
+        blocks = [lax.dynamic_slice_in_dim(a, i * block_size, block_size, axis=0) for a in arrays]
+        return add_moments(total, block_fn(*blocks))
+
+    total = block_fn(*[a[:block_size] for a in arrays])
+    if n_blocks > 1:
+        total = lax.fori_loop(1, n_blocks, body, total)
+    if tail:
+        total = add_moments(total, block_fn(*[a[n_blocks * block_size :] for a in arrays]))
+    return total
+
+
 def accumulate_moments(x, params, spec, block_size: int | None = None):
     """`Moments` of all of ``x`` (in memory), computed block by block under
     `lax.fori_loop`, so no (n_samples, K, D) array is ever formed.
@@ -146,20 +165,19 @@ def accumulate_moments(x, params, spec, block_size: int | None = None):
     n_samples, n_features = x.shape
     if block_size is None:
         block_size = default_block_size(n_samples, spec.n_components, n_features)
-    block_size = int(min(block_size, n_samples))
-    n_blocks, tail = divmod(n_samples, block_size)
-    if n_blocks == 1 and tail == 0:
-        return block_moments(x, params, spec)
+    return sum_over_blocks(lambda xb: block_moments(xb, params, spec), [x], block_size)
 
-    def body(i, total):
-        block = lax.dynamic_slice_in_dim(x, i * block_size, block_size, axis=0)
-        return add_moments(total, block_moments(block, params, spec))
 
-    first_block = block_moments(x[:block_size], params, spec)
-    total = lax.fori_loop(1, n_blocks, body, first_block)
-    if tail:
-        total = add_moments(total, block_moments(x[n_blocks * block_size :], params, spec))
-    return total
+def scatter_about(x, resp, means, spec, block_size: int | None = None):
+    """Family-shaped scatter sum_n r_nk (x_n - m_k)(x_n - m_k)^T about given ``means``
+    for given responsibilities ``resp`` (n_samples, n_components), block by block."""
+    if block_size is None:
+        block_size = default_block_size(x.shape[0], spec.n_components, x.shape[1])
+    second = _SECOND_MOMENTS[spec.covariance_type]
+    scatter = sum_over_blocks(lambda xb, rb: second(rb, xb, means)[1], [x, resp], block_size)
+    if spec.covariance_type in ("full", "tied"):
+        scatter = 0.5 * (scatter + jnp.swapaxes(scatter, -1, -2))
+    return scatter
 
 
 def stats_from_moments(moments, params, spec):

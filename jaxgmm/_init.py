@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxgmm._em import ml_params_from_stats, sufficient_statistics
+from jaxgmm._blocked import scatter_about
+from jaxgmm._em import SufficientStats, _safe_counts, ml_params_from_stats
 
 
 def _sq_distances(x, centers):
@@ -71,7 +72,7 @@ def kmeans_labels(key, x, n_clusters, max_iter=300, tol=1e-4):
         counts = jnp.sum(one_hot, axis=0)
         sums = one_hot.T @ x
         # Relocate empty clusters to distinct far-away points.
-        far = jnp.argsort(-jnp.min(dist, axis=1))[:n_clusters]
+        _, far = lax.top_k(jnp.min(dist, axis=1), n_clusters)
         empty_rank = jnp.cumsum(counts == 0) - 1
         new = jnp.where(
             (counts > 0)[:, None],
@@ -91,8 +92,18 @@ def kmeans_labels(key, x, n_clusters, max_iter=300, tol=1e-4):
 
 
 def _params_from_resp(x, resp, spec):
-    log_resp = jnp.log(jnp.maximum(resp, 0.0))
-    return ml_params_from_stats(sufficient_statistics(x, log_resp, spec), spec)
+    """The maximum-likelihood M-step for given responsibilities, block by block (no
+    (N, K, D) array, so vmapped restarts stay small)."""
+    nk = jnp.sum(resp, axis=0)
+    means = (resp.T @ x) / _safe_counts(nk)[:, None]
+    stats = SufficientStats(
+        nk=nk,
+        means=means,
+        scatter=scatter_about(x, resp, means, spec),
+        sum_resp_log_resp=jnp.zeros((), x.dtype),  # not used by the M-step
+        n_samples=jnp.asarray(x.shape[0], x.dtype),
+    )
+    return ml_params_from_stats(stats, spec)
 
 
 def init_kmeans(key, x, spec):

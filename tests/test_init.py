@@ -73,3 +73,25 @@ def test_fit_em_result_fields_and_max_iter_zero():
     assert r.converged and r.n_iter == r.trace.iteration.size
     assert np.all(np.diff(r.trace.elapsed_s) >= 0) and r.compile_s >= 0 and r.run_s > 0
     assert r.bound_name == "em_bound" and r.fitter == "em"
+
+
+@pytest.mark.parametrize("covariance_type", sorted(jaxgmm.COVARIANCE_FAMILIES))
+def test_initial_m_step_is_blocked_but_exact(covariance_type, require_x64):
+    """The initialisers' blocked M-step equals the plain M-step on the same responsibilities."""
+    from jaxgmm._blocked import scatter_about
+    from jaxgmm._covariance import get_family
+    from jaxgmm._init import _params_from_resp
+
+    x = jnp.asarray(blobs(6, n_samples=53, n_features=3)[0])
+    spec = GMMSpec(3, covariance_type)
+    resp = jax.random.dirichlet(jax.random.key(0), jnp.ones(3), (53,))
+    means = (resp.T @ x) / resp.sum(0)[:, None]
+    np.testing.assert_allclose(
+        scatter_about(x, resp, means, spec, block_size=7),
+        get_family(covariance_type).scatter(x, resp, means),
+        rtol=1e-10,
+    )
+    ours = _params_from_resp(x, resp, spec)
+    reference = jaxgmm.m_step(x, jnp.log(resp), spec)
+    for a, b in zip(ours, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-9)

@@ -46,28 +46,25 @@ def precisions(params, covariance_type):
     return get_family(covariance_type).precision_from_prec_chol(params.prec_chol)
 
 
+def _params_from(weights, means, matrices, to_prec_chol):
+    means = jnp.asarray(means)
+    return GMMParams(
+        weights=jnp.asarray(weights, means.dtype),
+        means=means,
+        prec_chol=to_prec_chol(jnp.asarray(matrices, means.dtype)),
+    )
+
+
 def params_from_covariances(weights, means, covariances, covariance_type):
     """Build `GMMParams` from covariances via a Cholesky factorisation (no inverse)."""
-    means = jnp.asarray(means)
-    dtype = means.dtype
     family = get_family(covariance_type)
-    return GMMParams(
-        weights=jnp.asarray(weights, dtype),
-        means=means,
-        prec_chol=family.prec_chol_from_covariance(jnp.asarray(covariances, dtype)),
-    )
+    return _params_from(weights, means, covariances, family.prec_chol_from_covariance)
 
 
 def params_from_precisions(weights, means, precisions, covariance_type):
     """Build `GMMParams` from precision matrices (scikit-learn's ``precisions_init``)."""
-    means = jnp.asarray(means)
-    dtype = means.dtype
     family = get_family(covariance_type)
-    return GMMParams(
-        weights=jnp.asarray(weights, dtype),
-        means=means,
-        prec_chol=family.prec_chol_from_precision(jnp.asarray(precisions, dtype)),
-    )
+    return _params_from(weights, means, precisions, family.prec_chol_from_precision)
 
 
 def n_parameters(spec, n_features):

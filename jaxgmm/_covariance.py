@@ -120,10 +120,6 @@ class Tied(Full):
         return (n_features, n_features)
 
     @staticmethod
-    def log_det_prec_chol(prec_chol, n_features):
-        return Full.log_det_prec_chol(prec_chol, n_features)
-
-    @staticmethod
     def mahalanobis(x, means, prec_chol):
         center = jnp.mean(means, axis=0)
         y = ((x - center) @ prec_chol)[..., None, :] - (means - center) @ prec_chol

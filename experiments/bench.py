@@ -137,6 +137,20 @@ def _run_jaxgmm(x, init, cov_type, dtype, n_iter):
     }
 
 
+def _best_difference(fit, n_iter):
+    """Seconds per iteration as (t(n iters) - t(1 iter)) / (n - 1), each the best of a few
+    repeats (as for scikit-learn), so per-fit set-up and dispatch cancel. ``fit(iters)``
+    returns (result, seconds). Returns (result of the n-iteration fit, s/iter, t(1))."""
+    res, t_all = fit(n_iter)
+    repeats = 3 if t_all < 2.0 else 1
+    t_one = min(fit(1)[1] for _ in range(repeats))
+    t_all = min([t_all] + [fit(n_iter)[1] for _ in range(repeats - 1)])
+    per_iter = (t_all - t_one) / (n_iter - 1) if n_iter > 1 else t_all
+    if per_iter <= 0:  # still swamped by noise: fall back to the plain average
+        per_iter = t_all / n_iter
+    return res, per_iter, t_one
+
+
 def _run_sklearn(x, init, cov_type, dtype, n_iter):
     import warnings
 
@@ -161,15 +175,8 @@ def _run_sklearn(x, init, cov_type, dtype, n_iter):
             gm.fit(xs)
         return gm, time.perf_counter() - start
 
-    # Differences cancel sklearn's per-fit set-up and final E-step; the best of a few
-    # repeats keeps scheduler noise from making the difference meaningless on small sizes.
-    gm, t_all = fit(n_iter)
-    repeats = 3 if t_all < 2.0 else 1
-    t_one = min(fit(1)[1] for _ in range(repeats))
-    t_all = min([t_all] + [fit(n_iter)[1] for _ in range(repeats - 1)])
-    per_iter = (t_all - t_one) / (n_iter - 1) if n_iter > 1 else t_all
-    if per_iter <= 0:  # still swamped by noise: fall back to the plain average
-        per_iter = t_all / n_iter
+    # Differences cancel sklearn's per-fit set-up and final E-step.
+    gm, per_iter, t_one = _best_difference(fit, n_iter)
     return {
         "s_per_iter": per_iter,
         "compile_s": 0.0,
@@ -179,10 +186,158 @@ def _run_sklearn(x, init, cov_type, dtype, n_iter):
     }
 
 
+def _run_gmmx(x, init, cov_type, dtype, n_iter):
+    """gmmx (``EMFitter`` on a ``GaussianMixtureModelJax``), started from ``init``.
+
+    Semantics, read from gmmx 0.7's source (gmmx/fit.py, gmmx/gmm.py):
+    - float32 only: ``gmmx.gmm.check_shape`` raises for any other dtype, and with JAX's x64
+      mode on, the full-covariance path promotes to float64 internally (``jnp.eye``) and
+      then fails that check; so the fit runs under ``jax.enable_x64(False)`` and float64 is
+      reported as unsupported (``UNSUPPORTED``), not silently run in float32.
+    - ``EMFitter.fit`` is a ``lax.while_loop`` of (E-step, M-step) while
+      ``n_iter < max_iter and |delta log-likelihood| >= tol``; with ``tol=-inf`` it does
+      exactly ``max_iter`` E+M steps, as scikit-learn with ``tol=0`` does (sklearn's final
+      extra E-step only sets labels, not parameters).
+    - ``reg_covar`` (default 1e-6, passed explicitly) is added to the covariance diagonal as
+      in scikit-learn and jaxgmm, and counts get the same ``10 * eps`` as scikit-learn.
+    - The initial parameters are taken exactly (``from_squeezed``: weights, means,
+      covariances), cast to float32.
+    ``max_iter`` is a static field of ``EMFitter``, so each iteration count compiles once;
+    both are compiled ahead (``lower().compile()``) and timed warm, so s_per_iter excludes
+    compilation; compile_s and time_to_first_result_s are those of a 1-iteration fit.
+    """
+    import jax
+    import jax.numpy as jnp
+    from gmmx import EMFitter, GaussianMixtureModelJax
+
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"gmmx supports float32 only, got {dtype}")
+    weights, means, covs = init
+    with jax.enable_x64(False):
+        xj = jnp.asarray(x, jnp.float32)
+        gmm0 = GaussianMixtureModelJax.from_squeezed(
+            means=jnp.asarray(means, jnp.float32), covariances=jnp.asarray(covs, jnp.float32),
+            weights=jnp.asarray(weights, jnp.float32), covariance_type=cov_type,
+        )
+
+        def compiled(iters):
+            fitter = EMFitter(max_iter=iters, tol=float("-inf"), reg_covar=1e-6)
+            return fitter, EMFitter.fit.lower(fitter, xj, gmm0).compile()
+
+        start = time.perf_counter()
+        one = compiled(1)
+        compile_s = time.perf_counter() - start
+        jax.block_until_ready(one[1](one[0], xj, gmm0))
+        first = time.perf_counter() - start
+        many = compiled(n_iter)
+        jax.block_until_ready(many[1](many[0], xj, gmm0))  # warm-up, untimed
+
+        def fit(iters):
+            fitter, call = one if iters == 1 else many
+            start = time.perf_counter()
+            res = jax.block_until_ready(call(fitter, xj, gmm0))
+            return res, time.perf_counter() - start
+
+        res, per_iter, _ = _best_difference(fit, n_iter)
+        gmm = res.gmm
+        params = (
+            np.asarray(gmm.weights_numpy, np.float64),
+            np.asarray(gmm.means_numpy, np.float64),
+            np.asarray(gmm.covariances.values_numpy, np.float64),
+        )
+    return {
+        "s_per_iter": per_iter,
+        "compile_s": compile_s,
+        "time_to_first_result_s": first,
+        "n_iter": int(res.n_iter),
+        "params": params,
+    }
+
+
+def _run_pomegranate(x, init, cov_type, dtype, n_iter):
+    """pomegranate 1.x (``GeneralMixtureModel`` of ``Normal(covariance_type=...)``, torch on
+    CPU), started from ``init``.
+
+    Semantics, read from pomegranate 1.1's source (gmm.py, distributions/normal.py):
+    - ``fit`` loops ``for i in range(max_iter)``: E-step (``summarize``), then, for i > 0,
+      ``break`` if the improvement is below ``tol`` (before the M-step), then M-step
+      (``from_summaries``). With ``tol=-inf`` it never breaks (a NaN improvement does not
+      compare below it either): exactly ``max_iter`` E+M steps, like scikit-learn's
+      ``max_iter`` with ``tol=0``. ``fit`` does not report an iteration count.
+    - No covariance regularisation: ``Normal(min_cov=...)`` is stored but never applied, so
+      nothing is added to the diagonal (scikit-learn, jaxgmm and gmmx add reg_covar=1e-6).
+      Covariances are formed from uncentred sums, E[x x^T] - mu mu^T (cancellation in
+      float32 when means are large against the spreads).
+    - dtype: pomegranate's working dtype is that of its first parameter, a float32 tensor
+      created with torch's default dtype, so float64 inputs alone still give float32
+      emission matrices and float32 sufficient statistics, and ``.to(torch.float64)``
+      leaves the mixture's weight sums float32. The fit therefore runs under
+      ``torch.set_default_dtype(dtype)`` (restored afterwards), which makes every tensor
+      float64 in the float64 rows.
+    - The initial parameters are taken exactly (priors, per-component means and covs).
+    - Counts get no ``10 * eps`` (scikit-learn adds it; negligible).
+    Timing as for scikit-learn: (t(n) - t(1)) / (n - 1), each the best of a few repeats, after
+    one untimed-for-s_per_iter cold 1-iteration fit (torch's one-off start-up, reported as
+    time_to_first_result_s); a fresh model is built (outside the timed region) for every
+    fit, since ``fit`` updates the model in place. No compilation.
+    """
+    import torch
+    from pomegranate.distributions import Normal
+    from pomegranate.gmm import GeneralMixtureModel
+
+    tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[np.dtype(dtype)]
+    weights, means, covs = init
+    old_default = torch.get_default_dtype()
+    torch.set_default_dtype(tdtype)
+    try:
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype))
+
+        def model(iters):
+            dists = [
+                Normal(torch.tensor(means[j], dtype=tdtype), torch.tensor(covs[j], dtype=tdtype),
+                       covariance_type=cov_type)
+                for j in range(len(weights))
+            ]
+            return GeneralMixtureModel(dists, priors=torch.tensor(weights, dtype=tdtype),
+                                       max_iter=iters, tol=float("-inf"))
+
+        def fit(iters):
+            gm = model(iters)
+            start = time.perf_counter()
+            with torch.no_grad():
+                gm.fit(xt)
+            return gm, time.perf_counter() - start
+
+        # The first torch call in a process pays seconds of one-off start-up; it is the
+        # cold time to first result, and is kept out of the per-iteration difference.
+        first = fit(1)[1]
+        gm, per_iter, _ = _best_difference(fit, n_iter)
+        params = (
+            gm.priors.detach().numpy().astype(np.float64),
+            np.stack([d.means.detach().numpy() for d in gm.distributions]).astype(np.float64),
+            np.stack([d.covs.detach().numpy() for d in gm.distributions]).astype(np.float64),
+        )
+    finally:
+        torch.set_default_dtype(old_default)
+    return {
+        "s_per_iter": per_iter,
+        "compile_s": 0.0,
+        "time_to_first_result_s": first,
+        "n_iter": n_iter,  # exact by the loop above; pomegranate does not report it
+        "params": params,
+    }
+
+
+# Peers are benchmarked only when importable (optional, not dependencies of jaxgmm:
+# ``pip install gmmx pomegranate``; pomegranate pulls in torch).
+OPTIONAL_PEERS = {"gmmx": _run_gmmx, "pomegranate": _run_pomegranate}
 TOOLS = {"jaxgmm": _run_jaxgmm, "sklearn": _run_sklearn}
-# Peers benchmarked only when importable; no adapter is written for them yet (they
-# were not installed where this benchmark was developed), so they are listed as absent.
-OPTIONAL_PEERS = ("gmmx", "pomegranate")
+TOOLS.update({name: run for name, run in OPTIONAL_PEERS.items()
+              if importlib.util.find_spec(name) is not None})
+# (tool, dtype) pairs a peer cannot run; reported as skipped, not run in another dtype.
+UNSUPPORTED = {
+    ("gmmx", "float64"): "gmmx is float32 only (gmmx.gmm.check_shape rejects other dtypes)",
+}
 
 
 def worker(job):
@@ -305,6 +460,10 @@ def main(argv=None):
     for n, d, k, cov in GRIDS[args.sizes]:
         for dtype in dtypes:
             for tool in TOOLS:
+                if (tool, dtype) in UNSUPPORTED:
+                    print(f"N={n} D={d} K={k} {cov} {dtype} {tool}: skipped, "
+                          f"{UNSUPPORTED[tool, dtype]}", flush=True)
+                    continue
                 row = _spawn(dict(n=n, d=d, k=k, cov=cov, dtype=dtype, tool=tool, iters=iters))
                 rows.append(row)
                 print(f"N={n} D={d} K={k} {cov} {dtype} {tool}: {row['s_per_iter']:.4g} s/iter, "

@@ -18,6 +18,8 @@ def test_score_float64_matches_sklearn():
 
 
 def test_bench_smallest_size(tmp_path, monkeypatch):
+    # The optional peers (when installed) are tested on their own below.
+    monkeypatch.setattr(bench, "TOOLS", {t: bench.TOOLS[t] for t in ("jaxgmm", "sklearn")})
     monkeypatch.setitem(bench.GRIDS, "small", [(2000, 3, 2, "full")])
     monkeypatch.setitem(
         bench.SCALING, "small", {"base": (1000, 2, 2), "n": [500, 1000], "k": [2], "d": [2]}
@@ -36,3 +38,65 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
 def test_bench_rejects_bad_dtype(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--dtypes", "float16", "--out", str(tmp_path)])
+
+
+def _sklearn_fit(x, init, cov_type, n_iter, reg_covar):
+    """scikit-learn float64 EM from ``init``, exactly ``n_iter`` iterations."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    weights, means, covs = init
+    precisions = np.linalg.inv(covs) if cov_type == "full" else 1.0 / covs
+    gm = GaussianMixture(len(weights), covariance_type=cov_type, max_iter=n_iter, tol=0.0,
+                         reg_covar=reg_covar, weights_init=weights, means_init=means,
+                         precisions_init=precisions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return gm.fit(x)
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_gmmx_adapter_matches_sklearn(cov_type):
+    pytest.importorskip("gmmx")
+    x = bench.make_data(2000, 3, 3)
+    init = bench.initial_parameters(x, 3, cov_type)
+    out = bench._run_gmmx(x, init, cov_type, np.dtype("float32"), 4)
+    assert out["n_iter"] == 4 and out["s_per_iter"] > 0
+    weights, means, covs = out["params"]
+    assert means.shape == (3, 3) and covs.shape == ((3, 3, 3) if cov_type == "full" else (3, 3))
+    ll = bench.score_float64(x, weights, means, covs, cov_type)
+    ref = _sklearn_fit(x, init, cov_type, 4, reg_covar=1e-6)  # gmmx adds the same 1e-6
+    assert abs(ll - ref.score(x)) < 1e-5  # float32 against float64
+    np.testing.assert_allclose(means, ref.means_, atol=1e-3)
+    # One iteration fewer is distinguishable, so the count is checked, not just the start.
+    assert abs(ll - _sklearn_fit(x, init, cov_type, 3, reg_covar=1e-6).score(x)) > 1e-4
+
+
+def test_gmmx_float64_is_reported_unsupported():
+    pytest.importorskip("gmmx")
+    assert ("gmmx", "float64") in bench.UNSUPPORTED
+    x = bench.make_data(200, 2, 2)
+    with pytest.raises(ValueError, match="float32"):
+        bench._run_gmmx(x, bench.initial_parameters(x, 2, "full"), "full",
+                        np.dtype("float64"), 2)
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_pomegranate_adapter_matches_sklearn(cov_type):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("pomegranate")
+    x = bench.make_data(2000, 3, 3)
+    init = bench.initial_parameters(x, 3, cov_type)
+    default = torch.get_default_dtype()
+    out = bench._run_pomegranate(x, init, cov_type, np.dtype("float64"), 4)
+    assert torch.get_default_dtype() == default  # restored
+    assert out["n_iter"] == 4 and out["s_per_iter"] > 0
+    # pomegranate never regularises covariances, so it is scikit-learn with reg_covar=0.
+    ref = _sklearn_fit(x, init, cov_type, 4, reg_covar=0.0)
+    for got, want in zip(out["params"], (ref.weights_, ref.means_, ref.covariances_)):
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+    assert abs(bench.score_float64(x, *out["params"], cov_type) - ref.score(x)) < 1e-10
+    out32 = bench._run_pomegranate(x, init, cov_type, np.dtype("float32"), 4)
+    assert abs(bench.score_float64(x, *out32["params"], cov_type) - ref.score(x)) < 1e-4

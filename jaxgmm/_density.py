@@ -10,23 +10,37 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from jaxgmm._covariance import get_family
+from jaxgmm._covariance import get_family, mahalanobis_fm
+
+
+def weighted_log_prob_fm(xt, params, spec, expanded=None):
+    """log pi_k + log N(x_n | mu_k, Sigma_k) from feature-major data ``xt`` of shape
+    (n_features, n_samples); returns shape (n_components, n_samples).
+
+    ``expanded``: None chooses the Mahalanobis form by `use_expansion` (a `lax.cond`);
+    True / False force it (for a caller that has made that choice once, outside)."""
+    family = get_family(spec.covariance_type)
+    n_features = xt.shape[0]
+    log_det = family.log_det_prec_chol(params.prec_chol, n_features)
+    if expanded is None:
+        maha = mahalanobis_fm(family, xt, params.means, params.prec_chol)
+    else:
+        maha = family.mahalanobis_fm(xt, params.means, params.prec_chol, expanded=expanded)
+    const = log_det + jnp.log(params.weights) - 0.5 * n_features * math.log(2 * math.pi)
+    return const[:, None] - 0.5 * maha
 
 
 def weighted_log_prob(x, params, spec):
     """log pi_k + log N(x_n | mu_k, Sigma_k), shape (n_samples, n_components).
 
     Args:
-        x: array of shape (n_samples, n_features).
+        x: array of shape (n_samples, n_features) (or (..., n_features)).
         params: `GMMParams`.
         spec: `GMMSpec` (only ``covariance_type`` is used; static under jit).
     """
-    family = get_family(spec.covariance_type)
-    n_features = x.shape[-1]
-    log_det = family.log_det_prec_chol(params.prec_chol, n_features)
-    maha = family.mahalanobis(x, params.means, params.prec_chol)
-    log_gauss = -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
-    return log_gauss + jnp.log(params.weights)
+    flat = x.reshape(-1, x.shape[-1])
+    wlp = weighted_log_prob_fm(flat.T, params, spec).T
+    return wlp.reshape(x.shape[:-1] + (spec.n_components,))
 
 
 # Above this many (sample, component, feature) elements, `log_prob` works in blocks so

@@ -20,6 +20,7 @@ from jax import lax
 
 from jaxgmm._covariance import get_family
 from jaxgmm._density import mean_log_likelihood
+from jaxgmm._fitter import step_data
 
 
 class Trace(NamedTuple):
@@ -123,7 +124,7 @@ def _all_finite(tree):
     return jnp.all(jnp.stack(leaves))
 
 
-def _chunk_function(fitter, spec, chunk_size):
+def _chunk_function(fitter, spec, chunk_size, sequential):
     def one_restart(key, carry, x, max_iter):
         def body(c, _):
             new_state, info = fitter.step(jax.random.fold_in(key, c.n_iter), c.state, x)
@@ -144,7 +145,34 @@ def _chunk_function(fitter, spec, chunk_size):
 
         return lax.scan(body, carry, None, length=chunk_size)
 
-    return jax.jit(jax.vmap(one_restart, in_axes=(0, 0, None, None)))
+    return jax.jit(_over_restarts(one_restart, sequential))
+
+
+# Above this many (sample, component, feature + 1) elements, restarts run one after the
+# other (`lax.map`) instead of vmapped: their per-restart work is already large, memory
+# stays that of one restart, and a `lax.cond` inside the step (EM's choice of the
+# expanded or direct Mahalanobis form) stays a branch; under vmap it would run both.
+_SEQUENTIAL_RESTARTS_ELEMENTS = 2**22
+
+
+def restarts_run_sequentially(n_samples, n_features, spec):
+    return n_samples * spec.n_components * (n_features + 1) > _SEQUENTIAL_RESTARTS_ELEMENTS
+
+
+def _over_restarts(one_restart, sequential):
+    """``one_restart(key, carry, data, max_iter)`` over the leading restart axis of
+    ``key`` and ``carry``: called directly for one restart, with `lax.map` when
+    ``sequential``, otherwise with `jax.vmap`."""
+
+    def batched(keys, carry, data, max_iter):
+        if keys.shape[0] == 1:
+            out = one_restart(keys[0], jax.tree_util.tree_map(lambda a: a[0], carry), data, max_iter)
+            return jax.tree_util.tree_map(lambda a: a[None], out)
+        if sequential:
+            return lax.map(lambda kc: one_restart(kc[0], kc[1], data, max_iter), (keys, carry))
+        return jax.vmap(one_restart, in_axes=(0, 0, None, None))(keys, carry, data, max_iter)
+
+    return batched
 
 
 _COMPILED: dict = {}
@@ -173,19 +201,23 @@ def _finish_function(fitter, spec):
 
 
 def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
-    """Start, chunk and finish functions compiled ahead of time (once per fitter,
-    shapes and dtypes), with the seconds it took (0 when cached), so nothing compiles
-    while the run is timed."""
+    """Prepare, start, chunk and finish functions compiled ahead of time (once per
+    fitter, shapes and dtypes), with the seconds it took (0 when cached), so nothing
+    compiles while the run is timed."""
     signature = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), (keys, init_params, x))
     cache_key = (fitter, spec, chunk_size, str(signature))
     if cache_key in _COMPILED:
         return _COMPILED[cache_key], 0.0
     begin = time.perf_counter()
+    prepare = jax.jit(lambda x: step_data(fitter, x)).lower(x).compile()
+    data = jax.eval_shape(lambda x: step_data(fitter, x), x)
     start = _start_function(fitter).lower(init_params, x).compile()
     carry = jax.eval_shape(_start_function(fitter), init_params, x)
-    chunk = _chunk_function(fitter, spec, chunk_size).lower(keys, carry, x, max_iter).compile()
+    sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec)
+    chunk_fn = _chunk_function(fitter, spec, chunk_size, sequential)
+    chunk = chunk_fn.lower(keys, carry, data, max_iter).compile()
     finish = _finish_function(fitter, spec).lower(x, carry.state).compile()
-    _COMPILED[cache_key] = (start, chunk, finish)
+    _COMPILED[cache_key] = (prepare, start, chunk, finish)
     return _COMPILED[cache_key], time.perf_counter() - begin
 
 
@@ -235,7 +267,7 @@ def run_fitter(
 
     keys = jax.random.split(key, n_restarts)
     max_iter_arr = jnp.asarray(max_iter, jnp.int32)
-    (start_fn, chunk_fn, finish_fn), compile_s = _compiled(
+    (prepare_fn, start_fn, chunk_fn, finish_fn), compile_s = _compiled(
         fitter, spec, chunk_size, keys, init_params, x, max_iter_arr
     )
     carry = start_fn(init_params, x)
@@ -243,14 +275,19 @@ def run_fitter(
 
     outputs, chunk_times = [], []
     start = time.perf_counter()
+    # Once per fit; its time is counted in run_s and in the first chunk's time.
+    data = jax.block_until_ready(prepare_fn(x))
+    prepare_s = time.perf_counter() - start
     while not bool(np.all(np.asarray(carry.done))):
         chunk_start = time.perf_counter()
-        carry, out = chunk_fn(keys, carry, x, max_iter_arr)
+        carry, out = chunk_fn(keys, carry, data, max_iter_arr)
         jax.block_until_ready(carry)
         chunk_times.append(time.perf_counter() - chunk_start)
         outputs.append(jax.device_get(out))
         if callback is not None:
             callback(int(np.max(np.asarray(carry.n_iter))), out[0])
+    if chunk_times:
+        chunk_times[0] += prepare_s
     final_params, final_ll = finish_fn(x, carry.state)
     final_ll = np.asarray(final_ll)
     run_s = time.perf_counter() - start

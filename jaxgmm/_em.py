@@ -188,18 +188,27 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
     ):
         raise ValueError(f"block_size must be None or an int >= 1, got {block_size!r}")
-    from jaxgmm._blocked import accumulate_moments, stats_from_moments
+    from jaxgmm._blocked import (
+        accumulate_moments_fm,
+        default_block_size,
+        feature_major_blocks,
+        stats_from_moments,
+    )
     from jaxgmm._sharding import sharded_moments
+
+    def prepare(x):
+        size = block_size or default_block_size(x.shape[0], spec.n_components, x.shape[1])
+        return feature_major_blocks(x, size)
 
     def init(params, x):
         return EMState(params=params, prev_log_likelihood=jnp.asarray(-jnp.inf, x.dtype))
 
-    def step(key, state, x):
+    def step(key, state, data):
         del key  # EM is deterministic
         if mesh is None:
-            moments = accumulate_moments(x, state.params, spec, block_size)
+            moments = accumulate_moments_fm(data, state.params, spec)
         else:
-            moments = sharded_moments(x, state.params, spec, mesh, block_size)
+            moments = sharded_moments(data, state.params, spec, mesh, block_size)
         log_likelihood, stats = stats_from_moments(moments, state.params, spec)
         new_params = params_from_stats(stats, spec)
         info = EMInfo(
@@ -211,5 +220,11 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         return EMState(params=new_params, prev_log_likelihood=log_likelihood), info
 
     return Fitter(
-        name="em", bound_name="em_bound", init=init, step=step, get_params=lambda s: s.params
+        name="em",
+        bound_name="em_bound",
+        init=init,
+        step=step,
+        get_params=lambda s: s.params,
+        # With a mesh the step takes the sharded samples as they are.
+        prepare=prepare if mesh is None else None,
     )

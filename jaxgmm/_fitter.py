@@ -19,6 +19,9 @@ class Fitter(NamedTuple):
             parameters the step started from), ``bound`` (per sample) and ``converged``
             (bool); any other fields are kept in the trace's ``extras``.
         get_params: ``get_params(state) -> GMMParams``.
+        prepare: optional ``prepare(x) -> data``, run once per fit (jitted) before the
+            first step; ``step`` then receives ``data`` instead of ``x`` (EM lays the
+            samples out in feature-major blocks). None: ``step`` receives ``x``.
     """
 
     name: str
@@ -26,3 +29,9 @@ class Fitter(NamedTuple):
     init: Callable[..., Any]
     step: Callable[..., Any]
     get_params: Callable[..., Any]
+    prepare: Callable[..., Any] | None = None
+
+
+def step_data(fitter, x):
+    """What ``fitter.step`` takes for the samples ``x``: ``fitter.prepare(x)`` or ``x``."""
+    return x if fitter.prepare is None else fitter.prepare(x)

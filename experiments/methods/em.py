@@ -11,13 +11,16 @@ from jax import lax
 
 import jaxgmm
 from experiments.methods import Method, MethodResult, result_from_fit  # noqa: F401
+from jaxgmm._fitter import step_data
 
 
 @functools.cache
 def _history_function(fitter, spec, n_iter):
     def history(params, x):
+        data = step_data(fitter, x)
+
         def body(state, _):
-            state, _ = fitter.step(jax.random.key(0), state, x)
+            state, _ = fitter.step(jax.random.key(0), state, data)
             return state, fitter.get_params(state)
 
         _, iterates = lax.scan(body, fitter.init(params, x), None, length=n_iter)

@@ -44,6 +44,13 @@ from jaxgmm._gradient import (
 from jaxgmm._init import INITIALIZERS, initial_params, kmeans_labels, kmeans_plusplus_indices
 from jaxgmm._numpyro_model import gmm_model
 from jaxgmm._nuts import NUTSResult, fit_nuts
+from jaxgmm._online import (
+    OnlineEMInfo,
+    OnlineEMState,
+    fit_em_online,
+    online_em_init,
+    online_em_step,
+)
 from jaxgmm._out_of_core import fit_em_out_of_core, moments_from_host
 from jaxgmm._params import (
     GMMParams,
@@ -96,6 +103,8 @@ __all__ = [
     "Moments",
     "NUTSResult",
     "OPTIMIZERS",
+    "OnlineEMInfo",
+    "OnlineEMState",
     "RestartSummary",
     "SCHEDULES",
     "SVIResult",
@@ -113,6 +122,7 @@ __all__ = [
     "em_bound_from_stats",
     "em_fitter",
     "fit_em",
+    "fit_em_online",
     "fit_em_out_of_core",
     "fit_gradient",
     "fit_nuts",
@@ -131,6 +141,8 @@ __all__ = [
     "mean_log_likelihood",
     "moments_from_host",
     "n_parameters",
+    "online_em_init",
+    "online_em_step",
     "params_from_covariances",
     "params_from_precisions",
     "posterior_mean_params",

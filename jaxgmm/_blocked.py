@@ -28,6 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.scipy.special import logsumexp
 
 from jaxgmm._covariance import data_center, get_family, use_expansion
 from jaxgmm._density import weighted_log_prob_fm
@@ -211,6 +212,21 @@ def accumulate_moments_fm(data, params, spec):
     if n_blocks > 1:
         total = lax.fori_loop(1, n_blocks, lambda i, acc: add_moments(acc, moments_of(i)), total)
     return total
+
+
+def mean_log_likelihood_blocks(data, params, spec):
+    """`mean_log_likelihood` of prepared `FeatureMajorBlocks` (same density, same
+    value to rounding), one block at a time."""
+
+    def total_of(i):
+        wlp = weighted_log_prob_fm(data.blocks[i], params, spec)
+        return jnp.sum(logsumexp(wlp, axis=0) * data.weight[i])
+
+    total = total_of(0)
+    n_blocks = data.blocks.shape[0]
+    if n_blocks > 1:
+        total = lax.fori_loop(1, n_blocks, lambda i, acc: acc + total_of(i), total)
+    return total / jnp.sum(data.weight)
 
 
 def sum_over_blocks(block_fn, arrays, block_size):

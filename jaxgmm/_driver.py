@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxgmm._blocked import FeatureMajorBlocks, mean_log_likelihood_blocks
 from jaxgmm._covariance import get_family
 from jaxgmm._density import mean_log_likelihood
 from jaxgmm._fitter import step_data
@@ -181,27 +183,35 @@ _COMPILED: dict = {}
 def _start_function(fitter):
     def start(init_params, x):
         n_restarts = init_params.means.shape[0]
-        return _Carry(
+        carry = _Carry(
             state=jax.vmap(fitter.init, in_axes=(0, None))(init_params, x),
             done=jnp.zeros((n_restarts,), bool),
             n_iter=jnp.zeros((n_restarts,), jnp.int32),
             nonfinite_at=jnp.full((n_restarts,), -1, jnp.int32),
         )
+        # What the steps take (the fitter's `prepare`), made once here.
+        return carry, step_data(fitter, x)
 
     return jax.jit(start)
 
 
 def _finish_function(fitter, spec):
-    def finish(x, state):
-        # Final parameters of every restart, scored by the shared density.
+    def finish(x, data, state):
+        # Final parameters of every restart, scored by the shared density (on EM's
+        # prepared blocks when there are some: one compiled block body, no tail).
         params = jax.vmap(fitter.get_params)(state)
-        return params, jax.vmap(mean_log_likelihood, in_axes=(None, 0, None))(x, params, spec)
+        if isinstance(data, FeatureMajorBlocks):
+            score = partial(mean_log_likelihood_blocks, data, spec=spec)
+        else:
+            score = partial(mean_log_likelihood, x, spec=spec)
+        return params, jax.vmap(lambda p: score(params=p))(params)
 
     return jax.jit(finish)
 
 
 def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
-    """Prepare, start, chunk and finish functions compiled ahead of time (once per
+    """Start (with the fitter's data preparation), chunk and finish functions compiled
+    ahead of time (once per
     fitter, shapes and dtypes), with the seconds it took (0 when cached), so nothing
     compiles while the run is timed."""
     signature = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), (keys, init_params, x))
@@ -209,15 +219,13 @@ def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
     if cache_key in _COMPILED:
         return _COMPILED[cache_key], 0.0
     begin = time.perf_counter()
-    prepare = jax.jit(lambda x: step_data(fitter, x)).lower(x).compile()
-    data = jax.eval_shape(lambda x: step_data(fitter, x), x)
     start = _start_function(fitter).lower(init_params, x).compile()
-    carry = jax.eval_shape(_start_function(fitter), init_params, x)
+    carry, data = jax.eval_shape(_start_function(fitter), init_params, x)
     sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec)
     chunk_fn = _chunk_function(fitter, spec, chunk_size, sequential)
     chunk = chunk_fn.lower(keys, carry, data, max_iter).compile()
-    finish = _finish_function(fitter, spec).lower(x, carry.state).compile()
-    _COMPILED[cache_key] = (prepare, start, chunk, finish)
+    finish = _finish_function(fitter, spec).lower(x, data, carry.state).compile()
+    _COMPILED[cache_key] = (start, chunk, finish)
     return _COMPILED[cache_key], time.perf_counter() - begin
 
 
@@ -267,16 +275,15 @@ def run_fitter(
 
     keys = jax.random.split(key, n_restarts)
     max_iter_arr = jnp.asarray(max_iter, jnp.int32)
-    (prepare_fn, start_fn, chunk_fn, finish_fn), compile_s = _compiled(
+    (start_fn, chunk_fn, finish_fn), compile_s = _compiled(
         fitter, spec, chunk_size, keys, init_params, x, max_iter_arr
     )
-    carry = start_fn(init_params, x)
-    carry = carry._replace(done=carry.done | (max_iter == 0))
 
     outputs, chunk_times = [], []
     start = time.perf_counter()
-    # Once per fit; its time is counted in run_s and in the first chunk's time.
-    data = jax.block_until_ready(prepare_fn(x))
+    # Once per fit (with the data layout); counted in run_s and the first chunk's time.
+    carry, data = jax.block_until_ready(start_fn(init_params, x))
+    carry = carry._replace(done=carry.done | (max_iter == 0))
     prepare_s = time.perf_counter() - start
     while not bool(np.all(np.asarray(carry.done))):
         chunk_start = time.perf_counter()
@@ -288,7 +295,7 @@ def run_fitter(
             callback(int(np.max(np.asarray(carry.n_iter))), out[0])
     if chunk_times:
         chunk_times[0] += prepare_s
-    final_params, final_ll = finish_fn(x, carry.state)
+    final_params, final_ll = finish_fn(x, data, carry.state)
     final_ll = np.asarray(final_ll)
     run_s = time.perf_counter() - start
 

@@ -211,9 +211,8 @@ def _finish_function(fitter, spec):
 
 def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
     """Start (with the fitter's data preparation), chunk and finish functions compiled
-    ahead of time (once per
-    fitter, shapes and dtypes), with the seconds it took (0 when cached), so nothing
-    compiles while the run is timed."""
+    ahead of time (once per fitter, shapes and dtypes), with the seconds it took (0 when
+    cached), so nothing compiles while the run is timed."""
     signature = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), (keys, init_params, x))
     cache_key = (fitter, spec, chunk_size, str(signature))
     if cache_key in _COMPILED:

@@ -264,53 +264,13 @@ def accumulate_moments(x, params, spec, block_size: int | None = None):
     return accumulate_moments_fm(feature_major_blocks(x, block_size), params, spec)
 
 
-# Sample-major (resp (n, K), x (n, D)) scatter kernels for `scatter_about`, which runs
-# vmapped over restarts inside the initialisers. The feature-major kernels above compile
-# there to HLO on which XLA:CPU (jaxlib 0.10.2) intermittently segfaulted in a long test
-# session; these are the kernels the initialisers have always used.
-def _second_full_rows(resp, x, means):
-    center = data_center(means)
-    xs, ms = x - center, means - center
-    first = resp.T @ xs - jnp.sum(resp, axis=0)[:, None] * ms
-    # Z (K, D, B) = r_nk (x_n - mu_k): the one block-sized operand, laid out so the
-    # scatter is a plain (K*D, B) @ (B, D) product (about 2x faster on XLA:CPU than
-    # contracting the leading axis of a (B, K*D) array).
-    z = resp.T[:, None, :] * (xs.T[None, :, :] - ms[:, :, None])
-    cross = (z.reshape(-1, x.shape[0]) @ xs).reshape(means.shape + means.shape[-1:])
-    return first, cross - first[:, :, None] * ms[:, None, :]
-
-
-def _second_tied_rows(resp, x, means):
-    center = data_center(means)
-    xs, ms = x - center, means - center
-    first = resp.T @ xs - jnp.sum(resp, axis=0)[:, None] * ms
-    z = xs * jnp.sum(resp, axis=1, keepdims=True) - resp @ ms  # sum_k r_nk (x_n - mu_k)
-    return first, z.T @ xs - first.T @ ms
-
-
-def _second_diag_rows(resp, x, means):
-    # Direct differences (fused by XLA into one pass over the block): the expansion
-    # r^T x^2 - 2 mu r^T x + nk mu^2 cancels catastrophically for tiny variances.
-    diff = x[:, None, :] - means
-    first = jnp.einsum("nk,nkd->kd", resp, diff)
-    return first, jnp.einsum("nk,nkd->kd", resp, jnp.square(diff))
-
-
-_SCATTER_ROWS = {
-    "full": _second_full_rows,
-    "tied": _second_tied_rows,
-    "diag": _second_diag_rows,
-    "spherical": _second_diag_rows,
-}
-
-
 def scatter_about(x, resp, means, spec, block_size: int | None = None):
     """Family-shaped scatter sum_n r_nk (x_n - m_k)(x_n - m_k)^T about given ``means``
     for given responsibilities ``resp`` (n_samples, n_components), block by block."""
     if block_size is None:
         block_size = default_block_size(x.shape[0], spec.n_components, x.shape[1])
-    second = _SCATTER_ROWS[spec.covariance_type]
-    scatter = sum_over_blocks(lambda xb, rb: second(rb, xb, means)[1], [x, resp], block_size)
+    second = _SECOND_MOMENTS[spec.covariance_type]
+    scatter = sum_over_blocks(lambda xb, rb: second(rb.T, xb.T, means)[1], [x, resp], block_size)
     if spec.covariance_type in ("full", "tied"):
         scatter = 0.5 * (scatter + jnp.swapaxes(scatter, -1, -2))
     return scatter

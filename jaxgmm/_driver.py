@@ -177,7 +177,10 @@ def _over_restarts(one_restart, sequential):
     return batched
 
 
+# Compiled start/chunk/finish functions by (fitter, spec, chunk size, shapes), most
+# recent last; bounded, because every executable holds memory mappings of its own.
 _COMPILED: dict = {}
+_COMPILED_MAX = 64
 
 
 def _start_function(fitter):
@@ -224,6 +227,8 @@ def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
     chunk_fn = _chunk_function(fitter, spec, chunk_size, sequential)
     chunk = chunk_fn.lower(keys, carry, data, max_iter).compile()
     finish = _finish_function(fitter, spec).lower(x, data, carry.state).compile()
+    if len(_COMPILED) >= _COMPILED_MAX:
+        del _COMPILED[next(iter(_COMPILED))]
     _COMPILED[cache_key] = (start, chunk, finish)
     return _COMPILED[cache_key], time.perf_counter() - begin
 

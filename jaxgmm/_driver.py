@@ -451,22 +451,34 @@ def run_em_out_of_core(x, params, spec, *, max_iter, tol, block_size=None, dtype
             "weights": np.asarray(weights).reshape(n_iter, -1),
         },
     )
+    return single_run_result(
+        params, trace, spec, fitter="em_out_of_core", bound_name="em_bound",
+        converged=converged, log_likelihood=final_ll, n_samples=x.shape[0],
+        compile_s=compile_s, run_s=run_s, nonfinite_iteration=nonfinite_at,
+    )
+
+
+def single_run_result(params, trace, spec, *, fitter, bound_name, converged, log_likelihood,
+                      n_samples, compile_s, run_s, nonfinite_iteration, state=None):
+    """`FitResult` of a fit with one restart run by a host loop (out-of-core, online)."""
+    n_iter = len(trace.iteration)
     return FitResult(
         params=params,
         converged=converged,
         n_iter=n_iter,
-        log_likelihood=final_ll,
+        log_likelihood=log_likelihood,
         trace=trace,
-        fitter="em_out_of_core",
-        bound_name="em_bound",
+        fitter=fitter,
+        bound_name=bound_name,
         compile_s=compile_s,
         run_s=run_s,
         restarts=RestartSummary(
-            log_likelihood=np.asarray([final_ll]),
+            log_likelihood=np.asarray([log_likelihood]),
             converged=np.asarray([converged]),
             n_iter=np.asarray([n_iter]),
         ),
         best_restart=0,
-        degeneracies=find_degeneracies(trace, spec, x.shape[0]),
-        nonfinite_iteration=nonfinite_at,
+        degeneracies=find_degeneracies(trace, spec, n_samples),
+        nonfinite_iteration=nonfinite_iteration,
+        state=state,
     )

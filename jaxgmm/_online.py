@@ -32,13 +32,7 @@ import numpy as np
 
 from jaxgmm._blocked import block_moments, stats_from_moments
 from jaxgmm._density import mean_log_likelihood
-from jaxgmm._driver import (
-    FitResult,
-    RestartSummary,
-    Trace,
-    component_diagnostics,
-    find_degeneracies,
-)
+from jaxgmm._driver import FitResult, Trace, component_diagnostics, single_run_result
 from jaxgmm._em import SufficientStats, em_bound_from_stats, params_from_stats
 from jaxgmm._out_of_core import host_blocks, open_data
 from jaxgmm._params import GMMParams
@@ -653,23 +647,8 @@ def _run_online(batches, params, spec, hyper, *, batch_size, dtype, scale, max_s
         },
     )
     n_for_degeneracy = data.shape[0] if data is not None else float(state.n_seen)
-    return FitResult(
-        params=state.params,
-        converged=False,
-        n_iter=n_iter,
-        log_likelihood=final_ll,
-        trace=trace,
-        fitter="em_online",
-        bound_name="averaged_em_bound",
-        compile_s=compile_s,
-        run_s=run_s,
-        restarts=RestartSummary(
-            log_likelihood=np.asarray([final_ll]),
-            converged=np.asarray([False]),
-            n_iter=np.asarray([n_iter]),
-        ),
-        best_restart=0,
-        degeneracies=find_degeneracies(trace, spec, n_for_degeneracy),
-        nonfinite_iteration=nonfinite_at,
-        state=state,
+    return single_run_result(
+        state.params, trace, spec, fitter="em_online", bound_name="averaged_em_bound",
+        converged=False, log_likelihood=final_ll, n_samples=n_for_degeneracy,
+        compile_s=compile_s, run_s=run_s, nonfinite_iteration=nonfinite_at, state=state,
     )

@@ -415,6 +415,10 @@ def _plots(out, rows, scaling):
             for lab in labels
         ]
         ax.bar(np.arange(len(labels)) + i * width, vals, width, label=f"{tool} {dtype}")
+        for j, val in enumerate(vals):
+            if np.isnan(val):  # skipped (unsupported dtype) or failed: say so, not a gap
+                ax.text(j + i * width, 0.02, "n/a", rotation=90, ha="center", va="bottom",
+                        fontsize=7, transform=ax.get_xaxis_transform())
     ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2)
     ax.set_xticklabels([f"N={n:.0e}\nD={d} K={k}\n{c}" for n, d, k, c in labels])
     ax.set_yscale("log")

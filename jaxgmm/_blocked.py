@@ -160,7 +160,7 @@ def block_moments(x, params, spec, sample_weight=None):
 
 
 def add_moments(a, b):
-    """Sum of two `Moments` (of disjoint sets of samples, same parameters)."""
+    """Sum of two `Moments` (of disjoint sets of samples, same parameters; any pytrees)."""
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
@@ -204,13 +204,18 @@ def accumulate_moments_fm(data, params, spec):
     """`Moments` of prepared `FeatureMajorBlocks`, one block at a time under
     `lax.fori_loop` (one compiled block body; padding has weight 0)."""
 
-    def moments_of(i):
-        return block_moments_fm(data.blocks[i], params, spec, data.weight[i])
+    return _sum_over_prepared(
+        lambda i: block_moments_fm(data.blocks[i], params, spec, data.weight[i]), data
+    )
 
-    total = moments_of(0)
+
+def _sum_over_prepared(block_fn, data):
+    """Pytree sum of ``block_fn(i)`` over the blocks of `FeatureMajorBlocks`, under
+    `lax.fori_loop`."""
+    total = block_fn(0)
     n_blocks = data.blocks.shape[0]
     if n_blocks > 1:
-        total = lax.fori_loop(1, n_blocks, lambda i, acc: add_moments(acc, moments_of(i)), total)
+        total = lax.fori_loop(1, n_blocks, lambda i, acc: add_moments(acc, block_fn(i)), total)
     return total
 
 
@@ -222,11 +227,7 @@ def mean_log_likelihood_blocks(data, params, spec):
         wlp = weighted_log_prob_fm(data.blocks[i], params, spec)
         return jnp.sum(logsumexp(wlp, axis=0) * data.weight[i])
 
-    total = total_of(0)
-    n_blocks = data.blocks.shape[0]
-    if n_blocks > 1:
-        total = lax.fori_loop(1, n_blocks, lambda i, acc: acc + total_of(i), total)
-    return total / jnp.sum(data.weight)
+    return _sum_over_prepared(total_of, data) / jnp.sum(data.weight)
 
 
 def sum_over_blocks(block_fn, arrays, block_size):

@@ -23,3 +23,15 @@ def precisions_from_prec_chol(prec_chol, covariance_type):
     if covariance_type == "tied":
         return p @ p.T
     return p**2
+
+
+def dense_covariances(cov, covariance_type, k, d):
+    """Any family's covariances as (k, d, d) matrices (NumPy), for independent references."""
+    cov = np.asarray(cov)
+    if covariance_type == "full":
+        return cov
+    if covariance_type == "tied":
+        return np.broadcast_to(cov, (k, d, d))
+    if covariance_type == "diag":
+        return np.stack([np.diag(c) for c in cov])
+    return cov[:, None, None] * np.eye(d)

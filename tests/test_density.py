@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import dense_covariances
 from scipy.stats import multivariate_normal
 
 import jaxgmm
@@ -28,16 +29,6 @@ def random_params(seed, covariance_type, k=3, d=3, dtype=np.float64):
     }[covariance_type]
     params = jaxgmm.params_from_covariances(weights, means.astype(dtype), cov, covariance_type)
     return params, weights, means, cov
-
-
-def dense_covariances(cov, covariance_type, k, d):
-    if covariance_type == "full":
-        return cov
-    if covariance_type == "tied":
-        return np.broadcast_to(cov, (k, d, d))
-    if covariance_type == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    return np.stack([c * np.eye(d) for c in cov])
 
 
 @pytest.mark.parametrize("covariance_type", sorted(COVARIANCE_FAMILIES))

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import dense_covariances
 from scipy.stats import multivariate_normal
 
 import jaxgmm
@@ -29,14 +30,9 @@ def _params(covariance_type, dtype, seed=0, k=4, d=5, spread=3.0, scale=1.0):
 
 def _reference_log_density(x, params, covariance_type):
     """float64 SciPy log N(x | mu_k, Sigma_k), (n, K)."""
-    covs = np.asarray(jaxgmm.covariances(params, covariance_type), np.float64)
     k, d = params.means.shape
-    if covariance_type == "tied":
-        covs = np.broadcast_to(covs, (k, d, d))
-    elif covariance_type == "diag":
-        covs = np.stack([np.diag(c) for c in covs])
-    elif covariance_type == "spherical":
-        covs = np.stack([c * np.eye(d) for c in covs])
+    covs = dense_covariances(np.asarray(jaxgmm.covariances(params, covariance_type), np.float64),
+                             covariance_type, k, d)
     means = np.asarray(params.means, np.float64)
     return np.stack([multivariate_normal(means[j], covs[j]).logpdf(x) for j in range(k)], axis=1)
 

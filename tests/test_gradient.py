@@ -10,6 +10,7 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 import pytest
+from _helpers import dense_covariances
 from sklearn.datasets import load_iris
 
 import jaxgmm
@@ -74,17 +75,6 @@ def _random_params(seed, spec, n_features, dtype):
         jnp.asarray(cov, dtype),
         spec.covariance_type,
     )
-
-
-def _dense_cov(cov, covariance_type, k, d):
-    cov = np.asarray(cov)
-    if covariance_type == "full":
-        return cov
-    if covariance_type == "tied":
-        return np.broadcast_to(cov, (k, d, d))
-    if covariance_type == "diag":
-        return np.stack([np.diag(c) for c in cov])
-    return cov[:, None, None] * np.eye(d)
 
 
 # --------------------------------------------------------------------------- transform
@@ -154,7 +144,7 @@ def test_upper_triangle_is_ignored_and_covariances_stay_above_reg_covar(covarian
     raw = jnp.asarray(np.random.default_rng(2).normal(size=shape)) - 30.0  # tiny excess
     u = UnconstrainedParams(jnp.zeros(2), jnp.zeros((2, 3)), raw)
     params = from_unconstrained(u, spec)
-    cov = _dense_cov(jaxgmm.covariances(params, covariance_type), covariance_type, 2, 3)
+    cov = dense_covariances(jaxgmm.covariances(params, covariance_type), covariance_type, 2, 3)
     assert np.linalg.eigvalsh(cov).min() >= 1e-4 * (1 - 1e-6)
     if covariance_type in ("full", "tied"):
         moved = u._replace(cov_factor=raw + jnp.triu(jnp.ones(shape), k=1) * 7.0)

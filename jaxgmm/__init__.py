@@ -26,6 +26,7 @@ from jaxgmm._em import (
     em_bound,
     em_bound_from_stats,
     em_fitter,
+    in_data_coordinates,
     m_step,
     sufficient_statistics,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "from_unconstrained",
     "gmm_model",
     "gradient_fitter",
+    "in_data_coordinates",
     "initial_params",
     "kmeans_labels",
     "kmeans_plusplus_indices",

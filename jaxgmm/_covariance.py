@@ -93,20 +93,29 @@ class Full:
         return None
 
     @staticmethod
-    def mahalanobis_fm(xt, means, prec_chol, expanded=False):
-        """(K, n): (x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k), from ``xt`` (D, n).
+    def whiten_fm(xt, means, prec_chol):
+        """(K, D, n): y_k = prec_chol_k^T (x - mu_k) for every component, from ``xt`` (D, n).
 
-        y_k = prec_chol_k^T (x - mu_k) for every k is one (K*D, D+1) @ (D+1, n) matrix
-        product on the shifted data with a row of ones (the -prec_chol_k^T mu_k offsets
-        ride in the last column); the result is sum_d y_kd^2. Always the direct form:
-        the expanded one is no faster for full covariances on CPU."""
-        n_components, n_features = means.shape
+        One (K*D, D+1) @ (D+1, n) matrix product on the shifted data with a row of ones
+        (the -prec_chol_k^T mu_k offsets ride in the last column)."""
+        operator, shifted = Full.whitening_operands(xt, means, prec_chol)
+        return (operator.reshape(-1, operator.shape[-1]) @ shifted).reshape(means.shape + (-1,))
+
+    @staticmethod
+    def whitening_operands(xt, means, prec_chol):
+        """``(A, xs1)`` with y_k = A_k @ xs1: A (K, D, D+1) = [prec_chol_k^T | -prec_chol_k^T
+        (mu_k - c)] and xs1 (D+1, n) the data shifted by c with a row of ones."""
         center = data_center(means)
-        # Row (k, e) of the stacked matrix is column e of prec_chol_k.
-        stacked = jnp.swapaxes(prec_chol, -1, -2).reshape(n_components * n_features, n_features)
-        offsets = jnp.einsum("kd,kde->ke", means - center, prec_chol).reshape(-1, 1)
-        y = jnp.concatenate([stacked, -offsets], axis=1) @ _with_ones_row(xt - center[:, None])
-        return sum_squares_over_features(y.reshape(n_components, n_features, -1))
+        offsets = jnp.einsum("kd,kde->ke", means - center, prec_chol)
+        operator = jnp.concatenate([jnp.swapaxes(prec_chol, -1, -2), -offsets[:, :, None]], axis=-1)
+        return operator, _with_ones_row(xt - center[:, None])
+
+    @staticmethod
+    def mahalanobis_fm(xt, means, prec_chol, expanded=False):
+        """(K, n): (x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k) = |y_k|^2 (`whiten_fm`), from
+        ``xt`` (D, n). Always the direct form: the expanded one is no faster for full
+        covariances on CPU."""
+        return sum_squares_over_features(Full.whiten_fm(xt, means, prec_chol))
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):
@@ -135,6 +144,32 @@ class Full:
     @staticmethod
     def prec_chol_from_covariance(cov):
         return _upper_inverse_transpose(jnp.linalg.cholesky(cov))
+
+    @staticmethod
+    def prec_chol_from_whitened_covariance(cov_w, frame):
+        """prec_chol of Sigma = frame^{-T} cov_w frame^{-1}, for a covariance ``cov_w``
+        given in the frame whitened by ``frame`` (a prec_chol): frame @ C^{-T} with
+        C = chol(cov_w). Upper triangular with a positive diagonal, so it is the same
+        factor as `prec_chol_from_covariance` of Sigma, but never forms Sigma: in float32
+        an elementwise Sigma loses ~eps / (smallest eigenvalue / largest) of its narrow
+        directions, while cov_w is close to the identity near convergence."""
+        return frame @ _upper_inverse_transpose(jnp.linalg.cholesky(cov_w))
+
+    @staticmethod
+    def from_frame(scatter_w, frame):
+        """A (K, D, D) matrix given in the frame whitened by ``frame`` back in data
+        coordinates: frame^{-T} scatter_w frame^{-1} (two triangular solves)."""
+        def solve_transposed(b):  # frame^{-T} b
+            return lax.linalg.triangular_solve(frame, b, left_side=True, lower=False, transpose_a=True)
+
+        out = solve_transposed(jnp.swapaxes(solve_transposed(scatter_w), -1, -2))
+        return 0.5 * (out + jnp.swapaxes(out, -1, -2))
+
+    @staticmethod
+    def relative_prec_chol(frame, prec_chol):
+        """frame^{-1} @ prec_chol: ``prec_chol`` acting on frame-whitened coordinates, so
+        tr(prec_chol^T S prec_chol) = tr(A^T S_w A) with S_w = frame^T S frame."""
+        return lax.linalg.triangular_solve(frame, prec_chol, left_side=True, lower=False)
 
     @staticmethod
     def covariance_from_prec_chol(prec_chol):
@@ -371,6 +406,13 @@ def mahalanobis_fm(family, xt, means, prec_chol):
     )
 
 
-def regularize_covariance(cov, reg_covar, covariance_type):
-    """The one place `reg_covar` is added: to the diagonal of a covariance estimate."""
-    return get_family(covariance_type).add_to_diagonal(cov, jnp.asarray(reg_covar, cov.dtype))
+def regularize_covariance(cov, reg_covar, covariance_type, frame=None):
+    """The one place `reg_covar` is added: to the diagonal of a covariance estimate.
+
+    ``frame``: None when ``cov`` is in data coordinates. For a full covariance given in
+    the frame whitened by a prec_chol P (cov_w = P^T Sigma P), reg_covar * I in data
+    coordinates is reg_covar * P^T P there."""
+    reg = jnp.asarray(reg_covar, cov.dtype)
+    if frame is None:
+        return get_family(covariance_type).add_to_diagonal(cov, reg)
+    return cov + reg * (jnp.swapaxes(frame, -1, -2) @ frame)

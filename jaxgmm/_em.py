@@ -26,6 +26,12 @@ class SufficientStats(NamedTuple):
         scatter: family-shaped scatter about ``means`` (see `jaxgmm._covariance`).
         sum_resp_log_resp: scalar, sum_nk r_nk log r_nk (minus the entropy of q).
         n_samples: scalar, number of samples (as the data's dtype).
+        frame: None (the scatter is in data coordinates), or, for full covariances, the
+            prec_chol P whose whitened frame the scatter is expressed in: ``scatter`` is
+            then P^T S P. Blocked EM produces that form, because in float32 it keeps the
+            narrow directions of an ill-conditioned covariance that an elementwise S
+            loses. `in_data_coordinates` converts; a prior's ``em_m_step`` always receives
+            data coordinates.
     """
 
     nk: jax.Array
@@ -33,6 +39,15 @@ class SufficientStats(NamedTuple):
     scatter: jax.Array
     sum_resp_log_resp: jax.Array
     n_samples: jax.Array
+    frame: jax.Array | None = None
+
+
+def in_data_coordinates(stats, spec):
+    """``stats`` with the scatter in data coordinates (``frame`` None)."""
+    if stats.frame is None:
+        return stats
+    scatter = get_family(spec.covariance_type).from_frame(stats.scatter, stats.frame)
+    return stats._replace(scatter=scatter, frame=None)
 
 
 def _safe_counts(nk):
@@ -77,12 +92,12 @@ def ml_params_from_stats(stats, spec):
     family = get_family(spec.covariance_type)
     nk = _safe_counts(stats.nk)
     cov = family.covariance_from_scatter(stats.scatter, nk)
-    cov = regularize_covariance(cov, spec.reg_covar, spec.covariance_type)
-    return GMMParams(
-        weights=nk / jnp.sum(nk),
-        means=stats.means,
-        prec_chol=family.prec_chol_from_covariance(cov),
-    )
+    cov = regularize_covariance(cov, spec.reg_covar, spec.covariance_type, stats.frame)
+    if stats.frame is None:
+        prec_chol = family.prec_chol_from_covariance(cov)
+    else:
+        prec_chol = family.prec_chol_from_whitened_covariance(cov, stats.frame)
+    return GMMParams(weights=nk / jnp.sum(nk), means=stats.means, prec_chol=prec_chol)
 
 
 def params_from_stats(stats, spec):
@@ -95,7 +110,7 @@ def params_from_stats(stats, spec):
             f"EM has no closed-form M-step for the prior {spec.prior!r}; fit it with "
             "a fitter that uses the prior's density instead (gradient MAP, SVI or NUTS)"
         )
-    return map_step(stats, spec)
+    return map_step(in_data_coordinates(stats, spec), spec)
 
 
 def m_step(x, log_resp, spec):
@@ -137,7 +152,10 @@ def em_bound_from_stats(stats, params, spec):
         jnp.log(params.weights) + log_det - 0.5 * n_features * math.log(2 * math.pi) - 0.5 * offset
     )
     expected = jnp.sum(jnp.where(stats.nk > 0, per_component, 0.0))
-    expected = expected - 0.5 * family.trace_term(stats.scatter, params.prec_chol)
+    prec_chol = params.prec_chol
+    if stats.frame is not None:
+        prec_chol = family.relative_prec_chol(stats.frame, prec_chol)
+    expected = expected - 0.5 * family.trace_term(stats.scatter, prec_chol)
     return (expected - stats.sum_resp_log_resp) / stats.n_samples
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from jaxgmm._blocked import block_moments, stats_from_moments
 from jaxgmm._density import mean_log_likelihood
 from jaxgmm._driver import FitResult, Trace, component_diagnostics, single_run_result
-from jaxgmm._em import SufficientStats, em_bound_from_stats, params_from_stats
+from jaxgmm._em import SufficientStats, em_bound_from_stats, in_data_coordinates, params_from_stats
 from jaxgmm._out_of_core import host_blocks, open_data
 from jaxgmm._params import GMMParams
 from jaxgmm._validation import check_int, check_positive, default_dtype
@@ -89,7 +89,12 @@ _OUTER = {
 
 
 def per_sample_stats(stats):
-    """``stats`` (sums over n_samples samples) divided by n_samples; means unchanged."""
+    """``stats`` (sums over n_samples samples) divided by n_samples; means unchanged.
+    The scatter must be in data coordinates (`jaxgmm.in_data_coordinates`): statistics
+    under different parameters are averaged, so they need one frame."""
+    if stats.frame is not None:
+        raise ValueError("per_sample_stats needs the scatter in data coordinates; "
+                         "convert with jaxgmm.in_data_coordinates(stats, spec) first")
     n = stats.n_samples
     return SufficientStats(
         nk=stats.nk / n,
@@ -207,6 +212,8 @@ def online_em_step(state, x_batch, sample_weight, n_samples, spec, *, step_size_
     """
     moments = block_moments(x_batch, state.params, spec, sample_weight=sample_weight)
     batch_ll, batch_stats = stats_from_moments(moments, state.params, spec)
+    # Averaged across steps with different parameters: needs one frame, the data's.
+    batch_stats = in_data_coordinates(batch_stats, spec)
     step = state.step + 1
     gamma = online_step_size(
         step, moments.n_samples, state.n_seen, batch_size=x_batch.shape[0],

@@ -10,8 +10,9 @@ one reference point c (the mean of the means) and the shift is undone exactly:
     sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T = Z_k^T (x - c) - S1_k (mu_k - c)^T,
     Z_nk = r_nk (x_n - mu_k),   S1_k = sum_n Z_nk.
 
-Full covariances go one step further: their moments are taken in each component's
-*whitened frame*, y = prec_chol_k^T (x - mu_k), the vectors the density already forms.
+In float32, full covariances go one step further: their moments are taken in each
+component's *whitened frame*, y = prec_chol_k^T (x - mu_k), the vectors the density
+already forms (`uses_whitened_frame`; float64 does not need it).
 Centring is not enough there: a covariance with condition number kappa, stored
 elementwise in float32, loses ~eps * kappa of its narrow directions (kappa = 1e6 at the
 benchmark's (1e6, 16, 16): float32 EM drifted 5e-4 nats per sample from float64 and
@@ -50,11 +51,11 @@ class Moments(NamedTuple):
     Attributes:
         log_likelihood: scalar, sum_n log p(x_n | params) (a total).
         nk: (n_components,) sum_n r_nk.
-        first: (n_components, n_features) sum_n r_nk (x_n - mu_k); for full
-            covariances in the whitened frame, sum_n r_nk y_nk with
-            y_nk = prec_chol_k^T (x_n - mu_k).
+        first: (n_components, n_features) sum_n r_nk (x_n - mu_k); where
+            `uses_whitened_frame` (full covariances, float32) in the whitened frame,
+            sum_n r_nk y_nk with y_nk = prec_chol_k^T (x_n - mu_k).
         second: sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T in the family's scatter shape:
-            full (K, D, D) (in the whitened frame: sum_n r_nk y_nk y_nk^T), tied (D, D),
+            full (K, D, D) (whitened frame: sum_n r_nk y_nk y_nk^T), tied (D, D),
             diag and spherical (K, D) (per-feature squares).
         sum_resp_log_resp: scalar, sum_nk r_nk log r_nk.
         n_samples: scalar, number (or total weight) of samples, in the data's dtype.
@@ -133,8 +134,19 @@ def _moments_full_whitened(resp, xt, params):
     return cross[:, :, -1], jnp.einsum("kdf,kef->kde", cross, operator)
 
 
+# Full covariances take their moments in the whitened frame when the data's eps is above
+# this (float32, bfloat16). float64 keeps scikit-learn's data-coordinate scatter, 1.4x
+# faster at (1e6, 16, 16), whose eps * kappa stays below 1e-6 up to condition numbers of 1e10.
+WHITENED_FRAME_MIN_EPS = 1e-10
+
+
+def uses_whitened_frame(spec, dtype):
+    """Whether blocked EM takes ``spec``'s moments in the whitened frame for ``dtype``."""
+    return spec.covariance_type == "full" and float(jnp.finfo(dtype).eps) > WHITENED_FRAME_MIN_EPS
+
+
 def _block_second_moments(resp, xt, params, spec, expanded):
-    if spec.covariance_type == "full":
+    if uses_whitened_frame(spec, xt.dtype):
         return _moments_full_whitened(resp, xt, params)
     return _SECOND_MOMENTS[spec.covariance_type](resp, xt, params.means, expanded)
 
@@ -328,8 +340,8 @@ def stats_from_moments(moments, params, spec):
     mu_k + correction); the scatter is re-centred on them exactly.
     """
     nk, mu, first = moments.nk, params.means, moments.first
-    # Full covariances: moments in the whitened frame P = params.prec_chol (y = P^T (x - mu)).
-    frame = params.prec_chol if spec.covariance_type == "full" else None
+    # Moments in the whitened frame P = params.prec_chol (y = P^T (x - mu)), or not.
+    frame = params.prec_chol if uses_whitened_frame(spec, moments.second.dtype) else None
     first_data = first if frame is None else _solve_transposed_upper(frame, first)
     new_means = (nk[:, None] * mu + first_data) / _safe_counts(nk)[:, None]
     delta = new_means - mu

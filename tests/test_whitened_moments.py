@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import jaxgmm
-from jaxgmm._blocked import accumulate_moments, stats_from_moments
+from jaxgmm import _blocked
+from jaxgmm._blocked import accumulate_moments, stats_from_moments, uses_whitened_frame
 from jaxgmm._em import ml_params_from_stats, params_from_stats, sufficient_statistics
 
 
@@ -47,6 +48,13 @@ def require_x64_module():
         pytest.skip("needs JAX_ENABLE_X64=1")
 
 
+def test_which_dtypes_use_the_frame():
+    full, diag = jaxgmm.GMMSpec(2, "full"), jaxgmm.GMMSpec(2, "diag")
+    assert uses_whitened_frame(full, jnp.float32) and uses_whitened_frame(full, jnp.bfloat16)
+    assert not uses_whitened_frame(full, np.float64)
+    assert not uses_whitened_frame(diag, jnp.float32)
+
+
 def test_the_problem_is_ill_conditioned(converged):
     _, spec, params = converged
     eig = np.linalg.eigvalsh(np.asarray(jaxgmm.covariances(params, "full")))
@@ -65,7 +73,7 @@ def test_float32_em_step_matches_float64(converged):
     for dtype in (jnp.float64, jnp.float32):
         p = _cast(params, dtype)
         _, stats = stats_from_moments(accumulate_moments(jnp.asarray(x, dtype), p, spec), p, spec)
-        assert stats.frame is not None
+        assert (stats.frame is not None) == (dtype == jnp.float32)  # float64: data coordinates
         steps[dtype] = params_from_stats(stats, spec)
     assert abs(score(steps[jnp.float32]) - score(steps[jnp.float64])) < 1e-5
     p64 = np.asarray(steps[jnp.float64].prec_chol)
@@ -88,10 +96,11 @@ def test_float32_em_is_monotone_and_ends_at_float64(converged):
     assert np.all(np.diff(lls[jnp.float32]) > -5e-6)
 
 
-def test_whitened_statistics_equal_data_coordinates(converged):
+def test_whitened_statistics_equal_data_coordinates(converged, monkeypatch):
     """Converting the whitened statistics back gives the unblocked reference statistics,
-    and the whitened M-step gives the data-coordinate M-step (float64)."""
+    and the whitened M-step gives the data-coordinate M-step (float64, whitened on request)."""
     x, spec, params = converged
+    monkeypatch.setattr(_blocked, "WHITENED_FRAME_MIN_EPS", 0.0)
     xj = jnp.asarray(x)
     _, stats = stats_from_moments(accumulate_moments(xj, params, spec, block_size=999), params, spec)
     _, log_resp = jaxgmm.e_step(xj, params, spec)
@@ -109,9 +118,10 @@ def test_whitened_statistics_equal_data_coordinates(converged):
     assert abs(float(b1) - float(b2)) < 1e-9
 
 
-def test_prior_m_step_receives_data_coordinates(converged):
+def test_prior_m_step_receives_data_coordinates(converged, monkeypatch):
     """A prior's em_m_step is handed data-coordinate statistics (frame None)."""
     x, spec, params = converged
+    monkeypatch.setattr(_blocked, "WHITENED_FRAME_MIN_EPS", 0.0)
     seen = {}
 
     class Recording:

@@ -146,7 +146,8 @@ def uses_whitened_frame(spec, dtype):
 
 
 def _block_second_moments(resp, xt, params, spec, expanded):
-    if uses_whitened_frame(spec, xt.dtype):
+    # The dtype the moments come out in, which is what `stats_from_moments` sees.
+    if uses_whitened_frame(spec, jnp.result_type(xt, params.means, params.prec_chol)):
         return _moments_full_whitened(resp, xt, params)
     return _SECOND_MOMENTS[spec.covariance_type](resp, xt, params.means, expanded)
 

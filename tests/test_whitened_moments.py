@@ -133,3 +133,16 @@ def test_prior_m_step_receives_data_coordinates(converged, monkeypatch):
     assert stats.frame is not None
     params_from_stats(stats, dataclasses.replace(spec, prior=Recording()))
     assert seen["frame"] is None
+
+
+@pytest.mark.parametrize("x_dtype, params_dtype", [(jnp.float32, jnp.float64), (jnp.float64, jnp.float32)])
+def test_mixed_dtypes_choose_one_frame(converged, x_dtype, params_dtype):
+    """float32 data with float64 parameters (or the reverse) give float64 moments; the
+    block kernel and `stats_from_moments` must agree on the frame."""
+    x, spec, params = converged
+    p = _cast(params, params_dtype)
+    _, stats = stats_from_moments(accumulate_moments(jnp.asarray(x, x_dtype), p, spec), p, spec)
+    _, ref = stats_from_moments(accumulate_moments(jnp.asarray(x), params, spec), params, spec)
+    got = jaxgmm.in_data_coordinates(stats, spec)
+    assert got.scatter.dtype == jnp.float64
+    np.testing.assert_allclose(got.scatter, ref.scatter, rtol=1e-3, atol=1e-4 * np.abs(ref.scatter).max())

@@ -2,7 +2,7 @@
 are importable) on the same data and the same initial parameters, in one run.
 
     python -m experiments.bench [--sizes small|all] [--dtypes float32,float64]
-                                [--out results/bench] [--iters N]
+                                [--out results/bench] [--iters N] [--accuracy-iters M]
 
 Each (size, dtype, tool) runs in its own subprocess so that its peak resident memory
 (``ru_maxrss`` minus the resident size after the data are built) is its own. Reported per
@@ -10,7 +10,9 @@ row: seconds per EM iteration (compile excluded), the ratio peer / jaxgmm, compi
 time to first result (a cold call: compile plus the first jitted chunk), peak memory
 beyond the data, and the final log-likelihood per sample of every tool's parameters
 scored by one float64 NumPy function (``score_float64``), so a fast wrong answer shows.
-Writes ``bench.csv``, ``scaling.csv``, ``bench.png`` and ``scaling.png`` under ``--out``.
+Timings use a few iterations; float32 accuracy is checked separately: jaxgmm runs
+``--accuracy-iters`` iterations in each dtype from the same start, and the float32 minus
+float64 log-likelihood (both scored in float64) is reported per size. Writes ``bench.csv``, ``scaling.csv``, ``bench.png`` and ``scaling.png`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ FIELDS = [
     "n_samples", "n_features", "n_components", "covariance_type", "dtype", "tool",
     "s_per_iter", "ratio_peer_over_jaxgmm", "compile_s", "time_to_first_result_s",
     "peak_mem_mb", "final_log_likelihood_f64", "n_iter",
+    "accuracy_iters", "accuracy_log_likelihood_f64", "float32_minus_float64",
 ]
 
 
@@ -110,7 +113,7 @@ def _rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _run_jaxgmm(x, init, cov_type, dtype, n_iter):
+def _run_jaxgmm(x, init, cov_type, dtype, n_iter, accuracy_iters=0):
     import jax
     import jax.numpy as jnp
 
@@ -133,14 +136,24 @@ def _run_jaxgmm(x, init, cov_type, dtype, n_iter):
     cold, _ = fit(1)
     first = time.perf_counter() - start
     res, per_iter, _ = _best_difference(fit, n_iter)
-    covs = np.asarray(jaxgmm.covariances(res.params, cov_type), np.float64)
-    return {
+
+    def as_float64(params):
+        covs = np.asarray(jaxgmm.covariances(params, cov_type), np.float64)
+        return np.asarray(params.weights, np.float64), np.asarray(params.means, np.float64), covs
+
+    out = {
         "s_per_iter": per_iter,
         "compile_s": cold.compile_s,
         "time_to_first_result_s": first,
         "n_iter": res.n_iter,
-        "params": (np.asarray(res.params.weights, np.float64), np.asarray(res.params.means, np.float64), covs),
+        "params": as_float64(res.params),
     }
+    if accuracy_iters:
+        # Past the first few iterations (where a collapsing component makes the value
+        # first-order sensitive to rounding in every tool): the dtypes' answers compared.
+        long = jaxgmm.run_fitter(fitter, jax.random.key(0), xj, params, spec, max_iter=accuracy_iters)
+        out["accuracy_params"] = as_float64(long.params)
+    return out
 
 
 def _best_difference(fit, n_iter):
@@ -352,9 +365,14 @@ def worker(job):
     x = make_data(n, d, k)
     init = initial_parameters(x, k, cov_type)
     base = _rss_mb()
-    out = TOOLS[job["tool"]](x, init, cov_type, np.dtype(job["dtype"]), job["iters"])
+    run = TOOLS[job["tool"]]
+    extra = {"accuracy_iters": job.get("accuracy_iters", 0)} if run is _run_jaxgmm else {}
+    out = run(x, init, cov_type, np.dtype(job["dtype"]), job["iters"], **extra)
     peak = _rss_mb() - base
     ll = score_float64(x, *out.pop("params"), cov_type)
+    if "accuracy_params" in out:
+        out["accuracy_iters"] = job["accuracy_iters"]
+        out["accuracy_log_likelihood_f64"] = score_float64(x, *out.pop("accuracy_params"), cov_type)
     return dict(
         n_samples=n, n_features=d, n_components=k, covariance_type=cov_type, dtype=job["dtype"],
         tool=job["tool"], peak_mem_mb=round(peak, 1), final_log_likelihood_f64=ll, **out,
@@ -448,6 +466,8 @@ def main(argv=None):
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--iters", type=int, default=None, help="EM iterations per timing")
     parser.add_argument("--no-scaling", action="store_true", help="skip the N/K/D sweeps")
+    parser.add_argument("--accuracy-iters", type=int, default=30,
+                        help="jaxgmm iterations for the float32-vs-float64 check (0: skip)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -461,6 +481,8 @@ def main(argv=None):
     iters = args.iters or (10 if args.sizes == "small" else 4)
     if iters < 2:
         parser.error("--iters must be >= 2")
+    if args.accuracy_iters < 0:
+        parser.error(f"--accuracy-iters must be >= 0, got {args.accuracy_iters}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     absent = [p for p in OPTIONAL_PEERS if importlib.util.find_spec(p) is None]
@@ -474,7 +496,8 @@ def main(argv=None):
                     print(f"N={n} D={d} K={k} {cov} {dtype} {tool}: skipped, "
                           f"{UNSUPPORTED[tool, dtype]}", flush=True)
                     continue
-                job = dict(n=n, d=d, k=k, cov=cov, dtype=dtype, tool=tool, iters=iters)
+                job = dict(n=n, d=d, k=k, cov=cov, dtype=dtype, tool=tool, iters=iters,
+                           accuracy_iters=args.accuracy_iters)
                 try:
                     row = _spawn(job)
                 except RuntimeError as err:
@@ -493,6 +516,7 @@ def main(argv=None):
         ours = next(r for r in rows if r["tool"] == "jaxgmm" and all(
             r[f] == row[f] for f in ("n_samples", "n_features", "n_components", "covariance_type", "dtype")))
         row["ratio_peer_over_jaxgmm"] = row["s_per_iter"] / ours["s_per_iter"]
+    accuracy = _float32_minus_float64(rows)
     _write_csv(out / "bench.csv", rows, FIELDS)
     scaling = [] if args.no_scaling else _spawn(dict(scaling=True, sweeps=SCALING[args.sizes], iters=min(iters, 5)))
     _write_csv(out / "scaling.csv", scaling,
@@ -503,8 +527,30 @@ def main(argv=None):
             print(f"{row['tool']} / jaxgmm at N={row['n_samples']} D={row['n_features']} "
                   f"K={row['n_components']} {row['covariance_type']} {row['dtype']}: "
                   f"{row['ratio_peer_over_jaxgmm']:.1f}x", flush=True)
+    for line in accuracy:
+        print(line, flush=True)
     print(f"wrote {out / 'bench.csv'}, {out / 'scaling.csv'}, bench.png, scaling.png")
     return 0
+
+
+def _float32_minus_float64(rows):
+    """Set ``float32_minus_float64`` on each jaxgmm float32 row that has a float64 twin
+    with an accuracy run, and return one printable line per size."""
+    lines = []
+    size = ("n_samples", "n_features", "n_components", "covariance_type")
+    for row in rows:
+        if row["tool"] != "jaxgmm" or row["dtype"] != "float32" or not row.get("accuracy_iters"):
+            continue
+        twin = next((r for r in rows if r["tool"] == "jaxgmm" and r["dtype"] == "float64"
+                     and all(r[f] == row[f] for f in size)), None)
+        if twin is None:
+            continue
+        diff = row["accuracy_log_likelihood_f64"] - twin["accuracy_log_likelihood_f64"]
+        row["float32_minus_float64"] = diff
+        lines.append(f"jaxgmm float32 - float64 after {row['accuracy_iters']} iterations at "
+                     f"N={row['n_samples']} D={row['n_features']} K={row['n_components']} "
+                     f"{row['covariance_type']}: {diff:+.2e} nats/sample (target |.| <= 2e-5)")
+    return lines
 
 
 if __name__ == "__main__":

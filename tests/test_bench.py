@@ -24,13 +24,23 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
     monkeypatch.setitem(
         bench.SCALING, "small", {"base": (1000, 2, 2), "n": [500, 1000], "k": [2], "d": [2]}
     )
-    assert bench.main(["--sizes", "small", "--dtypes", "float64", "--iters", "3",
+    assert bench.main(["--sizes", "small", "--iters", "3", "--accuracy-iters", "20",
                        "--out", str(tmp_path)]) == 0
     with open(tmp_path / "bench.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["tool"] for r in rows} == {"jaxgmm", "sklearn"}
-    lls = [float(r["final_log_likelihood_f64"]) for r in rows]
+    f64 = [r for r in rows if r["dtype"] == "float64"]
+    lls = [float(r["final_log_likelihood_f64"]) for r in f64]
     assert np.isfinite(lls).all() and abs(lls[0] - lls[1]) < 1e-6  # same start, same EM
+    # The float32 accuracy check: jaxgmm's float32 row carries float32 - float64 after
+    # 20 iterations, each scored in float64; the float64 run is scikit-learn's 20 iterations.
+    ours = {r["dtype"]: r for r in rows if r["tool"] == "jaxgmm"}
+    x = bench.make_data(2000, 3, 2)
+    ref = _sklearn_fit(x, bench.initial_parameters(x, 2, "full"), "full", 20, reg_covar=1e-6)
+    ref_ll = bench.score_float64(x, ref.weights_, ref.means_, ref.covariances_, "full")
+    assert float(ours["float64"]["accuracy_log_likelihood_f64"]) == pytest.approx(ref_ll, rel=1e-9)
+    assert ours["float32"]["accuracy_iters"] == "20"
+    assert abs(float(ours["float32"]["float32_minus_float64"])) < 2e-5
     assert all(float(r["s_per_iter"]) > 0 for r in rows)
     assert (tmp_path / "bench.png").exists() and (tmp_path / "scaling.png").exists()
 
@@ -38,6 +48,12 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
 def test_bench_rejects_bad_dtype(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--dtypes", "float16", "--out", str(tmp_path)])
+
+
+def test_bench_rejects_negative_accuracy_iters(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--accuracy-iters", "-1", "--out", str(tmp_path)])
+    assert "--accuracy-iters must be >= 0" in capsys.readouterr().err
 
 
 def _sklearn_fit(x, init, cov_type, n_iter, reg_covar):

@@ -3,6 +3,7 @@ are importable) on the same data and the same initial parameters, in one run.
 
     python -m experiments.bench [--sizes small|all] [--dtypes float32,float64]
                                 [--out results/bench] [--iters N] [--accuracy-iters M]
+                                [--no-scaling] [--overwrite]
 
 Each (size, dtype, tool) runs in its own subprocess so that its peak resident memory
 (``ru_maxrss`` minus the resident size after the data are built) is its own. Reported per
@@ -49,6 +50,7 @@ SCALING = {
         "d": [4, 8, 16, 32],
     },
 }
+OUTPUT_FILES = ("bench.csv", "scaling.csv", "bench.png", "scaling.png")
 FIELDS = [
     "n_samples", "n_features", "n_components", "covariance_type", "dtype", "tool",
     "s_per_iter", "ratio_peer_over_jaxgmm", "compile_s", "time_to_first_result_s",
@@ -468,6 +470,8 @@ def main(argv=None):
     parser.add_argument("--no-scaling", action="store_true", help="skip the N/K/D sweeps")
     parser.add_argument("--accuracy-iters", type=int, default=30,
                         help="jaxgmm iterations for the float32-vs-float64 check (0: skip)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier run in --out")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -484,6 +488,11 @@ def main(argv=None):
     if args.accuracy_iters < 0:
         parser.error(f"--accuracy-iters must be >= 0, got {args.accuracy_iters}")
     out = Path(args.out)
+    earlier = [f for f in OUTPUT_FILES if (out / f).exists()]
+    if earlier and not args.overwrite:
+        # As experiments.run does: an earlier run's results are not replaced unasked.
+        parser.error(f"{out} already holds results of an earlier run ({', '.join(earlier)}); "
+                     "pass --overwrite to replace them, or --out DIR")
     out.mkdir(parents=True, exist_ok=True)
     absent = [p for p in OPTIONAL_PEERS if importlib.util.find_spec(p) is None]
     print(f"peers not installed (skipped): {', '.join(absent) or 'none'}", flush=True)

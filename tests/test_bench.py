@@ -50,6 +50,14 @@ def test_bench_rejects_bad_dtype(tmp_path):
         bench.main(["--dtypes", "float16", "--out", str(tmp_path)])
 
 
+def test_bench_refuses_to_replace_earlier_results(tmp_path, capsys):
+    (tmp_path / "bench.csv").write_text("earlier run\n")
+    with pytest.raises(SystemExit):
+        bench.main(["--out", str(tmp_path)])
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "bench.csv").read_text() == "earlier run\n"
+
+
 def test_bench_rejects_negative_accuracy_iters(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--accuracy-iters", "-1", "--out", str(tmp_path)])

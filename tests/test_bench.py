@@ -45,6 +45,19 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
     assert (tmp_path / "bench.png").exists() and (tmp_path / "scaling.png").exists()
 
 
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_covariances_float64_match_jaxgmm(cov_type):
+    import jaxgmm
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 4, 4))
+    covs = a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(4) if cov_type == "full" else rng.uniform(0.5, 2, (3, 4))
+    params = jaxgmm.params_from_covariances(np.full(3, 1 / 3), rng.normal(size=(3, 4)), covs, cov_type)
+    got = bench._covariances_float64(params.prec_chol, cov_type)
+    np.testing.assert_allclose(got, covs, rtol=1e-9)
+    np.testing.assert_allclose(got, np.asarray(jaxgmm.covariances(params, cov_type)), rtol=1e-9)
+
+
 def test_bench_rejects_bad_dtype(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--dtypes", "float16", "--out", str(tmp_path)])

@@ -151,8 +151,8 @@ class Full:
         given in the frame whitened by ``frame`` (a prec_chol): frame @ C^{-T} with
         C = chol(cov_w). Upper triangular with a positive diagonal, so it is the same
         factor as `prec_chol_from_covariance` of Sigma, but never forms Sigma: in float32
-        an elementwise Sigma loses ~eps / (smallest eigenvalue / largest) of its narrow
-        directions, while cov_w is close to the identity near convergence."""
+        an elementwise Sigma loses a relative ~eps * (largest eigenvalue / smallest) of
+        its narrow directions, while cov_w is close to the identity near convergence."""
         return frame @ _upper_inverse_transpose(jnp.linalg.cholesky(cov_w))
 
     @staticmethod

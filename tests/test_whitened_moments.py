@@ -146,3 +146,23 @@ def test_mixed_dtypes_choose_one_frame(converged, x_dtype, params_dtype):
     got = jaxgmm.in_data_coordinates(stats, spec)
     assert got.scatter.dtype == jnp.float64
     np.testing.assert_allclose(got.scatter, ref.scatter, rtol=1e-3, atol=1e-4 * np.abs(ref.scatter).max())
+
+
+def test_empty_component_with_a_narrow_frame_gets_reg_covar():
+    """A component that loses all its points (nk = 0) while its frame is ill-conditioned
+    (condition number 3e6, a rotated narrow direction): the whitened float32 M-step still
+    gives a finite covariance of reg_covar * I, as the data-coordinate step does."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 3))
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    covs = np.stack([np.eye(3), np.eye(3), rotation @ np.diag([3.0, 1.0, 1e-6]) @ rotation.T])
+    means = np.array([[0.0, 0, 0], [1, 0, 0], [500, 500, 500]])  # the third is far from all
+    spec = jaxgmm.GMMSpec(3, "full", reg_covar=1e-6)
+    params = jaxgmm.params_from_covariances(np.full(3, 1 / 3), means, covs, "full")
+    p = _cast(params, jnp.float32)
+    _, stats = stats_from_moments(accumulate_moments(jnp.asarray(x, jnp.float32), p, spec), p, spec)
+    assert stats.frame is not None and float(stats.nk[2]) == 0.0
+    new = params_from_stats(stats, spec)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in new)
+    cov = np.asarray(jaxgmm.covariances(_cast(new, jnp.float64), "full"))[2]
+    np.testing.assert_allclose(cov, 1e-6 * np.eye(3), rtol=1e-3, atol=1e-9)

@@ -126,9 +126,10 @@ def _moments_full_whitened(resp, xt, params):
     With y_k = A_k xs1 (`Full.whitening_operands`), sum_n r y xs1^T is one
     (K*D, n) @ (n, D+1) product (a batched (K, D, n) x (K, n, D) one is 2x slower on
     XLA:CPU); its last column is the first moment, and times A_k^T it is the second."""
-    operator, xs1 = get_family("full").whitening_operands(xt, params.means, params.prec_chol)
+    full = get_family("full")
+    operator, xs1 = full.whitening_operands(xt, params.means, params.prec_chol)
+    y = full.apply_whitening(operator, xs1)
     n_components, n_features = params.means.shape
-    y = (operator.reshape(-1, n_features + 1) @ xs1).reshape(n_components, n_features, -1)
     weighted = (resp[:, None, :] * y).reshape(n_components * n_features, -1)
     cross = (weighted @ xs1.T).reshape(n_components, n_features, n_features + 1)
     return cross[:, :, -1], jnp.einsum("kdf,kef->kde", cross, operator)

@@ -98,8 +98,14 @@ class Full:
 
         One (K*D, D+1) @ (D+1, n) matrix product on the shifted data with a row of ones
         (the -prec_chol_k^T mu_k offsets ride in the last column)."""
-        operator, shifted = Full.whitening_operands(xt, means, prec_chol)
-        return (operator.reshape(-1, operator.shape[-1]) @ shifted).reshape(means.shape + (-1,))
+        return Full.apply_whitening(*Full.whitening_operands(xt, means, prec_chol))
+
+    @staticmethod
+    def apply_whitening(operator, xs1):
+        """(K, D, n): y_k = A_k @ xs1 for the operands of `whitening_operands`."""
+        n_components, n_features, _ = operator.shape
+        y = operator.reshape(n_components * n_features, -1) @ xs1
+        return y.reshape(n_components, n_features, -1)
 
     @staticmethod
     def whitening_operands(xt, means, prec_chol):

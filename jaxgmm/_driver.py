@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxgmm._blocked import FeatureMajorBlocks, mean_log_likelihood_blocks
 from jaxgmm._covariance import get_family
 from jaxgmm._density import mean_log_likelihood
 from jaxgmm._fitter import step_data
@@ -200,11 +199,11 @@ def _start_function(fitter):
 
 def _finish_function(fitter, spec):
     def finish(x, data, state):
-        # Final parameters of every restart, scored by the shared density (on EM's
-        # prepared blocks when there are some: one compiled block body, no tail).
+        # Final parameters of every restart, scored by the shared density (on the
+        # fitter's prepared data when it can: EM's blocks, one compiled block body).
         params = jax.vmap(fitter.get_params)(state)
-        if isinstance(data, FeatureMajorBlocks):
-            score = partial(mean_log_likelihood_blocks, data, spec=spec)
+        if fitter.score_prepared is not None:
+            score = partial(fitter.score_prepared, data)
         else:
             score = partial(mean_log_likelihood, x, spec=spec)
         return params, jax.vmap(lambda p: score(params=p))(params)

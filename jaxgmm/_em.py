@@ -210,6 +210,7 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         accumulate_moments_fm,
         default_block_size,
         feature_major_blocks,
+        mean_log_likelihood_blocks,
         stats_from_moments,
     )
     from jaxgmm._sharding import sharded_moments
@@ -245,4 +246,9 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         get_params=lambda s: s.params,
         # With a mesh the step takes the sharded samples as they are.
         prepare=prepare if mesh is None else None,
+        score_prepared=(
+            (lambda data, params: mean_log_likelihood_blocks(data, params, spec))
+            if mesh is None
+            else None
+        ),
     )

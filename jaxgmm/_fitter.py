@@ -22,6 +22,10 @@ class Fitter(NamedTuple):
         prepare: optional ``prepare(x) -> data``, run once per fit (jitted) before the
             first step; ``step`` then receives ``data`` instead of ``x`` (EM lays the
             samples out in feature-major blocks). None: ``step`` receives ``x``.
+        score_prepared: optional ``score_prepared(data, params) -> log-likelihood per
+            sample`` on prepared ``data`` (the same density as `mean_log_likelihood`);
+            the driver scores the final parameters with it. None: `mean_log_likelihood`
+            of ``x``.
     """
 
     name: str
@@ -30,6 +34,7 @@ class Fitter(NamedTuple):
     step: Callable[..., Any]
     get_params: Callable[..., Any]
     prepare: Callable[..., Any] | None = None
+    score_prepared: Callable[..., Any] | None = None
 
 
 def step_data(fitter, x):

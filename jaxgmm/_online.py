@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxgmm._blocked import block_moments, stats_from_moments
 from jaxgmm._density import mean_log_likelihood
-from jaxgmm._driver import FitResult, Trace, component_diagnostics, single_run_result
+from jaxgmm._driver import FitResult, Trace, _all_finite, component_diagnostics, single_run_result
 from jaxgmm._em import SufficientStats, em_bound_from_stats, in_data_coordinates, params_from_stats
 from jaxgmm._out_of_core import host_blocks, open_data
 from jaxgmm._params import GMMParams
@@ -244,10 +244,6 @@ def online_em_step(state, x_batch, sample_weight, n_samples, spec, *, step_size_
 
 
 # --- host side -------------------------------------------------------------------------
-
-
-def _all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]))
 
 
 def _step_with_diagnostics(state, x_batch, sample_weight, n_samples, hyper, spec):

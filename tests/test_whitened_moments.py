@@ -35,17 +35,13 @@ def _cast(params, dtype):
 
 
 @pytest.fixture(scope="module")
-def converged(require_x64_module):
+def converged():
+    if not jax.config.jax_enable_x64:
+        pytest.skip("needs JAX_ENABLE_X64=1")
     x = _ill_conditioned_data()
     spec = jaxgmm.GMMSpec(2, "full", reg_covar=1e-9)
     res = jaxgmm.fit_em(jax.random.key(0), jnp.asarray(x), spec, tol=0.0, max_iter=60)
     return x, spec, res.params
-
-
-@pytest.fixture(scope="module")
-def require_x64_module():
-    if not jax.config.jax_enable_x64:
-        pytest.skip("needs JAX_ENABLE_X64=1")
 
 
 def test_which_dtypes_use_the_frame():

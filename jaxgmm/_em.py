@@ -183,6 +183,13 @@ class EMInfo(NamedTuple):
     converged: jax.Array
 
 
+# Full covariances' step is matrix products: XLA:CPU compiles it 1.7x faster with its
+# classic emitters than with its fusion emitters, at the same measured time per
+# iteration. Diagonal ones are elementwise work that the fusion emitters make 20-40%
+# faster, so they keep the default.
+_STEP_COMPILE_OPTIONS = {"full": (("xla_cpu_use_fusion_emitters", False),)}
+
+
 @functools.cache
 def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
     """The EM `Fitter` for ``spec``. Cached so repeated fits reuse compiled code.
@@ -251,4 +258,5 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
             if mesh is None
             else None
         ),
+        compile_options=_STEP_COMPILE_OPTIONS.get(spec.covariance_type, ()),
     )

@@ -26,6 +26,10 @@ class Fitter(NamedTuple):
             sample`` on prepared ``data`` (the same density as `mean_log_likelihood`);
             the driver scores the final parameters with it. None: `mean_log_likelihood`
             of ``x``.
+        compile_options: optional XLA compile options for the executable that runs the
+            steps, as a tuple of ``(name, value)`` pairs (hashable, so fitters stay
+            cache keys). Options this jaxlib does not know are dropped. A speed hint
+            only: results must not depend on them.
     """
 
     name: str
@@ -35,6 +39,7 @@ class Fitter(NamedTuple):
     get_params: Callable[..., Any]
     prepare: Callable[..., Any] | None = None
     score_prepared: Callable[..., Any] | None = None
+    compile_options: tuple = ()
 
 
 def step_data(fitter, x):

@@ -137,6 +137,31 @@ def test_default_block_size_bounds():
         assert b * k * (d + 1) <= 2**23 or b == 256
 
 
+def test_compile_options_change_nothing_but_speed():
+    # EM's step for full covariances is compiled with XLA:CPU's classic emitters
+    # (`Fitter.compile_options`); the same fit compiled without them, and with an option
+    # this jaxlib does not have (dropped), must give the same numbers.
+    from jaxgmm import _driver
+
+    x = jnp.asarray(_data(n=600, d=3, seed=5))
+    spec = jaxgmm.GMMSpec(3, "full")
+    fitter = jaxgmm.em_fitter(spec, 0.0)
+    assert fitter.compile_options
+    init = _kmeans_init(x, spec)
+
+    def fit(f):
+        return jaxgmm.run_fitter(f, jax.random.key(0), x, init, spec, max_iter=5)
+
+    reference = fit(fitter)
+    for options in [(), (("no_such_xla_option_anywhere", 1),)]:
+        other = fit(fitter._replace(compile_options=options))
+        # Equal up to summation order (the emitters may vectorise reductions differently).
+        np.testing.assert_allclose(other.trace.log_likelihood, reference.trace.log_likelihood, rtol=1e-6)
+        np.testing.assert_allclose(other.params.prec_chol, reference.params.prec_chol, rtol=1e-5)
+    with pytest.raises(TypeError):  # other compile errors are not swallowed
+        _driver._compile(jax.jit(lambda a: a + 1).lower(1.0), (("xla_cpu_use_fusion_emitters", object()),))
+
+
 @needs_x64
 @pytest.mark.parametrize("cov", ["full", "diag"])
 def test_float32_matches_float64(cov):

@@ -42,7 +42,7 @@ from jax.scipy.special import logsumexp
 
 from jaxgmm._covariance import data_center, get_family, use_expansion
 from jaxgmm._density import weighted_log_prob_fm
-from jaxgmm._em import SufficientStats, _safe_counts
+from jaxgmm._em import SufficientStats, _safe_counts, expected_complete_log_likelihood
 
 
 class Moments(NamedTuple):
@@ -57,15 +57,15 @@ class Moments(NamedTuple):
         second: sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T in the family's scatter shape:
             full (K, D, D) (whitened frame: sum_n r_nk y_nk y_nk^T), tied (D, D),
             diag and spherical (K, D) (per-feature squares).
-        sum_resp_log_resp: scalar, sum_nk r_nk log r_nk.
         n_samples: scalar, number (or total weight) of samples, in the data's dtype.
+
+    sum_nk r_nk log r_nk is not accumulated: `stats_from_moments` derives it from these.
     """
 
     log_likelihood: jax.Array
     nk: jax.Array
     first: jax.Array
     second: jax.Array
-    sum_resp_log_resp: jax.Array
     n_samples: jax.Array
 
 
@@ -161,13 +161,11 @@ def _block_moments_fm(xt, params, spec, weight, expanded):
     total = jnp.sum(shifted, axis=0)
     log_norm = top + jnp.log(total)
     resp = shifted / total
-    resp_log_resp = jnp.where(resp > 0, resp * (wlp - log_norm), 0.0)
     if weight is None:
         n_samples = jnp.asarray(xt.shape[1], xt.dtype)
     else:
         weight = weight.astype(xt.dtype)
         resp = resp * weight
-        resp_log_resp = resp_log_resp * weight
         log_norm = log_norm * weight
         n_samples = jnp.sum(weight)
     first, second = _block_second_moments(resp, xt, params, spec, expanded)
@@ -176,7 +174,6 @@ def _block_moments_fm(xt, params, spec, weight, expanded):
         nk=jnp.sum(resp, axis=1),
         first=first,
         second=second,
-        sum_resp_log_resp=jnp.sum(resp_log_resp),
         n_samples=n_samples,
     )
 
@@ -343,6 +340,13 @@ def stats_from_moments(moments, params, spec):
 
     The new means are sum_n r_nk x_n / (nk + 10 eps) (scikit-learn's estimate, written as
     mu_k + correction); the scatter is re-centred on them exactly.
+
+    sum_nk r_nk log r_nk comes from an identity instead of a pass over the samples: the
+    responsibilities are the posterior under ``params``, so the EM bound there equals
+    the log-likelihood, Q(params) - sum r log r = log p(X | params), with Q the
+    expected complete-data log-likelihood (from these statistics, exact). The bound
+    L(q, theta_new) = log p(X | params) + Q(theta_new) - Q(params) follows. (The pass
+    re-read the (K, D, block) whitened samples: 8-10% of an iteration at (1e6, 16, 16).)
     """
     nk, mu, first = moments.nk, params.means, moments.first
     # Moments in the whitened frame P = params.prec_chol (y = P^T (x - mu)), or not.
@@ -369,8 +373,10 @@ def stats_from_moments(moments, params, spec):
         nk=nk,
         means=new_means,
         scatter=scatter,
-        sum_resp_log_resp=moments.sum_resp_log_resp,
+        sum_resp_log_resp=jnp.zeros((), scatter.dtype),
         n_samples=moments.n_samples,
         frame=frame,
     )
+    q_at_params = expected_complete_log_likelihood(stats, params, spec)
+    stats = stats._replace(sum_resp_log_resp=q_at_params - moments.log_likelihood)
     return moments.log_likelihood / moments.n_samples, stats

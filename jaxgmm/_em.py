@@ -142,7 +142,13 @@ def em_bound(x, log_resp, params, spec):
 
 def em_bound_from_stats(stats, params, spec):
     """The same bound as `em_bound`, from sufficient statistics in O(K D^3), so EM can
-    record L(q_t, theta_{t+1}) without a second pass over the data. Exact because
+    record L(q_t, theta_{t+1}) without a second pass over the data."""
+    return (expected_complete_log_likelihood(stats, params, spec) - stats.sum_resp_log_resp) / stats.n_samples
+
+
+def expected_complete_log_likelihood(stats, params, spec):
+    """Q = sum_nk r_nk [log pi_k + log N(x_n | mu_k, Sigma_k)] (a total, not per sample)
+    from sufficient statistics, exact because
     sum_n r_nk (x_n - mu)(x_n - mu)^T = S_k + n_k (xbar_k - mu)(xbar_k - mu)^T."""
     family = get_family(spec.covariance_type)
     n_features = params.means.shape[-1]
@@ -155,8 +161,7 @@ def em_bound_from_stats(stats, params, spec):
     prec_chol = params.prec_chol
     if stats.frame is not None:
         prec_chol = family.relative_prec_chol(stats.frame, prec_chol)
-    expected = expected - 0.5 * family.trace_term(stats.scatter, prec_chol)
-    return (expected - stats.sum_resp_log_resp) / stats.n_samples
+    return expected - 0.5 * family.trace_term(stats.scatter, prec_chol)
 
 
 class EMState(NamedTuple):
@@ -173,13 +178,11 @@ class EMInfo(NamedTuple):
         log_likelihood: log p(X | theta_t) per sample, from the E-step.
         bound: L(q_t, theta_{t+1}) per sample, right after the M-step; lies between
             log p(X | theta_t) and log p(X | theta_{t+1}).
-        bound_after_e_step: L(q_t, theta_t) per sample (equals ``log_likelihood``).
         converged: |log_likelihood - previous log_likelihood| < tol.
     """
 
     log_likelihood: jax.Array
     bound: jax.Array
-    bound_after_e_step: jax.Array
     converged: jax.Array
 
 
@@ -195,8 +198,8 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
     """The EM `Fitter` for ``spec``. Cached so repeated fits reuse compiled code.
 
     Each step is one blocked pass over the data (`jaxgmm._blocked.accumulate_moments`:
-    log-likelihood, counts, first moments, scatter, sum r log r) followed by the M-step
-    from those statistics; no (n_samples, K, D) array is formed.
+    log-likelihood, counts, first moments, scatter) followed by the M-step from those
+    statistics; no (n_samples, K, D) array is formed.
 
     Args:
         spec: `GMMSpec`.
@@ -240,7 +243,6 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         info = EMInfo(
             log_likelihood=log_likelihood,
             bound=em_bound_from_stats(stats, new_params, spec),
-            bound_after_e_step=em_bound_from_stats(stats, state.params, spec),
             converged=jnp.abs(log_likelihood - state.prev_log_likelihood) < tol,
         )
         return EMState(params=new_params, prev_log_likelihood=log_likelihood), info

@@ -33,6 +33,7 @@ same compiled body.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -211,13 +212,20 @@ def add_moments(a, b):
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
-def default_block_size(n_samples, n_components, n_features):
+def default_block_size(n_samples, n_components, n_features, covariance_type="full"):
     """Samples per block, measured on a 2-core x86 CPU: 8192 (1024 when K * D < 128,
     where the smaller matrix products run faster unthreaded), capped so that the
     (K, D + 1, block) work arrays stay within ~2^23 elements (32 MiB in float32), at
-    least 256, and never more than n_samples. Pass ``block_size`` to override."""
+    least 256, and never more than n_samples. Pass ``block_size`` to override.
+
+    Full covariances with K * D < 128 also keep those arrays within 2^16 elements (a
+    power of two of samples): at (1e5, 8, 8), 512 samples ran 17-20% faster than 1024
+    in float32 and float64; for (K, D) = (4, 8) and (8, 4) 1024 stays faster."""
+    work = n_components * (n_features + 1)
     size = 1024 if n_components * n_features < 128 else 8192
-    size = min(size, max(256, 2**23 // (n_components * (n_features + 1))))
+    if covariance_type == "full" and size == 1024:
+        size = min(size, 2 ** int(math.log2(max(1, 2**16 // work))))
+    size = min(size, max(256, 2**23 // work))
     return int(max(1, min(n_samples, size)))
 
 
@@ -311,7 +319,7 @@ def accumulate_moments(x, params, spec, block_size: int | None = None):
     """
     n_samples, n_features = x.shape
     if block_size is None:
-        block_size = default_block_size(n_samples, spec.n_components, n_features)
+        block_size = default_block_size(n_samples, spec.n_components, n_features, spec.covariance_type)
     return accumulate_moments_fm(feature_major_blocks(x, block_size), params, spec)
 
 
@@ -319,7 +327,7 @@ def scatter_about(x, resp, means, spec, block_size: int | None = None):
     """Family-shaped scatter sum_n r_nk (x_n - m_k)(x_n - m_k)^T about given ``means``
     for given responsibilities ``resp`` (n_samples, n_components), block by block."""
     if block_size is None:
-        block_size = default_block_size(x.shape[0], spec.n_components, x.shape[1])
+        block_size = default_block_size(x.shape[0], spec.n_components, x.shape[1], spec.covariance_type)
     second = _SECOND_MOMENTS[spec.covariance_type]
     scatter = sum_over_blocks(lambda xb, rb: second(rb.T, xb.T, means)[1], [x, resp], block_size)
     if spec.covariance_type in ("full", "tied"):

@@ -226,7 +226,7 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
     from jaxgmm._sharding import sharded_moments
 
     def prepare(x):
-        size = block_size or default_block_size(x.shape[0], spec.n_components, x.shape[1])
+        size = block_size or default_block_size(x.shape[0], spec.n_components, x.shape[1], spec.covariance_type)
         return feature_major_blocks(x, size)
 
     def init(params, x):

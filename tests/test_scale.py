@@ -157,9 +157,10 @@ def test_out_of_core_named_init_and_bad_input(tmp_path):
 def test_default_block_size_bounds():
     assert jaxgmm.default_block_size(10, 3, 2) == 10
     for n, k, d in [(10**6, 16, 16), (10**5, 8, 8), (10**7, 1, 1), (10**6, 256, 128)]:
-        b = jaxgmm.default_block_size(n, k, d)
-        assert 256 <= b <= 8192 and b & (b - 1) == 0
-        assert b * k * (d + 1) <= 2**23 or b == 256
+        for cov in FAMILIES:
+            b = jaxgmm.default_block_size(n, k, d, cov)
+            assert 256 <= b <= 8192 and b & (b - 1) == 0
+            assert b * k * (d + 1) <= 2**23 or b == 256
 
 
 def test_compile_options_change_nothing_but_speed():

@@ -274,7 +274,8 @@ def _sum_over_prepared(block_fn, data):
     zeros = jax.tree_util.tree_map(
         lambda s: jnp.broadcast_to(zero, s.shape).astype(s.dtype), jax.eval_shape(block_fn, 0)
     )
-    return lax.fori_loop(0, data.blocks.shape[0], lambda i, acc: add_moments(acc, block_fn(i)), zeros)
+    n_blocks = data.blocks.shape[0]
+    return lax.fori_loop(0, n_blocks, lambda i, acc: add_moments(acc, block_fn(i)), zeros)
 
 
 def mean_log_likelihood_blocks(data, params, spec):
@@ -319,7 +320,9 @@ def accumulate_moments(x, params, spec, block_size: int | None = None):
     """
     n_samples, n_features = x.shape
     if block_size is None:
-        block_size = default_block_size(n_samples, spec.n_components, n_features, spec.covariance_type)
+        block_size = default_block_size(
+            n_samples, spec.n_components, n_features, spec.covariance_type
+        )
     return accumulate_moments_fm(feature_major_blocks(x, block_size), params, spec)
 
 
@@ -327,7 +330,9 @@ def scatter_about(x, resp, means, spec, block_size: int | None = None):
     """Family-shaped scatter sum_n r_nk (x_n - m_k)(x_n - m_k)^T about given ``means``
     for given responsibilities ``resp`` (n_samples, n_components), block by block."""
     if block_size is None:
-        block_size = default_block_size(x.shape[0], spec.n_components, x.shape[1], spec.covariance_type)
+        block_size = default_block_size(
+            x.shape[0], spec.n_components, x.shape[1], spec.covariance_type
+        )
     second = _SECOND_MOMENTS[spec.covariance_type]
     scatter = sum_over_blocks(lambda xb, rb: second(rb.T, xb.T, means)[1], [x, resp], block_size)
     if spec.covariance_type in ("full", "tied"):

@@ -143,7 +143,8 @@ def em_bound(x, log_resp, params, spec):
 def em_bound_from_stats(stats, params, spec):
     """The same bound as `em_bound`, from sufficient statistics in O(K D^3), so EM can
     record L(q_t, theta_{t+1}) without a second pass over the data."""
-    return (expected_complete_log_likelihood(stats, params, spec) - stats.sum_resp_log_resp) / stats.n_samples
+    expected = expected_complete_log_likelihood(stats, params, spec)
+    return (expected - stats.sum_resp_log_resp) / stats.n_samples
 
 
 def expected_complete_log_likelihood(stats, params, spec):
@@ -226,7 +227,9 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
     from jaxgmm._sharding import sharded_moments
 
     def prepare(x):
-        size = block_size or default_block_size(x.shape[0], spec.n_components, x.shape[1], spec.covariance_type)
+        size = block_size or default_block_size(
+            x.shape[0], spec.n_components, x.shape[1], spec.covariance_type
+        )
         return feature_major_blocks(x, size)
 
     def init(params, x):

@@ -140,8 +140,10 @@ class Full:
 
     @staticmethod
     def trace_term(scatter, prec_chol):
-        """sum_k tr(Sigma_k^{-1} S_k) with S_k the scatter."""
-        return jnp.sum(jnp.einsum("kde,kef->kdf", scatter, prec_chol) * prec_chol)
+        """sum_k tr(Sigma_k^{-1} S_k) with S_k the scatter. A dot, not sum(a * b): fused
+        into the bound's scalar loop, that reduce was fully unrolled by LLVM at K = 4
+        (2.2 s to compile EM's step at (2e5, 16, 4), 0.73 s with the dot)."""
+        return jnp.vdot(jnp.einsum("kde,kef->kdf", scatter, prec_chol), prec_chol)
 
     @staticmethod
     def add_to_diagonal(cov, value):

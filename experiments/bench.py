@@ -13,7 +13,8 @@ beyond the data, and the final log-likelihood per sample of every tool's paramet
 scored by one float64 NumPy function (``score_float64``), so a fast wrong answer shows.
 Timings use a few iterations; float32 accuracy is checked separately: jaxgmm runs
 ``--accuracy-iters`` iterations in each dtype from the same start, and the float32 minus
-float64 log-likelihood (both scored in float64) is reported per size. Writes ``bench.csv``, ``scaling.csv``, ``bench.png`` and ``scaling.png`` under ``--out``.
+float64 log-likelihood (both scored in float64) is reported per size. Writes
+``bench.csv``, ``scaling.csv``, ``bench.png`` and ``scaling.png`` under ``--out``.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from jaxgmm._covariance import data_center, get_family, use_expansion
+from jaxgmm._covariance import data_center, get_family, solve_upper_transposed, use_expansion
 from jaxgmm._density import weighted_log_prob_fm
 from jaxgmm._em import SufficientStats, _safe_counts, expected_complete_log_likelihood
 
@@ -340,14 +340,6 @@ def scatter_about(x, resp, means, spec, block_size: int | None = None):
     return scatter
 
 
-def _solve_transposed_upper(upper, vectors):
-    """(K, D): upper_k^{-T} vectors_k."""
-    solved = lax.linalg.triangular_solve(
-        upper, vectors[..., None], left_side=True, lower=False, transpose_a=True
-    )
-    return solved[..., 0]
-
-
 def stats_from_moments(moments, params, spec):
     """``(log_likelihood per sample, SufficientStats)`` from summed `Moments`.
 
@@ -364,7 +356,7 @@ def stats_from_moments(moments, params, spec):
     nk, mu, first = moments.nk, params.means, moments.first
     # Moments in the whitened frame P = params.prec_chol (y = P^T (x - mu)), or not.
     frame = params.prec_chol if uses_whitened_frame(spec, moments.second.dtype) else None
-    first_data = first if frame is None else _solve_transposed_upper(frame, first)
+    first_data = first if frame is None else solve_upper_transposed(frame, first)
     new_means = (nk[:, None] * mu + first_data) / _safe_counts(nk)[:, None]
     delta = new_means - mu
     if frame is not None:

@@ -41,6 +41,14 @@ EXPANSION_ERROR_LIMIT = 1e-4
 _UNROLL_FEATURES = 32
 
 
+def solve_upper_transposed(upper, b):
+    """upper^{-T} b for (batched) upper-triangular ``upper`` (..., D, D): b is (..., D, M),
+    or (..., D) for vectors."""
+    if b.ndim == upper.ndim - 1:
+        return solve_upper_transposed(upper, b[..., None])[..., 0]
+    return lax.linalg.triangular_solve(upper, b, left_side=True, lower=False, transpose_a=True)
+
+
 def _upper_inverse_transpose(chol_lower):
     """inv(L).T for lower-triangular L (batched): the precision Cholesky of L @ L.T."""
     eye = jnp.broadcast_to(jnp.eye(chol_lower.shape[-1], dtype=chol_lower.dtype), chol_lower.shape)
@@ -167,10 +175,8 @@ class Full:
     def from_frame(scatter_w, frame):
         """A (K, D, D) matrix given in the frame whitened by ``frame`` back in data
         coordinates: frame^{-T} scatter_w frame^{-1} (two triangular solves)."""
-        def solve_transposed(b):  # frame^{-T} b
-            return lax.linalg.triangular_solve(frame, b, left_side=True, lower=False, transpose_a=True)
-
-        out = solve_transposed(jnp.swapaxes(solve_transposed(scatter_w), -1, -2))
+        half = jnp.swapaxes(solve_upper_transposed(frame, scatter_w), -1, -2)
+        out = solve_upper_transposed(frame, half)
         return 0.5 * (out + jnp.swapaxes(out, -1, -2))
 
     @staticmethod

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxgmm._covariance import get_family
+from jaxgmm._covariance import get_family, solve_upper_transposed
 
 
 def sample(key, params, spec, n_samples):
@@ -30,10 +29,7 @@ def sample(key, params, spec, n_samples):
         prec_chol = jnp.broadcast_to(prec_chol, (spec.n_components,) + prec_chol.shape)
     if spec.covariance_type in ("full", "tied"):
         # precision = P P^T, so x = mu + P^{-T} z has covariance P^{-T} P^{-1} = Sigma.
-        upper = prec_chol[labels]
-        noise = lax.linalg.triangular_solve(
-            upper, z[..., None], left_side=True, lower=False, transpose_a=True
-        )[..., 0]
+        noise = solve_upper_transposed(prec_chol[labels], z)
     else:
         scale = get_family(spec.covariance_type).covariance_from_prec_chol(prec_chol) ** 0.5
         noise = z * (scale[labels] if scale.ndim == 2 else scale[labels][:, None])

@@ -278,15 +278,21 @@ def _sum_over_prepared(block_fn, data):
     return lax.fori_loop(0, n_blocks, lambda i, acc: add_moments(acc, block_fn(i)), zeros)
 
 
-def mean_log_likelihood_blocks(data, params, spec):
-    """`mean_log_likelihood` of prepared `FeatureMajorBlocks` (same density, same
-    value to rounding), one block at a time."""
+def total_log_likelihood_blocks(data, params, spec):
+    """sum_n log p(x_n | params) over prepared `FeatureMajorBlocks` (padding has weight
+    0), one block at a time."""
 
     def total_of(i):
         wlp = weighted_log_prob_fm(data.blocks[i], params, spec)
         return jnp.sum(logsumexp(wlp, axis=0) * data.weight[i])
 
-    return _sum_over_prepared(total_of, data) / jnp.sum(data.weight)
+    return _sum_over_prepared(total_of, data)
+
+
+def mean_log_likelihood_blocks(data, params, spec):
+    """`mean_log_likelihood` of prepared `FeatureMajorBlocks` (same density, same
+    value to rounding), one block at a time."""
+    return total_log_likelihood_blocks(data, params, spec) / jnp.sum(data.weight)
 
 
 def sum_over_blocks(block_fn, arrays, block_size):

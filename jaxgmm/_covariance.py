@@ -28,6 +28,9 @@ rounding is negligible (`use_expansion`); otherwise the direct differences are u
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -41,18 +44,55 @@ EXPANSION_ERROR_LIMIT = 1e-4
 _UNROLL_FEATURES = 32
 
 
+def _one_matrix_per_call(fn, *operands):
+    """``fn(*operands)`` on operands batched over the leading dims of the first, one
+    matrix per call (`lax.map`).
+
+    Why: on CPU, jaxlib 0.10's LAPACK kernels (potrf, trsm, syevd) split a batch of
+    matrices over XLA's intra-op thread pool and block until it is done. With several
+    CPU devices (one per core, for data-parallel EM) every device factorises the
+    replicated parameters at once; each occupies a pool thread, none is left to do the
+    work, and the process hangs (measured: sharded EM at K = 16, D = 16 on 2 devices).
+    A single matrix is never split. The loop costs microseconds per EM step."""
+    batch = operands[0].shape[:-2]
+    if not batch:
+        return fn(*operands)
+    n = math.prod(batch)
+    flat = tuple(
+        jnp.broadcast_to(op, batch + op.shape[-2:]).reshape((n,) + op.shape[-2:]) for op in operands
+    )
+    out = lax.map(lambda ops: fn(*ops), flat)
+    return out.reshape(batch + out.shape[1:])
+
+
+def cholesky(a):
+    """Lower Cholesky factor of (batched) ``a`` (see `_one_matrix_per_call`)."""
+    return _one_matrix_per_call(jnp.linalg.cholesky, a)
+
+
+def triangular_solve(a, b, **options):
+    """`lax.linalg.triangular_solve` for (batched) ``a`` and ``b`` (..., D, M)
+    (see `_one_matrix_per_call`)."""
+    return _one_matrix_per_call(partial(lax.linalg.triangular_solve, **options), a, b)
+
+
+def eigvalsh(a):
+    """Ascending eigenvalues of (batched) symmetric ``a`` (see `_one_matrix_per_call`)."""
+    return _one_matrix_per_call(jnp.linalg.eigvalsh, a)
+
+
 def solve_upper_transposed(upper, b):
     """upper^{-T} b for (batched) upper-triangular ``upper`` (..., D, D): b is (..., D, M),
     or (..., D) for vectors."""
     if b.ndim == upper.ndim - 1:
         return solve_upper_transposed(upper, b[..., None])[..., 0]
-    return lax.linalg.triangular_solve(upper, b, left_side=True, lower=False, transpose_a=True)
+    return triangular_solve(upper, b, left_side=True, lower=False, transpose_a=True)
 
 
 def _upper_inverse_transpose(chol_lower):
     """inv(L).T for lower-triangular L (batched): the precision Cholesky of L @ L.T."""
     eye = jnp.broadcast_to(jnp.eye(chol_lower.shape[-1], dtype=chol_lower.dtype), chol_lower.shape)
-    inv_lower = lax.linalg.triangular_solve(chol_lower, eye, left_side=True, lower=True)
+    inv_lower = triangular_solve(chol_lower, eye, left_side=True, lower=True)
     return jnp.swapaxes(inv_lower, -1, -2)
 
 
@@ -159,7 +199,7 @@ class Full:
 
     @staticmethod
     def prec_chol_from_covariance(cov):
-        return _upper_inverse_transpose(jnp.linalg.cholesky(cov))
+        return _upper_inverse_transpose(cholesky(cov))
 
     @staticmethod
     def prec_chol_from_whitened_covariance(cov_w, frame):
@@ -169,7 +209,7 @@ class Full:
         factor as `prec_chol_from_covariance` of Sigma, but never forms Sigma: in float32
         an elementwise Sigma loses a relative ~eps * (largest eigenvalue / smallest) of
         its narrow directions, while cov_w is close to the identity near convergence."""
-        return frame @ _upper_inverse_transpose(jnp.linalg.cholesky(cov_w))
+        return frame @ _upper_inverse_transpose(cholesky(cov_w))
 
     @staticmethod
     def from_frame(scatter_w, frame):
@@ -183,12 +223,12 @@ class Full:
     def relative_prec_chol(frame, prec_chol):
         """frame^{-1} @ prec_chol: ``prec_chol`` acting on frame-whitened coordinates, so
         tr(prec_chol^T S prec_chol) = tr(A^T S_w A) with S_w = frame^T S frame."""
-        return lax.linalg.triangular_solve(frame, prec_chol, left_side=True, lower=False)
+        return triangular_solve(frame, prec_chol, left_side=True, lower=False)
 
     @staticmethod
     def covariance_from_prec_chol(prec_chol):
         eye = jnp.broadcast_to(jnp.eye(prec_chol.shape[-1], dtype=prec_chol.dtype), prec_chol.shape)
-        inv_upper = lax.linalg.triangular_solve(prec_chol, eye, left_side=True, lower=False)
+        inv_upper = triangular_solve(prec_chol, eye, left_side=True, lower=False)
         # precision = P P^T  =>  Sigma = P^{-T} P^{-1}.
         return jnp.swapaxes(inv_upper, -1, -2) @ inv_upper
 
@@ -200,13 +240,13 @@ class Full:
     def prec_chol_from_precision(precision):
         # precision = U U^T with U upper: U = flip(chol(flip(precision))) (sklearn's trick).
         flipped = jnp.flip(precision, axis=(-2, -1))
-        return jnp.flip(jnp.linalg.cholesky(flipped), axis=(-2, -1))
+        return jnp.flip(cholesky(flipped), axis=(-2, -1))
 
     @staticmethod
     def min_eigenvalue(prec_chol, n_components):
         """(K,): smallest covariance eigenvalue = 1 / largest precision eigenvalue."""
         precision = Full.precision_from_prec_chol(prec_chol)
-        return 1.0 / jnp.linalg.eigvalsh(precision)[..., -1]
+        return 1.0 / eigvalsh(precision)[..., -1]
 
     @staticmethod
     def n_parameters(n_components, n_features):

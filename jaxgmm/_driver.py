@@ -230,19 +230,26 @@ def _compile(lowered, options):
         return lowered.compile()
 
 
+def _on_several_devices(x):
+    sharding = getattr(x, "sharding", None)
+    return sharding is not None and len(sharding.device_set) > 1
+
+
 def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
     """Start (with the fitter's data preparation), chunk and finish functions compiled
     ahead of time (once per fitter, shapes and dtypes), with the seconds it took (0 when
     cached), so nothing compiles while the run is timed."""
     signature = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), (keys, init_params, x))
-    cache_key = (fitter, spec, chunk_size, str(signature))
+    cache_key = (fitter, spec, chunk_size, str(signature), str(getattr(x, "sharding", None)))
     if cache_key in _COMPILED:
         return _COMPILED[cache_key], 0.0
     begin = time.perf_counter()
     start_fn = _start_function(fitter)
     start = _compile(start_fn.lower(init_params, x), _ONCE_PER_FIT_OPTIONS)
     carry, data = jax.eval_shape(start_fn, init_params, x)
-    sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec)
+    # On several devices, one restart at a time too: vmapped restarts would batch the
+    # per-matrix linear algebra again (see `jaxgmm._covariance._one_matrix_per_call`).
+    sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec) or _on_several_devices(x)
     chunk_fn = _chunk_function(fitter, spec, chunk_size, sequential)
     chunk = _compile(chunk_fn.lower(keys, carry, data, max_iter), fitter.compile_options)
     finish_fn = _finish_function(fitter, spec)

@@ -224,23 +224,35 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         mean_log_likelihood_blocks,
         stats_from_moments,
     )
-    from jaxgmm._sharding import sharded_moments
+    from jaxgmm._sharding import (
+        shard_blocks,
+        sharded_mean_log_likelihood_blocks,
+        sharded_moments_blocks,
+    )
 
-    def prepare(x):
-        size = block_size or default_block_size(
-            x.shape[0], spec.n_components, x.shape[1], spec.covariance_type
-        )
-        return feature_major_blocks(x, size)
+    # The data are laid out in blocks once per fit (`prepare`); with a mesh, each device
+    # lays out its own rows.
+    if mesh is None:
+
+        def prepare(x):
+            size = block_size or default_block_size(
+                x.shape[0], spec.n_components, x.shape[1], spec.covariance_type
+            )
+            return feature_major_blocks(x, size)
+
+        moments_of = functools.partial(accumulate_moments_fm, spec=spec)
+        score_prepared = functools.partial(mean_log_likelihood_blocks, spec=spec)
+    else:
+        prepare = functools.partial(shard_blocks, spec=spec, mesh=mesh, block_size=block_size)
+        moments_of = functools.partial(sharded_moments_blocks, spec=spec, mesh=mesh)
+        score_prepared = functools.partial(sharded_mean_log_likelihood_blocks, spec=spec, mesh=mesh)
 
     def init(params, x):
         return EMState(params=params, prev_log_likelihood=jnp.asarray(-jnp.inf, x.dtype))
 
     def step(key, state, data):
         del key  # EM is deterministic
-        if mesh is None:
-            moments = accumulate_moments_fm(data, state.params, spec)
-        else:
-            moments = sharded_moments(data, state.params, spec, mesh, block_size)
+        moments = moments_of(data, state.params)
         log_likelihood, stats = stats_from_moments(moments, state.params, spec)
         new_params = params_from_stats(stats, spec)
         info = EMInfo(
@@ -257,11 +269,7 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         step=step,
         get_params=lambda s: s.params,
         # With a mesh the step takes the sharded samples as they are.
-        prepare=prepare if mesh is None else None,
-        score_prepared=(
-            (lambda data, params: mean_log_likelihood_blocks(data, params, spec))
-            if mesh is None
-            else None
-        ),
+        prepare=prepare,
+        score_prepared=score_prepared,
         compile_options=_STEP_COMPILE_OPTIONS.get(spec.covariance_type, ()),
     )

@@ -5,12 +5,18 @@ collectives (`psum`) add them up. Parameters are replicated."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgmm._blocked import accumulate_moments
+from jaxgmm._blocked import (
+    accumulate_moments_fm,
+    default_block_size,
+    feature_major_blocks,
+    total_log_likelihood_blocks,
+)
 from jaxgmm._density import log_prob
 
 
@@ -40,18 +46,54 @@ def shard_data(x, mesh):
     return jax.device_put(x, NamedSharding(mesh, P(tuple(mesh.axis_names), None)))
 
 
-def sharded_moments(x, params, spec, mesh, block_size=None):
-    """`Moments` of ``x`` sharded along samples: blocked per device, then `psum`."""
+def _per_device(fn, mesh, in_specs, out_specs):
+    """``fn`` run by every device of ``mesh`` on its own shards (`jax.shard_map`)."""
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+
+
+def shard_blocks(x, spec, mesh, block_size=None):
+    """``x`` (sharded along samples over ``mesh``) as `FeatureMajorBlocks`, each device
+    laying out its own rows (blocks of `default_block_size` for its row count unless
+    ``block_size``), sharded along the block axis. Made once per fit, like
+    `feature_major_blocks` on one device, so no iteration re-lays out the data."""
     _check_divisible(x.shape[0], mesh)
     axes = tuple(mesh.axis_names)
 
-    def local(x_local, params):
-        moments = accumulate_moments(x_local, params, spec, block_size)
+    def local(x_local):
+        size = block_size or default_block_size(
+            x_local.shape[0], spec.n_components, x_local.shape[1], spec.covariance_type
+        )
+        return feature_major_blocks(x_local, size)
+
+    return _per_device(local, mesh, P(axes, None), P(axes))(x)
+
+
+def sharded_moments_blocks(data, params, spec, mesh):
+    """`Moments` of `shard_blocks` output: each device sums its own blocks, then `psum`."""
+    axes = tuple(mesh.axis_names)
+
+    def local(data, params):
+        moments = accumulate_moments_fm(data, params, spec)
         return jax.tree_util.tree_map(lambda a: lax.psum(a, axes), moments)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(axes, None), P()), out_specs=P())(
-        x, params
-    )
+    return _per_device(local, mesh, (P(axes), P()), P())(data, params)
+
+
+def sharded_mean_log_likelihood_blocks(data, params, spec, mesh):
+    """`mean_log_likelihood` of `shard_blocks` output, each device scoring its blocks."""
+    axes = tuple(mesh.axis_names)
+
+    def local(data, params):
+        total = total_log_likelihood_blocks(data, params, spec)
+        return lax.psum(total, axes), lax.psum(jnp.sum(data.weight), axes)
+
+    total, n_samples = _per_device(local, mesh, (P(axes), P()), (P(), P()))(data, params)
+    return total / n_samples
+
+
+def sharded_moments(x, params, spec, mesh, block_size=None):
+    """`Moments` of ``x`` sharded along samples: blocked per device, then `psum`."""
+    return sharded_moments_blocks(shard_blocks(x, spec, mesh, block_size), params, spec, mesh)
 
 
 def sharded_mean_log_likelihood(x, params, spec, mesh):
@@ -63,7 +105,4 @@ def sharded_mean_log_likelihood(x, params, spec, mesh):
     def local(x_local, params):
         return lax.psum(log_prob(x_local, params, spec).sum(), axes)
 
-    total = jax.shard_map(local, mesh=mesh, in_specs=(P(axes, None), P()), out_specs=P())(
-        x, params
-    )
-    return total / x.shape[0]
+    return _per_device(local, mesh, (P(axes, None), P()), P())(x, params) / x.shape[0]

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxgmm
+from jaxgmm._blocked import feature_major_blocks
+from jaxgmm._sharding import shard_blocks
 
 jax.config.update("jax_enable_x64", True)
 assert len(jax.devices()) == 4, jax.devices()
@@ -32,9 +34,19 @@ for cov in families:
         max_iter=5,
     )
     out[f"em_{cov}_ll"] = float(np.max(np.abs(single.trace.log_likelihood - sharded.trace.log_likelihood)))
+    out[f"em_{cov}_final_ll"] = abs(single.log_likelihood - sharded.log_likelihood)
     out[f"em_{cov}_params"] = max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(single.params, sharded.params)
+    )
+    # Each device lays out its own rows, once per fit: its shard of the blocks is
+    # exactly the single-device layout of those rows.
+    blocks = jax.jit(lambda x, spec=spec: shard_blocks(x, spec, mesh, 256))(xs)
+    rows = x.shape[0] // 4
+    out[f"layout_{cov}"] = max(
+        float(np.max(np.abs(np.asarray(shard.data) - np.asarray(
+            feature_major_blocks(x[i * rows:(i + 1) * rows], 256).blocks))))
+        for i, shard in enumerate(sorted(blocks.blocks.addressable_shards, key=lambda s: s.index[0].start))
     )
     grad = jax.jit(jax.grad(jaxgmm.mean_log_likelihood, argnums=1), static_argnums=2)
     g_single = grad(x, p0, spec)
@@ -47,4 +59,18 @@ for cov in families:
         out[f"{name}_{cov}"] = max(
             float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(g_single, g)
         ) / scale
+# Big enough that jaxlib's CPU LAPACK kernels would split their batch over the thread
+# pool (K = 16 matrices of 16 x 16), with two restarts: every device factorising at once
+# used to hang (see jaxgmm._covariance._one_matrix_per_call); now it equals one device.
+if "full" in families:
+    xb = jnp.asarray(rng.normal(size=(2000, 16)) + rng.integers(0, 4, 2000)[:, None] * 3.0)
+    spec = jaxgmm.GMMSpec(16, "full")
+    starts = jaxgmm.initial_params(jax.random.key(2), xb, spec, "kmeans", 2)
+    runs = [
+        jaxgmm.run_fitter(jaxgmm.em_fitter(spec, 0.0, mesh=m), jax.random.key(0), data, starts,
+                          spec, max_iter=3, chunk_size=1)
+        for m, data in ((None, xb), (mesh, jaxgmm.shard_data(xb, mesh)))
+    ]
+    out["em_full_k16_d16_restarts_ll"] = float(np.max(np.abs(
+        runs[0].restarts.log_likelihood - runs[1].restarts.log_likelihood)))
 print(json.dumps(out))

@@ -19,7 +19,8 @@ def test_score_float64_matches_sklearn():
 
 def test_bench_smallest_size(tmp_path, monkeypatch):
     # The optional peers (when installed) are tested on their own below.
-    monkeypatch.setattr(bench, "TOOLS", {t: bench.TOOLS[t] for t in ("jaxgmm", "sklearn")})
+    monkeypatch.setattr(bench, "TOOLS", {t: bench.TOOLS[t] for t in ("jaxgmm", "jaxgmm-cores", "sklearn")})
+    monkeypatch.setattr(bench, "cpu_cores", lambda: 2)  # forced CPU devices, any machine
     monkeypatch.setitem(bench.GRIDS, "small", [(2000, 3, 2, "full")])
     monkeypatch.setitem(
         bench.SCALING, "small", {"base": (1000, 2, 2), "n": [500, 1000], "k": [2], "d": [2]}
@@ -28,10 +29,16 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
                        "--out", str(tmp_path)]) == 0
     with open(tmp_path / "bench.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {r["tool"] for r in rows} == {"jaxgmm", "sklearn"}
+    assert {r["tool"] for r in rows} == {"jaxgmm", "jaxgmm-cores", "sklearn"}
     f64 = [r for r in rows if r["dtype"] == "float64"]
     lls = [float(r["final_log_likelihood_f64"]) for r in f64]
-    assert np.isfinite(lls).all() and abs(lls[0] - lls[1]) < 1e-6  # same start, same EM
+    assert len(lls) == 3 and np.isfinite(lls).all() and np.ptp(lls) < 1e-6  # same start, same EM
+    # The data-parallel row really ran on 2 devices, and the peers' ratios to it are there.
+    assert {r["devices"] for r in rows if r["tool"] == "jaxgmm-cores"} == {"2"}
+    sk = next(r for r in f64 if r["tool"] == "sklearn")
+    cores = next(r for r in f64 if r["tool"] == "jaxgmm-cores")
+    assert float(sk["ratio_peer_over_jaxgmm_cores"]) == pytest.approx(
+        float(sk["s_per_iter"]) / float(cores["s_per_iter"]))
     # The float32 accuracy check: jaxgmm's float32 row carries float32 - float64 after
     # 20 iterations, each scored in float64; the float64 run is scikit-learn's 20 iterations.
     ours = {r["dtype"]: r for r in rows if r["tool"] == "jaxgmm"}
@@ -41,8 +48,17 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
     assert float(ours["float64"]["accuracy_log_likelihood_f64"]) == pytest.approx(ref_ll, rel=1e-9)
     assert ours["float32"]["accuracy_iters"] == "20"
     assert abs(float(ours["float32"]["float32_minus_float64"])) < 2e-5
+    cores32 = next(r for r in rows if r["tool"] == "jaxgmm-cores" and r["dtype"] == "float32")
+    assert abs(float(cores32["float32_minus_float64"])) < 2e-5
     assert all(float(r["s_per_iter"]) > 0 for r in rows)
     assert (tmp_path / "bench.png").exists() and (tmp_path / "scaling.png").exists()
+
+
+def test_devices_for_divides_the_samples():
+    assert bench.devices_for(1_000_000, 2) == 2
+    assert bench.devices_for(100_000, 3) == 2  # 3 does not divide 1e5
+    assert bench.devices_for(7, 4) == 1
+    assert bench.devices_for(12, 1) == 1
 
 
 @pytest.mark.parametrize("cov_type", ["full", "diag"])

@@ -200,10 +200,12 @@ def _covariances_float64(prec_chol, cov_type):
 
 def _best_difference(fit, n_iter):
     """Seconds per iteration as (t(n iters) - t(1 iter)) / (n - 1), each the best of a few
-    repeats (as for scikit-learn), so per-fit set-up and dispatch cancel. ``fit(iters)``
-    returns (result, seconds). Returns (result of the n-iteration fit, s/iter, t(1))."""
+    repeats (the same rule for every tool), so per-fit set-up and dispatch cancel.
+    ``fit(iters)`` returns (result, seconds). Returns (result of the n-iteration fit,
+    s/iter, t(1)). Fits under 2 s are repeated for about 2 s (3 to 10 times): a
+    difference of a few milliseconds is otherwise at the mercy of thread wake-ups."""
     res, t_all = fit(n_iter)
-    repeats = 3 if t_all < 2.0 else 1
+    repeats = 1 if t_all >= 2.0 else max(3, min(10, int(2.0 / max(t_all, 1e-9))))
     t_one = min(fit(1)[1] for _ in range(repeats))
     t_all = min([t_all] + [fit(n_iter)[1] for _ in range(repeats - 1)])
     per_iter = (t_all - t_one) / (n_iter - 1) if n_iter > 1 else t_all

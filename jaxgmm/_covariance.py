@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from functools import partial
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -62,7 +63,7 @@ def _one_matrix_per_call(fn, *operands):
         jnp.broadcast_to(op, batch + op.shape[-2:]).reshape((n,) + op.shape[-2:]) for op in operands
     )
     out = lax.map(lambda ops: fn(*ops), flat)
-    return out.reshape(batch + out.shape[1:])
+    return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), out)
 
 
 def cholesky(a):
@@ -79,6 +80,11 @@ def triangular_solve(a, b, **options):
 def eigvalsh(a):
     """Ascending eigenvalues of (batched) symmetric ``a`` (see `_one_matrix_per_call`)."""
     return _one_matrix_per_call(jnp.linalg.eigvalsh, a)
+
+
+def eigh(a):
+    """(eigenvalues, eigenvectors) of (batched) symmetric ``a`` (see `_one_matrix_per_call`)."""
+    return _one_matrix_per_call(jnp.linalg.eigh, a)
 
 
 def solve_upper_transposed(upper, b):

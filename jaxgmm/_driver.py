@@ -246,7 +246,13 @@ def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
     begin = time.perf_counter()
     start_fn = _start_function(fitter)
     start = _compile(start_fn.lower(init_params, x), _ONCE_PER_FIT_OPTIONS)
-    carry, data = jax.eval_shape(start_fn, init_params, x)
+    # The chunk and finish take what start returns, placed as start places it (on a mesh
+    # XLA may replicate the carry over devices; lowered without that, they expect one).
+    carry, data = jax.tree_util.tree_map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        jax.eval_shape(start_fn, init_params, x),
+        start.output_shardings,
+    )
     # On several devices, one restart at a time too: vmapped restarts would batch the
     # per-matrix linear algebra again (see `jaxgmm._covariance._one_matrix_per_call`).
     sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec) or _on_several_devices(x)

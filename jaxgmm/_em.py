@@ -268,7 +268,6 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         init=init,
         step=step,
         get_params=lambda s: s.params,
-        # With a mesh the step takes the sharded samples as they are.
         prepare=prepare,
         score_prepared=score_prepared,
         compile_options=_STEP_COMPILE_OPTIONS.get(spec.covariance_type, ()),

@@ -45,7 +45,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxgmm._covariance import get_family, regularize_covariance
+from jaxgmm._covariance import cholesky, eigh, get_family, regularize_covariance
 from jaxgmm._params import GMMParams
 
 
@@ -88,19 +88,19 @@ class _CholeskyFamily:
         cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
         excess = regularize_covariance(cov, -reg_covar, covariance_type)
         floor = _excess_floor(jnp.diagonal(cov, axis1=-2, axis2=-1), reg_covar, axis=-1)
-        lower = jnp.linalg.cholesky(excess)
+        lower = cholesky(excess)
         diag = jnp.diagonal(lower, axis1=-2, axis2=-1)
         healthy = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(
             jnp.square(diag) >= floor[..., None], axis=-1
         )
         # Degenerate excess: clip its eigenvalues at the floor (encoder only, off the
         # gradient path), then factor.
-        eigval, eigvec = jnp.linalg.eigh(excess)
+        eigval, eigvec = eigh(excess)
         clipped = (eigvec * jnp.maximum(eigval, floor[..., None])[..., None, :]) @ jnp.swapaxes(
             eigvec, -1, -2
         )
         clipped = 0.5 * (clipped + jnp.swapaxes(clipped, -1, -2))
-        lower = jnp.where(healthy[..., None, None], lower, jnp.linalg.cholesky(clipped))
+        lower = jnp.where(healthy[..., None, None], lower, cholesky(clipped))
         diag = jnp.diagonal(lower, axis1=-2, axis2=-1)
         return jnp.tril(lower, k=-1) + _diag_embed(jnp.log(diag))
 

@@ -73,4 +73,13 @@ if "full" in families:
     ]
     out["em_full_k16_d16_restarts_ll"] = float(np.max(np.abs(
         runs[0].restarts.log_likelihood - runs[1].restarts.log_likelihood)))
+    # The gradient fitter on sharded data (XLA partitions it) decodes its Cholesky
+    # parameters on every device at once, the same hazard.
+    grads = [
+        jaxgmm.run_fitter(jaxgmm.gradient_fitter(spec, "adam", learning_rate=1e-2),
+                          jax.random.key(0), data, starts, spec, max_iter=3, chunk_size=1)
+        for data in (xb, jaxgmm.shard_data(xb, mesh))
+    ]
+    out["gradient_full_k16_d16_ll"] = float(np.max(np.abs(
+        grads[0].restarts.log_likelihood - grads[1].restarts.log_likelihood)))
 print(json.dumps(out))

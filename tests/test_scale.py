@@ -222,7 +222,7 @@ def test_sharded_equals_single_device(families):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out.pop("n_shards") == 4
-    assert len(out) == 6 * len(families.split(",")) + ("full" in families.split(","))
+    assert len(out) == 6 * len(families.split(",")) + 2 * ("full" in families.split(","))
     for name, diff in out.items():
         assert diff < 1e-10, (name, diff)
 

@@ -54,6 +54,26 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
     assert (tmp_path / "bench.png").exists() and (tmp_path / "scaling.png").exists()
 
 
+def test_cores_row_failure_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
+    # e.g. a GPU machine, where JAX has no CPU devices to split the samples over.
+    monkeypatch.setattr(bench, "TOOLS", {t: bench.TOOLS[t] for t in ("jaxgmm", "jaxgmm-cores")})
+    monkeypatch.setattr(bench, "cpu_cores", lambda: 2)
+    monkeypatch.setitem(bench.GRIDS, "small", [(200, 2, 2, "full")])
+    spawn = bench._spawn
+
+    def failing_cores(payload):
+        if payload.get("tool") == "jaxgmm-cores":
+            raise RuntimeError("worker failed:\nRuntimeError: jaxgmm-cores needs 2 CPU devices")
+        return spawn(payload)
+
+    monkeypatch.setattr(bench, "_spawn", failing_cores)
+    assert bench.main(["--dtypes", "float64", "--iters", "2", "--accuracy-iters", "0",
+                       "--no-scaling", "--out", str(tmp_path)]) == 0
+    assert "jaxgmm-cores: FAILED, RuntimeError: jaxgmm-cores needs 2 CPU devices" in capsys.readouterr().out
+    with open(tmp_path / "bench.csv") as f:
+        assert [r["tool"] for r in csv.DictReader(f)] == ["jaxgmm"]
+
+
 def test_devices_for_divides_the_samples():
     assert bench.devices_for(1_000_000, 2) == 2
     assert bench.devices_for(100_000, 3) == 2  # 3 does not divide 1e5

@@ -255,6 +255,17 @@ def feature_major_blocks(x, block_size):
     return FeatureMajorBlocks(blocks, weight)
 
 
+def spec_blocks(x, spec, block_size: int | None = None):
+    """``x`` (n_samples, n_features) as `FeatureMajorBlocks` of ``block_size`` samples,
+    by default `default_block_size` for this shape and ``spec``."""
+    n_samples, n_features = x.shape
+    if block_size is None:
+        block_size = default_block_size(
+            n_samples, spec.n_components, n_features, spec.covariance_type
+        )
+    return feature_major_blocks(x, block_size)
+
+
 def accumulate_moments_fm(data, params, spec):
     """`Moments` of prepared `FeatureMajorBlocks`, one block at a time under
     `lax.fori_loop` (one compiled block body; padding has weight 0)."""
@@ -324,12 +335,7 @@ def accumulate_moments(x, params, spec, block_size: int | None = None):
         spec: `GMMSpec`.
         block_size: samples per block (default `default_block_size`).
     """
-    n_samples, n_features = x.shape
-    if block_size is None:
-        block_size = default_block_size(
-            n_samples, spec.n_components, n_features, spec.covariance_type
-        )
-    return accumulate_moments_fm(feature_major_blocks(x, block_size), params, spec)
+    return accumulate_moments_fm(spec_blocks(x, spec, block_size), params, spec)
 
 
 def scatter_about(x, resp, means, spec, block_size: int | None = None):

@@ -219,9 +219,8 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         raise ValueError(f"block_size must be None or an int >= 1, got {block_size!r}")
     from jaxgmm._blocked import (
         accumulate_moments_fm,
-        default_block_size,
-        feature_major_blocks,
         mean_log_likelihood_blocks,
+        spec_blocks,
         stats_from_moments,
     )
     from jaxgmm._sharding import (
@@ -233,13 +232,7 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
     # The data are laid out in blocks once per fit (`prepare`); with a mesh, each device
     # lays out its own rows.
     if mesh is None:
-
-        def prepare(x):
-            size = block_size or default_block_size(
-                x.shape[0], spec.n_components, x.shape[1], spec.covariance_type
-            )
-            return feature_major_blocks(x, size)
-
+        prepare = functools.partial(spec_blocks, spec=spec, block_size=block_size)
         moments_of = functools.partial(accumulate_moments_fm, spec=spec)
         score_prepared = functools.partial(mean_log_likelihood_blocks, spec=spec)
     else:

@@ -11,12 +11,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgmm._blocked import (
-    accumulate_moments_fm,
-    default_block_size,
-    feature_major_blocks,
-    total_log_likelihood_blocks,
-)
+from jaxgmm._blocked import accumulate_moments_fm, spec_blocks, total_log_likelihood_blocks
 from jaxgmm._density import log_prob
 
 
@@ -60,10 +55,7 @@ def shard_blocks(x, spec, mesh, block_size=None):
     axes = tuple(mesh.axis_names)
 
     def local(x_local):
-        size = block_size or default_block_size(
-            x_local.shape[0], spec.n_components, x_local.shape[1], spec.covariance_type
-        )
-        return feature_major_blocks(x_local, size)
+        return spec_blocks(x_local, spec, block_size)
 
     return _per_device(local, mesh, P(axes, None), P(axes))(x)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import NamedTuple
 
@@ -256,10 +257,16 @@ def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
     # On several devices, one restart at a time too: vmapped restarts would batch the
     # per-matrix linear algebra again (see `jaxgmm._covariance._one_matrix_per_call`).
     sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec) or _on_several_devices(x)
-    chunk_fn = _chunk_function(fitter, spec, chunk_size, sequential)
-    chunk = _compile(chunk_fn.lower(keys, carry, data, max_iter), fitter.compile_options)
-    finish_fn = _finish_function(fitter, spec)
-    finish = _compile(finish_fn.lower(x, data, carry.state), _ONCE_PER_FIT_OPTIONS)
+    chunk_lowered = _chunk_function(fitter, spec, chunk_size, sequential).lower(
+        keys, carry, data, max_iter
+    )
+    finish_lowered = _finish_function(fitter, spec).lower(x, data, carry.state)
+    # XLA compiles with the GIL released, so the finish compiles beside the chunk (on 2
+    # cores, 0.05-0.1 s less for diag at (1e6, 16, 16) on 2 devices).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        finish_future = pool.submit(_compile, finish_lowered, _ONCE_PER_FIT_OPTIONS)
+        chunk = _compile(chunk_lowered, fitter.compile_options)
+        finish = finish_future.result()
     if len(_COMPILED) >= _COMPILED_MAX:
         del _COMPILED[next(iter(_COMPILED))]
     _COMPILED[cache_key] = (start, chunk, finish)

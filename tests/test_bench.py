@@ -35,6 +35,9 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
     assert len(lls) == 3 and np.isfinite(lls).all() and np.ptp(lls) < 1e-6  # same start, same EM
     # The data-parallel row really ran on 2 devices, and the peers' ratios to it are there.
     assert {r["devices"] for r in rows if r["tool"] == "jaxgmm-cores"} == {"2"}
+    # Every worker ran with the compile flags (the float64 agreement above and the
+    # scikit-learn reference below hold with them).
+    assert all(bench.COMPILE_FLAGS in r["xla_flags"].split() for r in rows)
     sk = next(r for r in f64 if r["tool"] == "sklearn")
     cores = next(r for r in f64 if r["tool"] == "jaxgmm-cores")
     assert float(sk["ratio_peer_over_jaxgmm_cores"]) == pytest.approx(
@@ -72,6 +75,15 @@ def test_cores_row_failure_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
     assert "jaxgmm-cores: FAILED, RuntimeError: jaxgmm-cores needs 2 CPU devices" in capsys.readouterr().out
     with open(tmp_path / "bench.csv") as f:
         assert [r["tool"] for r in csv.DictReader(f)] == ["jaxgmm"]
+
+
+def test_worker_xla_flags_keep_the_users_flags():
+    assert bench.worker_xla_flags("") == bench.COMPILE_FLAGS
+    assert bench.worker_xla_flags("--xla_dump_to=/tmp/d", devices=2).split() == [
+        "--xla_dump_to=/tmp/d", bench.COMPILE_FLAGS, "--xla_force_host_platform_device_count=2"]
+    # A user's own backend options win; they are not overridden or doubled.
+    own = "--xla_backend_extra_options=xla_cpu_disable_new_fusion_emitters"
+    assert bench.worker_xla_flags(own) == own
 
 
 def test_devices_for_divides_the_samples():

@@ -452,7 +452,7 @@ def scaling_worker(job):
 
 # Every worker compiles with LLVM's loop unrolling off: XLA:CPU's kernels over small
 # (K, D) arrays (the M-step, the bound) were fully unrolled, 3x the machine code; off,
-# compile time fell 12-20% (0.22 s for diag at (1e6, 16, 16) on 2 devices) with the same
+# compile time fell 12-25% (0.22 s for diag at (1e6, 16, 16) on 2 devices) with the same
 # time per iteration. An XLA_FLAGS that already sets backend options is left as it is.
 COMPILE_FLAGS = "--xla_backend_extra_options=xla_cpu_disable_loop_unrolling"
 

@@ -416,10 +416,8 @@ def worker(job):
     base = _rss_mb()
     run = TOOLS[job["tool"]]
     extra = {}
-    if job["tool"] == "jaxgmm":
-        extra = {"accuracy_iters": job.get("accuracy_iters", 0)}
-    elif job["tool"] == "jaxgmm-cores":
-        extra = {"accuracy_iters": job.get("accuracy_iters", 0), "devices": job["devices"]}
+    if job["tool"].startswith("jaxgmm"):
+        extra = {"accuracy_iters": job.get("accuracy_iters", 0), "devices": job.get("devices", 1)}
     out = run(x, init, cov_type, np.dtype(job["dtype"]), job["iters"], **extra)
     peak = _rss_mb() - base
     ll = score_float64(x, *out.pop("params"), cov_type)

@@ -255,15 +255,17 @@ def feature_major_blocks(x, block_size):
     return FeatureMajorBlocks(blocks, weight)
 
 
+def spec_block_size(n_samples, n_features, spec, block_size: int | None = None):
+    """``block_size``, or when None `default_block_size` for this shape and ``spec``."""
+    if block_size is None:
+        block_size = default_block_size(n_samples, spec.n_components, n_features, spec.covariance_type)
+    return block_size
+
+
 def spec_blocks(x, spec, block_size: int | None = None):
     """``x`` (n_samples, n_features) as `FeatureMajorBlocks` of ``block_size`` samples,
     by default `default_block_size` for this shape and ``spec``."""
-    n_samples, n_features = x.shape
-    if block_size is None:
-        block_size = default_block_size(
-            n_samples, spec.n_components, n_features, spec.covariance_type
-        )
-    return feature_major_blocks(x, block_size)
+    return feature_major_blocks(x, spec_block_size(*x.shape, spec, block_size))
 
 
 def accumulate_moments_fm(data, params, spec):
@@ -341,10 +343,7 @@ def accumulate_moments(x, params, spec, block_size: int | None = None):
 def scatter_about(x, resp, means, spec, block_size: int | None = None):
     """Family-shaped scatter sum_n r_nk (x_n - m_k)(x_n - m_k)^T about given ``means``
     for given responsibilities ``resp`` (n_samples, n_components), block by block."""
-    if block_size is None:
-        block_size = default_block_size(
-            x.shape[0], spec.n_components, x.shape[1], spec.covariance_type
-        )
+    block_size = spec_block_size(*x.shape, spec, block_size)
     second = _SECOND_MOMENTS[spec.covariance_type]
     scatter = sum_over_blocks(lambda xb, rb: second(rb.T, xb.T, means)[1], [x, resp], block_size)
     if spec.covariance_type in ("full", "tied"):

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgmm._blocked import add_moments, block_moments, default_block_size
+from jaxgmm._blocked import add_moments, block_moments, spec_block_size
 from jaxgmm._params import GMMParams
 
 
@@ -67,9 +67,7 @@ def moments_from_host(x, params, spec, block_size: int | None = None, dtype=None
     ``params``, streamed to the device in blocks. The next block is read from disk while
     the device works on the current one (JAX dispatch is asynchronous)."""
     dtype = np.dtype(dtype or x.dtype)
-    block_size = block_size or default_block_size(
-        x.shape[0], spec.n_components, x.shape[1], spec.covariance_type
-    )
+    block_size = spec_block_size(*x.shape, spec, block_size)
     block_size = int(min(block_size, x.shape[0]))
     total = None
     for block, weight in host_blocks(x, block_size, dtype):

@@ -7,7 +7,7 @@ are importable) on the same data and the same initial parameters, in one run.
 
 jaxgmm runs twice: "jaxgmm" on one XLA device, and "jaxgmm-cores" with the samples split
 over one XLA CPU device per core (``--xla_force_host_platform_device_count``, a data mesh
-and `jaxgmm.shard_data`; skipped on one core). Every peer's ratio is reported against both.
+and `jaxgmm.em.shard_data`; skipped on one core). Every peer's ratio is reported against both.
 Each (size, dtype, tool) runs in its own subprocess so that its peak resident memory
 (``ru_maxrss`` minus the resident size after the data are built) is its own. Reported per
 row: seconds per EM iteration (compile excluded), the ratio peer / jaxgmm, compile time,
@@ -131,7 +131,7 @@ def cpu_cores():
 
 def devices_for(n_samples, cores):
     """XLA CPU devices for the ``jaxgmm-cores`` row: one per core, as many as divide
-    n_samples (`jaxgmm.shard_data` splits the samples evenly)."""
+    n_samples (`jaxgmm.em.shard_data` splits the samples evenly)."""
     return max(d for d in range(1, cores + 1) if n_samples % d == 0)
 
 
@@ -151,9 +151,9 @@ def _run_jaxgmm(x, init, cov_type, dtype, n_iter, accuracy_iters=0, devices=1):
         # with --xla_force_host_platform_device_count): the documented multi-device path.
         if jax.default_backend() != "cpu" or len(jax.devices()) < devices:
             raise RuntimeError(f"jaxgmm-cores needs {devices} CPU devices, JAX has {jax.devices()}")
-        mesh = jaxgmm.data_mesh(jax.devices()[:devices])
-        xj = jaxgmm.shard_data(xj, mesh)
-    fitter = jaxgmm.em_fitter(spec, 0.0, mesh=mesh)
+        mesh = jaxgmm.em.data_mesh(jax.devices()[:devices])
+        xj = jaxgmm.em.shard_data(xj, mesh)
+    fitter = jaxgmm.em.em_fitter(spec, 0.0, mesh=mesh)
 
     def fit(iters):
         # One iteration per dispatched chunk, so a 1-iteration fit does one iteration's

@@ -248,7 +248,7 @@ def _check_grid_sizes(value):
 
 
 def _check_covariance_types(value):
-    errors = [one_of(lambda: jaxgmm.COVARIANCE_FAMILIES)(v) for v in value]
+    errors = [one_of(lambda: jaxgmm.model.COVARIANCE_FAMILIES)(v) for v in value]
     errors = [e for e in errors if e]
     if errors:
         return "; ".join(errors)
@@ -326,7 +326,7 @@ SCHEMA = {
     "model": {
         "n_components": Field(REQUIRED, "int", at_least(1), "number of mixture components"),
         "covariance_type": Field(
-            "full", "str", one_of(lambda: jaxgmm.COVARIANCE_FAMILIES), "covariance family"
+            "full", "str", one_of(lambda: jaxgmm.model.COVARIANCE_FAMILIES), "covariance family"
         ),
         "reg_covar": Field(1.0e-6, "float", greater_than(0), "added to covariance diagonals"),
         "prior": Field(
@@ -412,7 +412,7 @@ register_method_block(
     "gradient",
     {
         "optimizer": Field(
-            "lbfgs", "str", one_of(lambda: jaxgmm.OPTIMIZERS),
+            "lbfgs", "str", one_of(lambda: jaxgmm.gradient.OPTIMIZERS),
             "optax optimiser: adam, sgd (momentum 0.9) or lbfgs (zoom line search)",
         ),
         "learning_rate": Field(
@@ -421,7 +421,7 @@ register_method_block(
             nullable=True,
         ),
         "schedule": Field(
-            None, "str", one_of(lambda: jaxgmm.SCHEDULES),
+            None, "str", one_of(lambda: jaxgmm.gradient.SCHEDULES),
             "learning-rate schedule (null: constant)", nullable=True,
         ),
         "max_steps": Field(1000, "int", at_least(1), "maximum iterations"),
@@ -442,14 +442,14 @@ register_method_block(
 
 def _svi_optimizers():
     # The gradient fitter's optax registry, less line-search methods (SVI is stochastic).
-    return [name for name, entry in jaxgmm.OPTIMIZERS.items() if not entry.line_search]
+    return [name for name, entry in jaxgmm.gradient.OPTIMIZERS.items() if not entry.line_search]
 
 
 register_method_block(
     "svi",
     {
         "guide": Field(
-            "auto_normal", "str", one_of(lambda: jaxgmm.GUIDES),
+            "auto_normal", "str", one_of(lambda: jaxgmm.bayes.GUIDES),
             "NumPyro autoguide: auto_delta (MAP), auto_normal (mean field), "
             "auto_multivariate_normal (full rank)",
         ),

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxgmm import linear_assignment  # the one Hungarian solver (also used for NUTS relabelling)
+from jaxgmm.bayes import (
+    linear_assignment,  # the one Hungarian solver (also used for NUTS relabelling)
+)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

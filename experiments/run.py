@@ -114,7 +114,7 @@ def method_specs(config, spec, x_train, source):
         {method: (spec, prior_label)}, prior_label "none", "<name>" or "<name> (default)".
     """
     from experiments.methods import DEFAULT_PRIOR
-    from jaxgmm._prior_api import log_prior
+    from jaxgmm.priors import log_prior
 
     prior_config = config["model"]["prior"]
     resolved = {}
@@ -175,7 +175,7 @@ def _score(x, params, spec):
     """(log-likelihood per sample, hard assignments (n_samples,)), from the shared density."""
     return (
         jaxgmm.mean_log_likelihood(x, params, spec),
-        jnp.argmax(jaxgmm.weighted_log_prob(x, params, spec), axis=1),
+        jnp.argmax(jaxgmm.model.weighted_log_prob(x, params, spec), axis=1),
     )
 
 
@@ -187,7 +187,7 @@ def _covariances(params, covariance_type):
 def evaluate(result, spec, train, test, x_train, x_test, dtype):
     """The metrics that only need the final parameters, from the shared density."""
     from experiments.datasets import adjusted_rand_index, parameter_recovery_error
-    from jaxgmm._prior_api import log_prior
+    from jaxgmm.priors import log_prior
 
     row = {
         "bound_name": result.bound_name,
@@ -256,7 +256,7 @@ def model_selection(config, x_train, x_test, key, progress):
                 config["init"]["n_init"],
             )  # fmt: skip
             fit = jaxgmm.run_fitter(
-                jaxgmm.em_fitter(spec, float(config["em"]["tol"])), jax.random.fold_in(key, 1),
+                jaxgmm.em.em_fitter(spec, float(config["em"]["tol"])), jax.random.fold_in(key, 1),
                 x_train, init, spec, max_iter=config["em"]["max_iter"],
             )  # fmt: skip
         except ValueError as error:

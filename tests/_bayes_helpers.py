@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 import jaxgmm
-from jaxgmm._prior_api import log_prior
+from jaxgmm.priors import log_prior
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "data"
 

@@ -19,9 +19,9 @@ def _release_compiled_code():
     its own memory mappings; a full session otherwise passes the kernel's limit of 65530
     mappings per process (vm.max_map_count), and then XLA segfaults mid-compile."""
     yield
-    from jaxgmm import _driver
+    import jaxgmm
 
-    _driver._COMPILED.clear()
+    jaxgmm.clear_cache()
     jax.clear_caches()
 
 

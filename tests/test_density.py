@@ -10,7 +10,8 @@ from _helpers import dense_covariances
 from scipy.stats import multivariate_normal
 
 import jaxgmm
-from jaxgmm import COVARIANCE_FAMILIES, GMMSpec
+from jaxgmm import GMMSpec
+from jaxgmm.model import COVARIANCE_FAMILIES
 
 pytestmark = pytest.mark.numerics
 
@@ -42,7 +43,7 @@ def test_log_prob_matches_scipy(covariance_type, require_x64):
         axis=1,
     )
     spec = GMMSpec(k, covariance_type)
-    wlp = np.asarray(jaxgmm.weighted_log_prob(jnp.asarray(x), params, spec))
+    wlp = np.asarray(jaxgmm.model.weighted_log_prob(jnp.asarray(x), params, spec))
     np.testing.assert_allclose(wlp, expected_components, rtol=1e-10)
     expected = np.logaddexp.reduce(expected_components, axis=1)
     np.testing.assert_allclose(np.asarray(jaxgmm.log_prob(x, params, spec)), expected, rtol=1e-10)

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxgmm
-from jaxgmm import COVARIANCE_FAMILIES, GMMSpec
+from jaxgmm import GMMSpec
+from jaxgmm.model import COVARIANCE_FAMILIES
 
 pytestmark = pytest.mark.numerics
 
@@ -68,19 +69,19 @@ def test_responsibilities_and_bound_identities(covariance_type, seed):
     params = jax.tree_util.tree_map(
         lambda a: a[0], jaxgmm.initial_params(jax.random.key(seed), x, spec, "random", 1)
     )
-    ll, log_resp = jaxgmm.e_step(x, params, spec)
+    ll, log_resp = jaxgmm.em.e_step(x, params, spec)
     np.testing.assert_allclose(jnp.exp(log_resp).sum(axis=1), 1.0, rtol=1e-6)
     # The direct bound (Bishop 9.74) equals the log-likelihood at the posterior q ...
-    np.testing.assert_allclose(jaxgmm.em_bound(x, log_resp, params, spec), ll, rtol=1e-6)
+    np.testing.assert_allclose(jaxgmm.em.em_bound(x, log_resp, params, spec), ll, rtol=1e-6)
     # ... and its sufficient-statistics form equals the direct form for any theta.
-    new = jaxgmm.m_step(x, log_resp, spec)
-    stats = jaxgmm.sufficient_statistics(x, log_resp, spec)
+    new = jaxgmm.em.m_step(x, log_resp, spec)
+    stats = jaxgmm.model.sufficient_statistics(x, log_resp, spec)
     np.testing.assert_allclose(
-        jaxgmm.em_bound_from_stats(stats, new, spec), jaxgmm.em_bound(x, log_resp, new, spec),
+        jaxgmm.em.em_bound_from_stats(stats, new, spec), jaxgmm.em.em_bound(x, log_resp, new, spec),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        jaxgmm.em_bound_from_stats(stats, params, spec), ll, rtol=1e-6
+        jaxgmm.em.em_bound_from_stats(stats, params, spec), ll, rtol=1e-6
     )
 
 

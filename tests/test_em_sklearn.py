@@ -11,7 +11,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import jaxgmm
-from jaxgmm import COVARIANCE_FAMILIES, GMMSpec
+from jaxgmm import GMMSpec
+from jaxgmm.model import COVARIANCE_FAMILIES
 
 pytestmark = pytest.mark.numerics
 

@@ -9,7 +9,8 @@ import pytest
 from _helpers import blobs, iris
 
 import jaxgmm
-from jaxgmm import COVARIANCE_FAMILIES, GaussianMixture
+from jaxgmm import GaussianMixture
+from jaxgmm.model import COVARIANCE_FAMILIES
 
 
 def quiet_fit(gm, x):

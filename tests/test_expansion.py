@@ -9,7 +9,7 @@ from _helpers import dense_covariances
 from scipy.stats import multivariate_normal
 
 import jaxgmm
-from jaxgmm._covariance import get_family, use_expansion
+from jaxgmm.model.covariance import get_family, use_expansion
 
 EXPANDABLE = ["diag", "spherical", "tied"]
 
@@ -59,7 +59,7 @@ def test_guard_refuses_the_expansion_for_a_tight_far_component(covariance_type):
     rng = np.random.default_rng(2)
     x = np.asarray(params.means, np.float64)[rng.integers(0, 4, 200)] + 1e-3 * rng.normal(size=(200, 5))
     reference = _reference_log_density(x, params, covariance_type)
-    wlp = np.asarray(jaxgmm.weighted_log_prob(jnp.asarray(x, jnp.float32), params,
+    wlp = np.asarray(jaxgmm.model.weighted_log_prob(jnp.asarray(x, jnp.float32), params,
                                               jaxgmm.GMMSpec(4, covariance_type)))
     log_gauss = wlp - np.log(np.asarray(params.weights, np.float64))
     near = reference > reference.max(axis=1, keepdims=True) - 50  # where responsibilities live
@@ -95,7 +95,7 @@ def test_em_float32_matches_float64_with_a_collapsing_diag_component():
     lls = {}
     for dtype in (jnp.float32, jnp.float64):
         params = jax.tree_util.tree_map(lambda a, dtype=dtype: jnp.asarray(a, dtype), init)
-        res = jaxgmm.run_fitter(jaxgmm.em_fitter(spec, 0.0), jax.random.key(0),
+        res = jaxgmm.run_fitter(jaxgmm.em.em_fitter(spec, 0.0), jax.random.key(0),
                                 jnp.asarray(x, dtype), params, spec, max_iter=30)
         final = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), res.params)
         lls[dtype] = float(jaxgmm.mean_log_likelihood(jnp.asarray(x), final, spec))
@@ -104,7 +104,7 @@ def test_em_float32_matches_float64_with_a_collapsing_diag_component():
 
 @pytest.mark.skipif(not jax.config.jax_enable_x64, reason="compares to 1e-10")
 def test_sequential_restarts_equal_vmapped_restarts(monkeypatch):
-    from jaxgmm import _driver
+    from jaxgmm.fit import driver as _driver
 
     rng = np.random.default_rng(3)
     x = jnp.asarray(np.concatenate([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 4]))
@@ -115,7 +115,7 @@ def test_sequential_restarts_equal_vmapped_restarts(monkeypatch):
         monkeypatch.setattr(_driver, "_SEQUENTIAL_RESTARTS_ELEMENTS", threshold)
         monkeypatch.setattr(_driver, "_COMPILED", {})  # recompile under this threshold
         assert _driver.restarts_run_sequentially(400, 2, spec) == (threshold == 0)
-        fitter = jaxgmm.em_fitter(spec, 1e-4)
+        fitter = jaxgmm.em.em_fitter(spec, 1e-4)
         results.append(jaxgmm.run_fitter(fitter, jax.random.key(0), x, init, spec, max_iter=20))
     np.testing.assert_allclose(results[0].restarts.log_likelihood, results[1].restarts.log_likelihood,
                                rtol=1e-10)

@@ -14,8 +14,7 @@ from _helpers import dense_covariances
 from sklearn.datasets import load_iris
 
 import jaxgmm
-from jaxgmm._covariance import COVARIANCE_FAMILIES
-from jaxgmm._gradient import (
+from jaxgmm.gradient.fitter import (
     OPTIMIZERS,
     SCHEDULES,
     fit_gradient,
@@ -24,13 +23,14 @@ from jaxgmm._gradient import (
     objective,
     objective_and_grad,
 )
-from jaxgmm._prior_api import log_prior
-from jaxgmm._unconstrained import (
+from jaxgmm.gradient.unconstrained import (
     UNCONSTRAINED_COVARIANCES,
     UnconstrainedParams,
     from_unconstrained,
     to_unconstrained,
 )
+from jaxgmm.model.covariance import COVARIANCE_FAMILIES
+from jaxgmm.priors import log_prior
 
 FAITHFUL = Path(__file__).resolve().parents[1] / "experiments" / "data" / "faithful.csv"
 

@@ -14,21 +14,21 @@ from jaxgmm import INITIALIZERS, GMMSpec
 
 def test_kmeans_finds_the_same_partition_as_sklearn():
     x, _ = blobs(0, n_samples=300, n_components=4, spread=6.0)
-    ours = jaxgmm.kmeans_labels(jax.random.key(0), jnp.asarray(x), 4)
+    ours = jaxgmm.model.kmeans_labels(jax.random.key(0), jnp.asarray(x), 4)
     theirs = KMeans(4, n_init=10, random_state=0).fit(x).labels_
     assert adjusted_rand_score(theirs, np.asarray(ours)) > 0.99
 
 
 def test_kmeans_plusplus_picks_distinct_points_spread_over_clusters():
     x, labels = blobs(1, n_samples=200, n_components=5, spread=20.0)
-    idx = np.asarray(jaxgmm.kmeans_plusplus_indices(jax.random.key(1), jnp.asarray(x), 5))
+    idx = np.asarray(jaxgmm.model.kmeans_plusplus_indices(jax.random.key(1), jnp.asarray(x), 5))
     assert len(set(idx)) == 5
     assert len(set(labels[idx])) >= 4  # far-apart clusters are almost always all hit
 
 
 def test_kmeans_survives_duplicated_points():
     x = jnp.ones((30, 2))
-    labels = jaxgmm.kmeans_labels(jax.random.key(0), x, 3)
+    labels = jaxgmm.model.kmeans_labels(jax.random.key(0), x, 3)
     assert labels.shape == (30,)
 
 
@@ -75,12 +75,12 @@ def test_fit_em_result_fields_and_max_iter_zero():
     assert r.bound_name == "em_bound" and r.fitter == "em"
 
 
-@pytest.mark.parametrize("covariance_type", sorted(jaxgmm.COVARIANCE_FAMILIES))
+@pytest.mark.parametrize("covariance_type", sorted(jaxgmm.model.COVARIANCE_FAMILIES))
 def test_initial_m_step_is_blocked_but_exact(covariance_type, require_x64):
     """The initialisers' blocked M-step equals the plain M-step on the same responsibilities."""
-    from jaxgmm._blocked import scatter_about
-    from jaxgmm._covariance import get_family
-    from jaxgmm._init import _params_from_resp
+    from jaxgmm.model.blocked import scatter_about
+    from jaxgmm.model.covariance import get_family
+    from jaxgmm.model.init import _params_from_resp
 
     x = jnp.asarray(blobs(6, n_samples=53, n_features=3)[0])
     spec = GMMSpec(3, covariance_type)
@@ -92,6 +92,6 @@ def test_initial_m_step_is_blocked_but_exact(covariance_type, require_x64):
         rtol=1e-10,
     )
     ours = _params_from_resp(x, resp, spec)
-    reference = jaxgmm.m_step(x, jnp.log(resp), spec)
+    reference = jaxgmm.em.m_step(x, jnp.log(resp), spec)
     for a, b in zip(ours, reference):
         np.testing.assert_allclose(a, b, rtol=1e-9)

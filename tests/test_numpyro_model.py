@@ -10,7 +10,7 @@ from _bayes_helpers import faithful
 from numpyro.infer.util import log_density
 
 import jaxgmm
-from jaxgmm._numpyro_model import gmm_model
+from jaxgmm.bayes.model import gmm_model
 from jaxgmm.priors import make_prior, resolve_prior
 
 

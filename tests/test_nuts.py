@@ -13,8 +13,8 @@ from _bayes_helpers import faithful
 from scipy import optimize, stats
 
 import jaxgmm
-from jaxgmm._nuts import fit_nuts
-from jaxgmm._posterior import (
+from jaxgmm.bayes.nuts import fit_nuts
+from jaxgmm.bayes.posterior import (
     linear_assignment,
     log_predictive_density,
     relabel,

@@ -10,14 +10,14 @@ import pytest
 
 import jaxgmm
 from jaxgmm import COVARIANCE_TYPES
-from jaxgmm._online import (
+from jaxgmm.priors import make_prior
+from jaxgmm.scale.online import (
     average_stats,
     fit_em_online,
     online_em_init,
     per_sample_stats,
     scale_stats,
 )
-from jaxgmm.priors import make_prior
 
 
 def three_blobs(n_samples, seed=0):
@@ -79,17 +79,17 @@ def test_running_average_equals_full_batch_statistics(cov_type, equal_batches, b
     x = blobs_3k + np.array([50.0, -20.0])  # off-origin: the re-centring must be exact
     spec = jaxgmm.GMMSpec(3, cov_type)
     params = rough_params(spec, shift=np.array([50.0, -20.0]))  # not the optimum
-    _, full = jaxgmm.stats_from_moments(
-        jaxgmm.block_moments(jnp.asarray(x), params, spec), params, spec
+    _, full = jaxgmm.model.stats_from_moments(
+        jaxgmm.model.block_moments(jnp.asarray(x), params, spec), params, spec
     )
-    full = jaxgmm.in_data_coordinates(full, spec)
+    full = jaxgmm.model.in_data_coordinates(full, spec)
 
     @jax.jit
     def update(stats, batch, weight, gamma):
         # Batches zero-padded to one shape (weight 0), as the fit pads its last batch.
-        moments = jaxgmm.block_moments(batch, params, spec, sample_weight=weight)
-        _, batch_stats = jaxgmm.stats_from_moments(moments, params, spec)
-        batch_stats = jaxgmm.in_data_coordinates(batch_stats, spec)
+        moments = jaxgmm.model.block_moments(batch, params, spec, sample_weight=weight)
+        _, batch_stats = jaxgmm.model.stats_from_moments(moments, params, spec)
+        batch_stats = jaxgmm.model.in_data_coordinates(batch_stats, spec)
         return average_stats(stats, per_sample_stats(batch_stats), gamma, spec)
 
     sizes = [300] * 10 if equal_batches else [1, 7, 500, 92, 1400, 1000]
@@ -119,8 +119,8 @@ def test_warmup_pass_is_the_full_batch_statistics(cov_type, blobs_3k, require_x6
     for got, want in zip(result.params, params):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     x = jnp.asarray(blobs_3k)
-    _, full = jaxgmm.stats_from_moments(jaxgmm.block_moments(x, params, spec), params, spec)
-    full = jaxgmm.in_data_coordinates(full, spec)
+    _, full = jaxgmm.model.stats_from_moments(jaxgmm.model.block_moments(x, params, spec), params, spec)
+    full = jaxgmm.model.in_data_coordinates(full, spec)
     assert_stats_close(scale_stats(result.state.stats, x.shape[0]), full, atol=1e-10 * x.shape[0])
 
 

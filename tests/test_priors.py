@@ -168,9 +168,9 @@ def test_em_refuses_sparse_dirichlet(data):
 
 def test_flat_em_step_is_maximum_likelihood(data, ml_fits):
     spec = jaxgmm.GMMSpec(2, "full", prior=make_prior("flat"))
-    log_resp = jaxgmm.e_step(data, ml_fits["full"], spec)[1]
-    stats_ = jaxgmm.sufficient_statistics(data, log_resp, spec)
-    ml = jaxgmm.m_step(data, log_resp, jaxgmm.GMMSpec(2, "full"))
+    log_resp = jaxgmm.em.e_step(data, ml_fits["full"], spec)[1]
+    stats_ = jaxgmm.model.sufficient_statistics(data, log_resp, spec)
+    ml = jaxgmm.em.m_step(data, log_resp, jaxgmm.GMMSpec(2, "full"))
     for a, b in zip(spec.prior.em_m_step(stats_, spec), ml, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
@@ -189,7 +189,7 @@ def test_conjugate_em_map_is_a_stationary_point_and_monotone(cov_type, data, req
     @jax.jit
     def em_path(params):
         def body(p, _):
-            new = jaxgmm.m_step(data, jaxgmm.e_step(data, p, spec)[1], spec)
+            new = jaxgmm.em.m_step(data, jaxgmm.em.e_step(data, p, spec)[1], spec)
             return new, log_posterior_total(data, new, spec)
 
         return jax.lax.scan(body, params, None, length=60)

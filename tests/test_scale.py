@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import jaxgmm
-from jaxgmm._em import e_step, sufficient_statistics
+from jaxgmm.em.steps import e_step
+from jaxgmm.model.stats import sufficient_statistics
 
-FAMILIES = sorted(jaxgmm.COVARIANCE_FAMILIES)
+FAMILIES = sorted(jaxgmm.model.COVARIANCE_FAMILIES)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 needs_x64 = pytest.mark.skipif(not jax.config.jax_enable_x64, reason="needs float64")
@@ -43,9 +44,9 @@ def test_blocked_em_matches_sklearn(cov, monkeypatch):
     if cov == "full-whitened":
         # The float32 path (moments and M-step in the whitened frame), forced in float64
         # so scikit-learn can check it; its own block size keeps its compiled code apart.
-        monkeypatch.setattr(jaxgmm._blocked, "WHITENED_FRAME_MIN_EPS", 0.0)
+        monkeypatch.setattr(jaxgmm.model.blocked, "WHITENED_FRAME_MIN_EPS", 0.0)
         cov, block_size = "full", 96
-        assert jaxgmm._blocked.uses_whitened_frame(jaxgmm.GMMSpec(3, cov), jnp.float64)
+        assert jaxgmm.model.blocked.uses_whitened_frame(jaxgmm.GMMSpec(3, cov), jnp.float64)
     x = _data()
     init = GaussianMixture(3, covariance_type=cov, max_iter=1, random_state=0)
     with warnings.catch_warnings():
@@ -57,7 +58,7 @@ def test_blocked_em_matches_sklearn(cov, monkeypatch):
         ).fit(x)
     spec = jaxgmm.GMMSpec(3, cov)
     params = jaxgmm.params_from_precisions(init.weights_, init.means_, init.precisions_, cov)
-    fitter = jaxgmm.em_fitter(spec, 0.0, block_size=block_size)
+    fitter = jaxgmm.em.em_fitter(spec, 0.0, block_size=block_size)
     res = jaxgmm.run_fitter(fitter, jax.random.key(0), jnp.asarray(x), params, spec, max_iter=10)
     # sklearn's lower_bound_ is the log-likelihood of the last iteration's E-step.
     np.testing.assert_allclose(res.trace.log_likelihood[-1], ref.lower_bound_, rtol=1e-8)
@@ -72,10 +73,10 @@ def test_blocked_statistics_equal_naive(cov, block_size):
     x = jnp.asarray(_data(n=700))
     spec = jaxgmm.GMMSpec(3, cov)
     params = _kmeans_init(x, spec)
-    moments = jaxgmm.accumulate_moments(x, params, spec, block_size)
-    ll, stats = jaxgmm.stats_from_moments(moments, params, spec)
+    moments = jaxgmm.model.accumulate_moments(x, params, spec, block_size)
+    ll, stats = jaxgmm.model.stats_from_moments(moments, params, spec)
     assert stats.frame is None  # float64: data coordinates (float32 full: whitened frame)
-    stats = jaxgmm.in_data_coordinates(stats, spec)
+    stats = jaxgmm.model.in_data_coordinates(stats, spec)
     ll_ref, log_resp = e_step(x, params, spec)  # the unblocked reference functions
     ref = sufficient_statistics(x, log_resp, spec)
     np.testing.assert_allclose(ll, ll_ref, rtol=1e-12)
@@ -97,14 +98,14 @@ def test_derived_sum_resp_log_resp_equals_direct_sum(cov, monkeypatch):
     # Blocked EM derives sum r log r from Q(params) - log p(X | params); against the
     # direct sum over samples, on overlapping components where it is large.
     if cov == "full-whitened":
-        monkeypatch.setattr(jaxgmm._blocked, "WHITENED_FRAME_MIN_EPS", 0.0)
+        monkeypatch.setattr(jaxgmm.model.blocked, "WHITENED_FRAME_MIN_EPS", 0.0)
         cov = "full"
     x = jnp.asarray(np.random.default_rng(4).normal(size=(900, 3)) * 2.0 + 5.0)
     spec = jaxgmm.GMMSpec(3, cov)
     params = jax.tree_util.tree_map(
         lambda a: a[0], jaxgmm.initial_params(jax.random.key(2), x, spec, "random", 1)
     )
-    _, stats = jaxgmm.stats_from_moments(jaxgmm.accumulate_moments(x, params, spec, 100), params, spec)
+    _, stats = jaxgmm.model.stats_from_moments(jaxgmm.model.accumulate_moments(x, params, spec, 100), params, spec)
     _, log_resp = e_step(x, params, spec)
     resp = jnp.exp(log_resp)
     direct = float(jnp.sum(jnp.where(resp > 0, resp * log_resp, 0.0)))
@@ -121,7 +122,7 @@ def test_memmap_em_equals_in_memory(cov, tmp_path):
     spec = jaxgmm.GMMSpec(3, cov)
     params = _kmeans_init(x, spec)
     mem = jaxgmm.run_fitter(
-        jaxgmm.em_fitter(spec, 0.0), jax.random.key(0), jnp.asarray(x), params, spec, max_iter=6
+        jaxgmm.em.em_fitter(spec, 0.0), jax.random.key(0), jnp.asarray(x), params, spec, max_iter=6
     )
     ooc = jaxgmm.fit_em_out_of_core(
         jax.random.key(0), path, spec, init=params, max_iter=6, tol=0.0, block_size=256
@@ -147,7 +148,7 @@ def test_out_of_core_named_init_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="2D"):
         jaxgmm.fit_em_out_of_core(jax.random.key(0), np.zeros(5), spec)
     with pytest.raises(ValueError, match="block_size"):
-        jaxgmm.em_fitter(spec, 1e-3, block_size=0)
+        jaxgmm.em.em_fitter(spec, 1e-3, block_size=0)
     bad = x.copy()
     bad[500, 1] = np.nan
     with pytest.raises(ValueError, match="row 500"):
@@ -155,10 +156,10 @@ def test_out_of_core_named_init_and_bad_input(tmp_path):
 
 
 def test_default_block_size_bounds():
-    assert jaxgmm.default_block_size(10, 3, 2) == 10
+    assert jaxgmm.model.default_block_size(10, 3, 2) == 10
     for n, k, d in [(10**6, 16, 16), (10**5, 8, 8), (10**7, 1, 1), (10**6, 256, 128)]:
         for cov in FAMILIES:
-            b = jaxgmm.default_block_size(n, k, d, cov)
+            b = jaxgmm.model.default_block_size(n, k, d, cov)
             assert 256 <= b <= 8192 and b & (b - 1) == 0
             assert b * k * (d + 1) <= 2**23 or b == 256
 
@@ -167,11 +168,11 @@ def test_compile_options_change_nothing_but_speed():
     # EM's step for full covariances is compiled with XLA:CPU's classic emitters
     # (`Fitter.compile_options`); the same fit compiled without them, and with an option
     # this jaxlib does not have (dropped), must give the same numbers.
-    from jaxgmm import _driver
+    from jaxgmm.fit import driver as _driver
 
     x = jnp.asarray(_data(n=600, d=3, seed=5))
     spec = jaxgmm.GMMSpec(3, "full")
-    fitter = jaxgmm.em_fitter(spec, 0.0)
+    fitter = jaxgmm.em.em_fitter(spec, 0.0)
     assert fitter.compile_options
     init = _kmeans_init(x, spec)
 
@@ -197,7 +198,7 @@ def test_float32_matches_float64(cov):
     spec = jaxgmm.GMMSpec(4, cov)
     p64 = _kmeans_init(x, spec)
     p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), p64)
-    fitter = jaxgmm.em_fitter(spec, 0.0)
+    fitter = jaxgmm.em.em_fitter(spec, 0.0)
     r64 = jaxgmm.run_fitter(fitter, jax.random.key(0), jnp.asarray(x), p64, spec, max_iter=30)
     r32 = jaxgmm.run_fitter(
         fitter, jax.random.key(0), jnp.asarray(x, jnp.float32), p32, spec, max_iter=30
@@ -230,7 +231,7 @@ def test_sharded_equals_single_device(families):
 @needs_x64
 @pytest.mark.parametrize("cov", FAMILIES)
 def test_blocked_log_prob_and_gradient_equal_unblocked(cov, monkeypatch):
-    import jaxgmm._density as density
+    import jaxgmm.model.density as density
 
     x = jnp.asarray(_data(n=1001))
     spec = jaxgmm.GMMSpec(3, cov)

@@ -1,6 +1,7 @@
 import pytest
 
-from jaxgmm import COVARIANCE_FAMILIES, GMMSpec
+from jaxgmm import GMMSpec
+from jaxgmm.model import COVARIANCE_FAMILIES
 
 
 def test_spec_is_frozen_and_hashable():

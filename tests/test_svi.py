@@ -16,7 +16,7 @@ import pytest
 from _bayes_helpers import faithful, gradient_map
 
 import jaxgmm
-from jaxgmm._svi import GUIDES, fit_svi, log_posterior
+from jaxgmm.bayes.svi import GUIDES, fit_svi, log_posterior
 from jaxgmm.priors import PRIORS, Prior, make_prior, register_prior, resolve_prior
 
 # A decaying step size so that AutoDelta settles on the optimum instead of hovering.

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import jaxgmm
-from jaxgmm import _blocked
-from jaxgmm._blocked import accumulate_moments, stats_from_moments, uses_whitened_frame
-from jaxgmm._em import ml_params_from_stats, params_from_stats, sufficient_statistics
+from jaxgmm.em.steps import params_from_stats
+from jaxgmm.model import blocked as _blocked
+from jaxgmm.model.blocked import accumulate_moments, stats_from_moments, uses_whitened_frame
+from jaxgmm.model.stats import ml_params_from_stats, sufficient_statistics
 
 
 def _ill_conditioned_data(n_per=20_000, seed=0):
@@ -99,9 +100,9 @@ def test_whitened_statistics_equal_data_coordinates(converged, monkeypatch):
     monkeypatch.setattr(_blocked, "WHITENED_FRAME_MIN_EPS", 0.0)
     xj = jnp.asarray(x)
     _, stats = stats_from_moments(accumulate_moments(xj, params, spec, block_size=999), params, spec)
-    _, log_resp = jaxgmm.e_step(xj, params, spec)
+    _, log_resp = jaxgmm.em.e_step(xj, params, spec)
     ref = sufficient_statistics(xj, log_resp, spec)
-    data = jaxgmm.in_data_coordinates(stats, spec)
+    data = jaxgmm.model.in_data_coordinates(stats, spec)
     assert data.frame is None
     np.testing.assert_allclose(data.scatter, ref.scatter, rtol=1e-7, atol=1e-9 * np.abs(ref.scatter).max())
     np.testing.assert_allclose(data.means, ref.means, rtol=1e-10)
@@ -109,8 +110,8 @@ def test_whitened_statistics_equal_data_coordinates(converged, monkeypatch):
     plain = ml_params_from_stats(data, spec)
     np.testing.assert_allclose(whitened.prec_chol, plain.prec_chol, rtol=1e-6, atol=1e-8)
     # The bound from whitened statistics equals the bound from data-coordinate ones.
-    b1 = jaxgmm.em_bound_from_stats(stats, whitened, spec)
-    b2 = jaxgmm.em_bound_from_stats(data, whitened, spec)
+    b1 = jaxgmm.em.em_bound_from_stats(stats, whitened, spec)
+    b2 = jaxgmm.em.em_bound_from_stats(data, whitened, spec)
     assert abs(float(b1) - float(b2)) < 1e-9
 
 
@@ -139,7 +140,7 @@ def test_mixed_dtypes_choose_one_frame(converged, x_dtype, params_dtype):
     p = _cast(params, params_dtype)
     _, stats = stats_from_moments(accumulate_moments(jnp.asarray(x, x_dtype), p, spec), p, spec)
     _, ref = stats_from_moments(accumulate_moments(jnp.asarray(x), params, spec), params, spec)
-    got = jaxgmm.in_data_coordinates(stats, spec)
+    got = jaxgmm.model.in_data_coordinates(stats, spec)
     assert got.scatter.dtype == jnp.float64
     np.testing.assert_allclose(got.scatter, ref.scatter, rtol=1e-3, atol=1e-4 * np.abs(ref.scatter).max())
 

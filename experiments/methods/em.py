@@ -1,4 +1,4 @@
-"""EM via the core driver: `jaxgmm.em_fitter` + `jaxgmm.run_fitter` from the shared
+"""EM via the core driver: `jaxgmm.em.em_fitter` + `jaxgmm.run_fitter` from the shared
 initial parameters. The ``em`` config block (max_iter, tol) is in experiments.config."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from jax import lax
 
 import jaxgmm
 from experiments.methods import Method, MethodResult, result_from_fit  # noqa: F401
-from jaxgmm._fitter import step_data
+from jaxgmm.fit.fitter import step_data
 
 
 @functools.cache
@@ -50,7 +50,7 @@ def em_history(fitter, spec, x, params, n_iter):
 
 def run(context):
     settings = context.settings
-    fitter = jaxgmm.em_fitter(context.spec, float(settings["tol"]))
+    fitter = jaxgmm.em.em_fitter(context.spec, float(settings["tol"]))
     bar = context.progress(settings["max_iter"], "em")
 
     def callback(done, infos):
@@ -83,7 +83,7 @@ def check(spec, settings, x):
         return
     n_samples = x.shape[0]
     jax.eval_shape(
-        lambda data, log_resp: jaxgmm.m_step(data, log_resp, spec),
+        lambda data, log_resp: jaxgmm.em.m_step(data, log_resp, spec),
         jax.ShapeDtypeStruct(x.shape, x.dtype),
         jax.ShapeDtypeStruct((n_samples, spec.n_components), x.dtype),
     )

@@ -1,4 +1,4 @@
-"""Gradient ML/MAP via `jaxgmm.gradient_fitter` + the core driver, from the shared
+"""Gradient ML/MAP via `jaxgmm.gradient.gradient_fitter` + the core driver, from the shared
 initial parameters. Its config block is ``gradient`` in experiments.config."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from experiments.methods import Method, result_from_fit
 
 def run(context):
     settings = context.settings
-    fitter = jaxgmm.gradient_fitter(
+    fitter = jaxgmm.gradient.gradient_fitter(
         context.spec,
         settings["optimizer"],
         learning_rate=settings["learning_rate"],

@@ -33,7 +33,7 @@ import numpy as np
 
 import jaxgmm
 from experiments.methods import Method, MethodResult
-from jaxgmm._prior_api import log_prior
+from jaxgmm.priors import log_prior
 
 
 def best_restart(init_params, x, spec):
@@ -98,7 +98,7 @@ def run(context):
         "chain_method": settings["chain_method"],
     }
     if context.x_test is not None:
-        extra["log_predictive_density_test"] = jaxgmm.log_predictive_density(
+        extra["log_predictive_density_test"] = jaxgmm.bayes.log_predictive_density(
             context.x_test, flat, result.spec
         )
     r_hat = extra["r_hat_max"]

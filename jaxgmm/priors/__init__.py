@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from jaxgmm.priors._base import Prior, freeze
 from jaxgmm.priors.conjugate import ConjugatePrior
 from jaxgmm.priors.flat import FlatPrior
@@ -82,6 +84,18 @@ def register_prior(name, cls):
     return cls
 
 
+def log_prior(params, spec):
+    """log p(params) under ``spec.prior`` (0 for maximum likelihood), a scalar total.
+
+    The one door through which fitters reach a prior's density: a prior object provides
+    ``log_density(params, spec)``, computed from its NumPyro sample statements, so that
+    MAP by gradient, SVI and NUTS share one density.
+    """
+    if spec.prior is None:
+        return jnp.zeros((), params.means.dtype)
+    return spec.prior.log_density(params, spec)
+
+
 def resolve_prior(spec, x):
     """``spec`` with its prior's data-dependent defaults filled from ``x`` (array of
     shape (n_samples, n_features)); ``spec`` itself when there is nothing to fill."""
@@ -92,6 +106,7 @@ def resolve_prior(spec, x):
 
 
 __all__ = [
+    "log_prior",
     "PRIORS",
     "ConjugatePrior",
     "FlatPrior",

@@ -31,7 +31,7 @@ import numpy as np
 from numpyro import handlers
 from numpyro.infer.util import log_density as _numpyro_log_density
 
-from jaxgmm._spec import COVARIANCE_TYPES
+from jaxgmm.model.spec import COVARIANCE_TYPES
 
 
 def freeze(value):

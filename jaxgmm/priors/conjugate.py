@@ -25,8 +25,8 @@ import numpyro
 import numpyro.distributions as dist
 from jax import lax
 
-from jaxgmm._covariance import _upper_inverse_transpose, get_family, regularize_covariance
-from jaxgmm._params import GMMParams
+from jaxgmm.model.covariance import _upper_inverse_transpose, get_family, regularize_covariance
+from jaxgmm.model.params import GMMParams
 from jaxgmm.priors._base import (
     ALL_COVARIANCE_TYPES,
     Prior,

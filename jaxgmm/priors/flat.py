@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpyro
 from numpyro.distributions import ImproperUniform, constraints
 
-from jaxgmm._covariance import get_family
-from jaxgmm._em import ml_params_from_stats
-from jaxgmm._params import GMMParams
+from jaxgmm.model.covariance import get_family
+from jaxgmm.model.params import GMMParams
+from jaxgmm.model.stats import ml_params_from_stats
 from jaxgmm.priors._base import ALL_COVARIANCE_TYPES, Prior
 
 

@@ -41,9 +41,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from jaxgmm._covariance import data_center, get_family, solve_upper_transposed, use_expansion
-from jaxgmm._density import weighted_log_prob_fm
-from jaxgmm._em import SufficientStats, _safe_counts, expected_complete_log_likelihood
+from jaxgmm.model.covariance import data_center, get_family, solve_upper_transposed, use_expansion
+from jaxgmm.model.density import weighted_log_prob_fm
+from jaxgmm.model.stats import SufficientStats, expected_complete_log_likelihood, safe_counts
 
 
 class Moments(NamedTuple):
@@ -183,7 +183,7 @@ def block_moments_fm(xt, params, spec, weight=None):
     """`Moments` of one feature-major block ``xt`` (n_features, n_samples).
 
     For diag, spherical and tied covariances the expanded (matrix-product) form is used
-    when `jaxgmm._covariance.use_expansion` says it is accurate, chosen by one
+    when `jaxgmm.model.covariance.use_expansion` says it is accurate, chosen by one
     `lax.cond`; the log-density is then the same as `weighted_log_prob`'s."""
     family = get_family(spec.covariance_type)
     if not family.has_expansion:
@@ -368,7 +368,7 @@ def stats_from_moments(moments, params, spec):
     # Moments in the whitened frame P = params.prec_chol (y = P^T (x - mu)), or not.
     frame = params.prec_chol if uses_whitened_frame(spec, moments.second.dtype) else None
     first_data = first if frame is None else solve_upper_transposed(frame, first)
-    new_means = (nk[:, None] * mu + first_data) / _safe_counts(nk)[:, None]
+    new_means = (nk[:, None] * mu + first_data) / safe_counts(nk)[:, None]
     delta = new_means - mu
     if frame is not None:
         delta = jnp.einsum("kd,kde->ke", delta, frame)  # the mean shift in the frame

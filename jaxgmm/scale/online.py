@@ -14,7 +14,7 @@ host loop `fit_em_online` feeds fixed-shape minibatches (the last one zero-padde
 sample weight 0) to one compiled step.
 
 The host loop measures its own time per step, like `run_em_out_of_core` in
-`jaxgmm._driver`, so the trace's ``elapsed_s`` means the same as for every other fitter.
+`jaxgmm.fit.driver`, so the trace's ``elapsed_s`` means the same as for every other fitter.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgmm._blocked import block_moments, stats_from_moments
-from jaxgmm._density import mean_log_likelihood
-from jaxgmm._driver import FitResult, Trace, _all_finite, component_diagnostics, single_run_result
-from jaxgmm._em import SufficientStats, em_bound_from_stats, in_data_coordinates, params_from_stats
-from jaxgmm._out_of_core import host_blocks, open_data
-from jaxgmm._params import GMMParams
-from jaxgmm._validation import check_int, check_positive, default_dtype
+from jaxgmm.em.steps import em_bound_from_stats, params_from_stats
+from jaxgmm.fit.driver import all_finite
+from jaxgmm.fit.results import FitResult, Trace, component_diagnostics, single_run_result
+from jaxgmm.fit.validation import check_int, check_positive, default_dtype
+from jaxgmm.model.blocked import block_moments, stats_from_moments
+from jaxgmm.model.density import mean_log_likelihood
+from jaxgmm.model.init import initial_params
+from jaxgmm.model.params import GMMParams
+from jaxgmm.model.stats import SufficientStats, in_data_coordinates
+from jaxgmm.scale.out_of_core import host_blocks, open_data
 
 
 class OnlineEMState(NamedTuple):
@@ -248,7 +251,7 @@ def online_em_step(state, x_batch, sample_weight, n_samples, spec, *, step_size_
 
 def _step_with_diagnostics(state, x_batch, sample_weight, n_samples, hyper, spec):
     new_state, info = online_em_step(state, x_batch, sample_weight, n_samples, spec, **hyper)
-    finite = _all_finite(new_state.params) & jnp.isfinite(info.log_likelihood) & jnp.isfinite(
+    finite = all_finite(new_state.params) & jnp.isfinite(info.log_likelihood) & jnp.isfinite(
         info.bound
     )
     return new_state, info, component_diagnostics(new_state.params, spec), finite
@@ -374,7 +377,6 @@ def _check_optional_int(value, name, minimum):
 
 
 def _initial_params_from_rows(key, rows, spec, init):
-    from jaxgmm._init import initial_params
 
     params = initial_params(key, jnp.asarray(rows), spec, init, 1)
     return jax.tree_util.tree_map(lambda a: a[0], params)

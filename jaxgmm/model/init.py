@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxgmm._blocked import scatter_about
-from jaxgmm._em import SufficientStats, _safe_counts, ml_params_from_stats
+from jaxgmm.model.blocked import scatter_about
+from jaxgmm.model.stats import SufficientStats, ml_params_from_stats, safe_counts
 
 
 def _sq_distances(x, centers):
@@ -95,7 +95,7 @@ def _params_from_resp(x, resp, spec):
     """The maximum-likelihood M-step for given responsibilities, block by block (no
     (N, K, D) array, so vmapped restarts stay small)."""
     nk = jnp.sum(resp, axis=0)
-    means = (resp.T @ x) / _safe_counts(nk)[:, None]
+    means = (resp.T @ x) / safe_counts(nk)[:, None]
     stats = SufficientStats(
         nk=nk,
         means=means,

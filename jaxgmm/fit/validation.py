@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgmm._covariance import get_family
+from jaxgmm.model.covariance import get_family
 
 
 def default_dtype():

@@ -1,7 +1,7 @@
 """The one driver: runs any `Fitter` under jit + chunked `lax.scan`, vmapped over
 restarts, and returns a uniform `FitResult` with a per-iteration `Trace`.
 
-This is the only place in jaxgmm that measures time. Iterations run in jitted chunks;
+Iterations run in jitted chunks;
 the host times each chunk and checks whether every restart is done, so wall time per
 iteration is the chunk's time divided evenly among its iterations. Compile time is
 measured apart (ahead-of-time compilation) and is 0 when the executable is cached.
@@ -20,92 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxgmm._covariance import get_family
-from jaxgmm._density import mean_log_likelihood
-from jaxgmm._fitter import step_data
-
-
-class Trace(NamedTuple):
-    """Per-iteration record of one fit (host numpy arrays, length n_iter).
-
-    Attributes:
-        iteration: (T,) 1-based iteration numbers.
-        log_likelihood: (T,) log-likelihood per sample of the parameters each
-            iteration started from (the shared density function).
-        bound: (T,) the fitter's own bound or objective per sample (``bound_name``).
-        elapsed_s: (T,) wall seconds since the start of the run (compile excluded).
-        extras: other per-iteration fields of the fitter's Info, plus
-            ``min_covariance_eigenvalue`` and ``weights`` of shape (T, n_components)
-            after each iteration.
-    """
-
-    iteration: np.ndarray
-    log_likelihood: np.ndarray
-    bound: np.ndarray
-    elapsed_s: np.ndarray
-    extras: dict
-
-
-class RestartSummary(NamedTuple):
-    """Final values of every restart (arrays of shape (n_init,))."""
-
-    log_likelihood: np.ndarray
-    converged: np.ndarray
-    n_iter: np.ndarray
-
-
-class Degeneracy(NamedTuple):
-    """A component that is degenerate at the end of the fit.
-
-    Attributes:
-        component: index of the component.
-        kind: ``"collapsed_covariance"`` (smallest covariance eigenvalue below
-            2 * reg_covar: the data's own variance in some direction is under the floor)
-            or ``"empty_component"`` (weight * n_samples < 1).
-        first_iteration: first iteration after which the condition held without
-            interruption until the end.
-        value: the smallest eigenvalue or the weight at the end.
-    """
-
-    component: int
-    kind: str
-    first_iteration: int
-    value: float
-
-
-class FitResult(NamedTuple):
-    """Outcome of `run_fitter` for the best restart (highest final log-likelihood).
-
-    Attributes:
-        params: final `GMMParams`.
-        converged: whether the fitter's convergence test passed.
-        n_iter: iterations performed.
-        log_likelihood: log-likelihood per sample of ``params``.
-        trace: `Trace` of the best restart.
-        fitter: the fitter's name; ``bound_name``: what ``trace.bound`` is.
-        compile_s: seconds spent compiling (0 when cached); ``run_s``: seconds running.
-        restarts: `RestartSummary` of all restarts; ``best_restart``: its index.
-        degeneracies: tuple of `Degeneracy` of the final parameters.
-        nonfinite_iteration: iteration at which the fitter produced non-finite values
-            (the fit stopped there and kept the last finite parameters), or None.
-        state: the best restart's final fitter state (e.g. an SVI guide's parameters,
-            which ``params`` alone does not determine).
-    """
-
-    params: object
-    converged: bool
-    n_iter: int
-    log_likelihood: float
-    trace: Trace
-    fitter: str
-    bound_name: str
-    compile_s: float
-    run_s: float
-    restarts: RestartSummary
-    best_restart: int
-    degeneracies: tuple
-    nonfinite_iteration: int | None
-    state: object = None
+from jaxgmm._cache import BoundedCache
+from jaxgmm.fit.fitter import step_data
+from jaxgmm.fit.results import (
+    FitResult,
+    RestartSummary,
+    Trace,
+    component_diagnostics,
+    find_degeneracies,
+)
+from jaxgmm.model.density import mean_log_likelihood
 
 
 class _Carry(NamedTuple):
@@ -115,13 +39,7 @@ class _Carry(NamedTuple):
     nonfinite_at: jax.Array  # int32, -1 if never
 
 
-def component_diagnostics(params, spec):
-    """(min_covariance_eigenvalue, weights), each of shape (n_components,)."""
-    family = get_family(spec.covariance_type)
-    return family.min_eigenvalue(params.prec_chol, spec.n_components), params.weights
-
-
-def _all_finite(tree):
+def all_finite(tree):
     leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves))
 
@@ -132,7 +50,7 @@ def _chunk_function(fitter, spec, chunk_size, sequential):
             new_state, info = fitter.step(jax.random.fold_in(key, c.n_iter), c.state, x)
             new_params = fitter.get_params(new_state)
             finite = (
-                _all_finite(new_params)
+                all_finite(new_params)
                 & jnp.isfinite(info.log_likelihood)
                 & jnp.isfinite(info.bound)
             )
@@ -179,8 +97,7 @@ def _over_restarts(one_restart, sequential):
 
 # Compiled start/chunk/finish functions by (fitter, spec, chunk size, shapes), most
 # recent last; bounded, because every executable holds memory mappings of its own.
-_COMPILED: dict = {}
-_COMPILED_MAX = 64
+_COMPILED = BoundedCache(64)
 
 
 def _start_function(fitter):
@@ -255,7 +172,7 @@ def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
         start.output_shardings,
     )
     # On several devices, one restart at a time too: vmapped restarts would batch the
-    # per-matrix linear algebra again (see `jaxgmm._covariance._one_matrix_per_call`).
+    # per-matrix linear algebra again (see `jaxgmm.model.covariance._one_matrix_per_call`).
     sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec) or _on_several_devices(x)
     chunk_lowered = _chunk_function(fitter, spec, chunk_size, sequential).lower(
         keys, carry, data, max_iter
@@ -267,8 +184,6 @@ def _compiled(fitter, spec, chunk_size, keys, init_params, x, max_iter):
         finish_future = pool.submit(_compile, finish_lowered, _ONCE_PER_FIT_OPTIONS)
         chunk = _compile(chunk_lowered, fitter.compile_options)
         finish = finish_future.result()
-    if len(_COMPILED) >= _COMPILED_MAX:
-        del _COMPILED[next(iter(_COMPILED))]
     _COMPILED[cache_key] = (start, chunk, finish)
     return _COMPILED[cache_key], time.perf_counter() - begin
 
@@ -411,114 +326,5 @@ def _trace_of(outputs, chunk_times, chunk_size, restart):
     )
 
 
-def find_degeneracies(trace, spec, n_samples):
-    """Degenerate components at the end of a fit, with the iteration each began."""
-    if trace.iteration.size == 0:
-        return ()
-    flags = {
-        "collapsed_covariance": (
-            trace.extras["min_covariance_eigenvalue"] < 2 * spec.reg_covar,
-            trace.extras["min_covariance_eigenvalue"],
-        ),
-        "empty_component": (trace.extras["weights"] * n_samples < 1, trace.extras["weights"]),
-    }
-    found = []
-    for kind, (flag, values) in flags.items():
-        for k in np.flatnonzero(flag[-1]):
-            clear = np.flatnonzero(~flag[:, k])
-            first = int(trace.iteration[clear[-1]]) + 1 if clear.size else 1
-            found.append(Degeneracy(int(k), kind, first, float(values[-1, k])))
-    return tuple(found)
 
 
-# --- Out-of-core EM: the host loop over blocks (timed here, like every other fit). ---
-
-
-def _em_update(moments, params, spec):
-    from jaxgmm._blocked import stats_from_moments
-    from jaxgmm._em import em_bound_from_stats, params_from_stats
-
-    log_likelihood, stats = stats_from_moments(moments, params, spec)
-    new_params = params_from_stats(stats, spec)
-    bound = em_bound_from_stats(stats, new_params, spec)
-    return new_params, log_likelihood, bound, component_diagnostics(new_params, spec)
-
-
-_em_update_jit = jax.jit(_em_update, static_argnums=2)
-
-
-def run_em_out_of_core(x, params, spec, *, max_iter, tol, block_size=None, dtype=None):
-    """EM over host data ``x`` (array or memmap) streamed in blocks; see
-    `jaxgmm.fit_em_out_of_core`. Returns a `FitResult` (one restart).
-    ``compile_s`` is the wall time of the first iteration minus the median of the others
-    (the block function compiles lazily on its first call)."""
-    from jaxgmm._out_of_core import moments_from_host
-
-    lls, bounds, elapsed, min_eigs, weights = [], [], [], [], []
-    converged, nonfinite_at = False, None
-    prev = -np.inf
-    start = time.perf_counter()
-    for it in range(max_iter):
-        moments = moments_from_host(x, params, spec, block_size, dtype)
-        new_params, ll, bound, (min_eig, w) = _em_update_jit(moments, params, spec)
-        ll, bound = float(ll), float(bound)
-        if not (np.isfinite(ll) and np.isfinite(bound) and bool(_all_finite(new_params))):
-            nonfinite_at = it + 1
-            break
-        params = new_params
-        lls.append(ll)
-        bounds.append(bound)
-        min_eigs.append(np.asarray(min_eig))
-        weights.append(np.asarray(w))
-        elapsed.append(time.perf_counter() - start)
-        if abs(ll - prev) < tol:
-            converged = True
-            break
-        prev = ll
-    moments = moments_from_host(x, params, spec, block_size, dtype)
-    final_ll = float(moments.log_likelihood / moments.n_samples)
-    run_s = time.perf_counter() - start
-    steps = np.diff(np.asarray([0.0] + elapsed))
-    compile_s = float(max(steps[0] - np.median(steps[1:]), 0.0)) if steps.size > 1 else 0.0
-    n_iter = len(lls)
-    trace = Trace(
-        iteration=np.arange(1, n_iter + 1),
-        log_likelihood=np.asarray(lls),
-        bound=np.asarray(bounds),
-        elapsed_s=np.asarray(elapsed),
-        extras={
-            "min_covariance_eigenvalue": np.asarray(min_eigs).reshape(n_iter, -1),
-            "weights": np.asarray(weights).reshape(n_iter, -1),
-        },
-    )
-    return single_run_result(
-        params, trace, spec, fitter="em_out_of_core", bound_name="em_bound",
-        converged=converged, log_likelihood=final_ll, n_samples=x.shape[0],
-        compile_s=compile_s, run_s=run_s, nonfinite_iteration=nonfinite_at,
-    )
-
-
-def single_run_result(params, trace, spec, *, fitter, bound_name, converged, log_likelihood,
-                      n_samples, compile_s, run_s, nonfinite_iteration, state=None):
-    """`FitResult` of a fit with one restart run by a host loop (out-of-core, online)."""
-    n_iter = len(trace.iteration)
-    return FitResult(
-        params=params,
-        converged=converged,
-        n_iter=n_iter,
-        log_likelihood=log_likelihood,
-        trace=trace,
-        fitter=fitter,
-        bound_name=bound_name,
-        compile_s=compile_s,
-        run_s=run_s,
-        restarts=RestartSummary(
-            log_likelihood=np.asarray([log_likelihood]),
-            converged=np.asarray([converged]),
-            n_iter=np.asarray([n_iter]),
-        ),
-        best_restart=0,
-        degeneracies=find_degeneracies(trace, spec, n_samples),
-        nonfinite_iteration=nonfinite_iteration,
-        state=state,
-    )

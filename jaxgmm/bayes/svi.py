@@ -29,16 +29,15 @@ from numpyro.infer.svi import SVIState
 from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
-from jaxgmm._density import mean_log_likelihood
-from jaxgmm._driver import FitResult, run_fitter
-from jaxgmm._fitter import Fitter
-from jaxgmm._gradient import OPTIMIZERS, make_optimizer
-from jaxgmm._init import initial_params
-from jaxgmm._numpyro_model import gmm_model, model_prior
-from jaxgmm._params import GMMParams
-from jaxgmm._prior_api import log_prior
-from jaxgmm._validation import check_data, check_int, check_positive
-from jaxgmm.priors import resolve_prior
+from jaxgmm.bayes.model import gmm_model, model_prior
+from jaxgmm.fit.driver import FitResult, run_fitter
+from jaxgmm.fit.fitter import Fitter
+from jaxgmm.fit.validation import check_data, check_int, check_positive
+from jaxgmm.gradient.fitter import OPTIMIZERS, make_optimizer
+from jaxgmm.model.density import mean_log_likelihood
+from jaxgmm.model.init import initial_params
+from jaxgmm.model.params import GMMParams
+from jaxgmm.priors import log_prior, resolve_prior
 
 GUIDES = {
     "auto_delta": AutoDelta,

@@ -23,7 +23,7 @@ maps to an `UnconstrainedParams` of real arrays, and back.
   above the diagonal of the full/tied raw matrix are ignored (their gradient is 0).
 
 ``reg_covar`` and the round trip: ``u`` encodes ``Sigma - reg_covar * I``; the decoder
-adds ``reg_covar`` back through `jaxgmm._covariance.regularize_covariance` (the single
+adds ``reg_covar`` back through `jaxgmm.model.covariance.regularize_covariance` (the single
 function EM uses; the encoder removes it through the same function with
 ``-reg_covar``) and builds ``prec_chol`` with the family's ``prec_chol_from_covariance``.
 So every decoded model has ``Sigma >= reg_covar * I`` exactly as EM's M-step guarantees,
@@ -45,8 +45,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxgmm._covariance import cholesky, eigh, get_family, regularize_covariance
-from jaxgmm._params import GMMParams
+from jaxgmm.model.covariance import cholesky, eigh, get_family, regularize_covariance
+from jaxgmm.model.params import GMMParams
 
 
 class UnconstrainedParams(NamedTuple):

@@ -11,15 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgmm._covariance import get_family
-from jaxgmm._density import log_prob, weighted_log_prob
-from jaxgmm._driver import run_fitter
-from jaxgmm._em import e_step, em_fitter
-from jaxgmm._init import INITIALIZERS, initial_params
-from jaxgmm._params import GMMParams, covariances, n_parameters, params_from_precisions, precisions
-from jaxgmm._sample import sample
-from jaxgmm._spec import GMMSpec
-from jaxgmm._validation import (
+from jaxgmm.em.fitter import em_fitter
+from jaxgmm.em.steps import e_step
+from jaxgmm.fit.driver import run_fitter
+from jaxgmm.fit.validation import (
     check_data,
     check_int,
     check_means,
@@ -27,6 +22,19 @@ from jaxgmm._validation import (
     check_precisions,
     check_weights,
 )
+from jaxgmm.model.covariance import get_family
+from jaxgmm.model.density import log_prob, weighted_log_prob
+from jaxgmm.model.init import INITIALIZERS, initial_params
+from jaxgmm.model.params import (
+    GMMParams,
+    aic,
+    bic,
+    covariances,
+    params_from_precisions,
+    precisions,
+)
+from jaxgmm.model.sampling import sample
+from jaxgmm.model.spec import GMMSpec
 
 logger = logging.getLogger("jaxgmm")
 
@@ -298,18 +306,15 @@ class GaussianMixture:
         x, labels = sample(_key_from(self.random_state), params, self.spec_, int(n_samples))
         return np.asarray(x), np.asarray(labels)
 
-    def _n_parameters(self):
-        return n_parameters(self.spec_, self.n_features_in_)
-
     def bic(self, X):
         """Bayesian information criterion: -2 log L + n_parameters * log(n_samples)."""
         x = self._x(X)
-        return -2 * self.score(x) * x.shape[0] + self._n_parameters() * math.log(x.shape[0])
+        return bic(self.score(x), x.shape[0], self.n_features_in_, self.spec_)
 
     def aic(self, X):
         """Akaike information criterion: -2 log L + 2 n_parameters."""
         x = self._x(X)
-        return -2 * self.score(x) * x.shape[0] + 2 * self._n_parameters()
+        return aic(self.score(x), x.shape[0], self.n_features_in_, self.spec_)
 
     def get_params(self, deep=True):
         names = (

@@ -14,18 +14,18 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.initialization import init_to_value
 
-from jaxgmm._density import mean_log_likelihood
-from jaxgmm._fit import fit_em
-from jaxgmm._numpyro_model import gmm_model, model_prior
-from jaxgmm._params import GMMParams
-from jaxgmm._posterior import (
+from jaxgmm.bayes.model import gmm_model, model_prior
+from jaxgmm.bayes.posterior import (
     draws_mean_log_likelihood,
     posterior_mean_params,
     relabel,
     summarize,
     summarize_params,
 )
-from jaxgmm._validation import check_data, check_int, check_positive
+from jaxgmm.em.fitter import fit_em
+from jaxgmm.fit.validation import check_data, check_int, check_positive
+from jaxgmm.model.density import mean_log_likelihood
+from jaxgmm.model.params import GMMParams
 from jaxgmm.priors import resolve_prior
 
 CHAIN_METHODS = ("vectorized", "sequential", "parallel")

@@ -11,8 +11,8 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxgmm._blocked import accumulate_moments_fm, spec_blocks, total_log_likelihood_blocks
-from jaxgmm._density import log_prob
+from jaxgmm.model.blocked import accumulate_moments_fm, spec_blocks, total_log_likelihood_blocks
+from jaxgmm.model.density import log_prob
 
 
 def data_mesh(devices=None, axis_name="data"):

@@ -33,6 +33,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 # The expanded Mahalanobis form is used while (risk + n_features) * eps stays below
@@ -130,6 +131,11 @@ def _with_ones_row(xt):
 
 class Full:
     name = "full"
+
+    @staticmethod
+    def dense(covariances, n_components, n_features):
+        """Covariances in the family's shape -> (K, D, D) (NumPy or JAX, as given)."""
+        return covariances
 
     @staticmethod
     def prec_chol_shape(n_components, n_features):
@@ -263,6 +269,10 @@ class Tied(Full):
     name = "tied"
 
     @staticmethod
+    def dense(covariances, n_components, n_features):
+        return covariances[None] * np.ones((n_components, 1, 1), covariances.dtype)
+
+    @staticmethod
     def prec_chol_shape(n_components, n_features):
         return (n_features, n_features)
 
@@ -314,6 +324,11 @@ class Tied(Full):
 
 class Diag:
     name = "diag"
+
+    @staticmethod
+    def dense(covariances, n_components, n_features):
+        """Covariances in the family's shape -> (K, D, D) (NumPy or JAX, as given)."""
+        return covariances[:, :, None] * np.eye(n_features, dtype=covariances.dtype)
 
     @staticmethod
     def prec_chol_shape(n_components, n_features):
@@ -392,6 +407,11 @@ class Diag:
 
 class Spherical(Diag):
     name = "spherical"
+
+    @staticmethod
+    def dense(covariances, n_components, n_features):
+        eye = np.eye(n_features, dtype=covariances.dtype)
+        return covariances[:, None, None] * eye
 
     @staticmethod
     def prec_chol_shape(n_components, n_features):

@@ -17,8 +17,8 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
-from jaxgmm._density import log_prob, mean_log_likelihood
-from jaxgmm._params import GMMParams, covariances, params_from_covariances
+from jaxgmm.model.density import log_prob, mean_log_likelihood
+from jaxgmm.model.params import GMMParams, covariances, params_from_covariances
 
 
 def linear_assignment(cost):

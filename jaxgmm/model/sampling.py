@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxgmm._covariance import get_family, solve_upper_transposed
+from jaxgmm.model.covariance import get_family, solve_upper_transposed
 
 
 def sample(key, params, spec, n_samples):

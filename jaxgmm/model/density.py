@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from jaxgmm._covariance import get_family, mahalanobis_fm
+from jaxgmm.model.covariance import get_family, mahalanobis_fm
 
 
 def weighted_log_prob_fm(xt, params, spec, expanded=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpyro
 
-from jaxgmm._density import log_prob
+from jaxgmm.model.density import log_prob
 
 
 def model_prior(spec, prior=None):

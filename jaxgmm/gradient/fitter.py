@@ -1,12 +1,12 @@
 """Gradient-based maximum likelihood and MAP: optax optimisers on the unconstrained
-parameterisation of `jaxgmm._unconstrained`, as a `Fitter` run by the shared driver.
+parameterisation of `jaxgmm.gradient.unconstrained`, as a `Fitter` run by the shared driver.
 
 The objective, per sample, is
 
     objective(theta) = mean_log_likelihood(x, theta) + log_prior(theta) / n_samples,
 
-with the log-likelihood from `jaxgmm._density` (the function EM's E-step uses) and the
-prior's density from `jaxgmm._prior_api.log_prior` (the density the NumPyro model uses).
+with the log-likelihood from `jaxgmm.model.density` (the function EM's E-step uses) and the
+prior's density from `jaxgmm.priors.log_prior` (the density the NumPyro model uses).
 Without a prior it is the log-likelihood per sample (``bound_name="log_likelihood"``);
 with one it is the unnormalised log-posterior per sample (``"log_posterior"``).
 
@@ -31,14 +31,14 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxgmm._density import mean_log_likelihood
-from jaxgmm._driver import FitResult, run_fitter
-from jaxgmm._fitter import Fitter
-from jaxgmm._init import initial_params
-from jaxgmm._params import GMMParams
-from jaxgmm._prior_api import log_prior
-from jaxgmm._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
-from jaxgmm._validation import check_data, check_int, check_positive
+from jaxgmm.fit.driver import FitResult, run_fitter
+from jaxgmm.fit.fitter import Fitter
+from jaxgmm.fit.validation import check_data, check_int, check_positive
+from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
+from jaxgmm.model.density import mean_log_likelihood
+from jaxgmm.model.init import initial_params
+from jaxgmm.model.params import GMMParams
+from jaxgmm.priors import log_prior
 
 # --------------------------------------------------------------------------- registries
 

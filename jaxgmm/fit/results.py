@@ -1,0 +1,145 @@
+"""What a fit returns: the per-iteration `Trace`, the `FitResult` of the best restart, a
+`RestartSummary` of all restarts and the `Degeneracy` of components at the end."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxgmm.model.covariance import get_family
+
+
+class Trace(NamedTuple):
+    """Per-iteration record of one fit (host numpy arrays, length n_iter).
+
+    Attributes:
+        iteration: (T,) 1-based iteration numbers.
+        log_likelihood: (T,) log-likelihood per sample of the parameters each
+            iteration started from (the shared density function).
+        bound: (T,) the fitter's own bound or objective per sample (``bound_name``).
+        elapsed_s: (T,) wall seconds since the start of the run (compile excluded).
+        extras: other per-iteration fields of the fitter's Info, plus
+            ``min_covariance_eigenvalue`` and ``weights`` of shape (T, n_components)
+            after each iteration.
+    """
+
+    iteration: np.ndarray
+    log_likelihood: np.ndarray
+    bound: np.ndarray
+    elapsed_s: np.ndarray
+    extras: dict
+
+
+class RestartSummary(NamedTuple):
+    """Final values of every restart (arrays of shape (n_init,))."""
+
+    log_likelihood: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+
+
+class Degeneracy(NamedTuple):
+    """A component that is degenerate at the end of the fit.
+
+    Attributes:
+        component: index of the component.
+        kind: ``"collapsed_covariance"`` (smallest covariance eigenvalue below
+            2 * reg_covar: the data's own variance in some direction is under the floor)
+            or ``"empty_component"`` (weight * n_samples < 1).
+        first_iteration: first iteration after which the condition held without
+            interruption until the end.
+        value: the smallest eigenvalue or the weight at the end.
+    """
+
+    component: int
+    kind: str
+    first_iteration: int
+    value: float
+
+
+class FitResult(NamedTuple):
+    """Outcome of `run_fitter` for the best restart (highest final log-likelihood).
+
+    Attributes:
+        params: final `GMMParams`.
+        converged: whether the fitter's convergence test passed.
+        n_iter: iterations performed.
+        log_likelihood: log-likelihood per sample of ``params``.
+        trace: `Trace` of the best restart.
+        fitter: the fitter's name; ``bound_name``: what ``trace.bound`` is.
+        compile_s: seconds spent compiling (0 when cached); ``run_s``: seconds running.
+        restarts: `RestartSummary` of all restarts; ``best_restart``: its index.
+        degeneracies: tuple of `Degeneracy` of the final parameters.
+        nonfinite_iteration: iteration at which the fitter produced non-finite values
+            (the fit stopped there and kept the last finite parameters), or None.
+        state: the best restart's final fitter state (e.g. an SVI guide's parameters,
+            which ``params`` alone does not determine).
+    """
+
+    params: object
+    converged: bool
+    n_iter: int
+    log_likelihood: float
+    trace: Trace
+    fitter: str
+    bound_name: str
+    compile_s: float
+    run_s: float
+    restarts: RestartSummary
+    best_restart: int
+    degeneracies: tuple
+    nonfinite_iteration: int | None
+    state: object = None
+
+
+def component_diagnostics(params, spec):
+    """(min_covariance_eigenvalue, weights), each of shape (n_components,)."""
+    family = get_family(spec.covariance_type)
+    return family.min_eigenvalue(params.prec_chol, spec.n_components), params.weights
+
+
+def find_degeneracies(trace, spec, n_samples):
+    """Degenerate components at the end of a fit, with the iteration each began."""
+    if trace.iteration.size == 0:
+        return ()
+    flags = {
+        "collapsed_covariance": (
+            trace.extras["min_covariance_eigenvalue"] < 2 * spec.reg_covar,
+            trace.extras["min_covariance_eigenvalue"],
+        ),
+        "empty_component": (trace.extras["weights"] * n_samples < 1, trace.extras["weights"]),
+    }
+    found = []
+    for kind, (flag, values) in flags.items():
+        for k in np.flatnonzero(flag[-1]):
+            clear = np.flatnonzero(~flag[:, k])
+            first = int(trace.iteration[clear[-1]]) + 1 if clear.size else 1
+            found.append(Degeneracy(int(k), kind, first, float(values[-1, k])))
+    return tuple(found)
+
+
+def single_run_result(params, trace, spec, *, fitter, bound_name, converged, log_likelihood,
+                      n_samples, compile_s, run_s, nonfinite_iteration, state=None):
+    """`FitResult` of a fit with one restart run by a host loop (out-of-core, online)."""
+    n_iter = len(trace.iteration)
+    return FitResult(
+        params=params,
+        converged=converged,
+        n_iter=n_iter,
+        log_likelihood=log_likelihood,
+        trace=trace,
+        fitter=fitter,
+        bound_name=bound_name,
+        compile_s=compile_s,
+        run_s=run_s,
+        restarts=RestartSummary(
+            log_likelihood=np.asarray([log_likelihood]),
+            converged=np.asarray([converged]),
+            n_iter=np.asarray([n_iter]),
+        ),
+        best_restart=0,
+        degeneracies=find_degeneracies(trace, spec, n_samples),
+        nonfinite_iteration=nonfinite_iteration,
+        state=state,
+    )

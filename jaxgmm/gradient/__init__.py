@@ -1,0 +1,26 @@
+"""Gradient-based maximum likelihood / MAP with optax, on the unconstrained
+softmax (weights) / Cholesky (covariances) parameterisation."""
+
+from jaxgmm.gradient.fitter import (
+    OPTIMIZERS,
+    SCHEDULES,
+    GradientInfo,
+    GradientState,
+    fit_gradient,
+    gradient_fitter,
+    make_optimizer,
+)
+from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "GradientInfo",
+    "GradientState",
+    "UnconstrainedParams",
+    "fit_gradient",
+    "from_unconstrained",
+    "gradient_fitter",
+    "make_optimizer",
+    "to_unconstrained",
+]

@@ -8,14 +8,15 @@ and held-out log-likelihood from the shared density, BIC/AIC, ARI, recovery erro
 itself, uniformly; a method reports only what it alone knows (its trace, timings, bound,
 diagnostics, posterior draws).
 
-Entries: ``em``, ``gradient``, ``svi``, ``nuts`` (a ``vb`` slot waits for its fitter).
-Adding one is a module with a ``run`` function, its config block
-(``experiments.config.register_method_block``) and a line in ``_registry`` below.
+Entries: ``em``, ``gradient``, ``svi``, ``nuts``. Adding one is a module with a ``run``
+function and its config block (``Method.config``, a dict of
+`experiments.config_engine.Field`; `experiments.config` registers every entry's block),
+plus a line in ``_registry`` below.
 
 Priors: a method whose `Method.needs_prior` is set (SVI, NUTS: a posterior needs a
 prior) gets ``DEFAULT_PRIOR`` (conjugate, data defaults) when ``model.prior`` is null;
 the runner records which prior every method used. A method may refuse a spec up front
-with ``Method.check(spec, settings)`` raising ValueError (EM without a closed-form
+with ``Method.check(spec, settings, x)`` raising ValueError (EM without a closed-form
 M-step for the prior); the runner reports that as a config error before fitting.
 """
 
@@ -105,8 +106,12 @@ class Method:
         doc: one line.
         needs_prior: whether the method needs a prior (it gets `DEFAULT_PRIOR` when the
             config has none).
-        check: optional ``check(spec, settings)`` raising ValueError when the method cannot
-            fit ``spec`` (checked before anything is fitted).
+        check: optional ``check(spec, settings, x)`` raising ValueError when the method
+            cannot fit ``spec`` (``settings``: its resolved config block; ``x``: the
+            training data, for shapes); run before anything is fitted.
+        config: the method's config block, key -> `experiments.config_engine.Field`
+            (nested dicts make sub-blocks); registered under ``name`` by
+            `experiments.config`.
     """
 
     name: str
@@ -114,6 +119,7 @@ class Method:
     doc: str
     needs_prior: bool = False
     check: Callable | None = None
+    config: dict = dataclasses.field(default_factory=dict, hash=False)
 
 
 # The prior of methods that need one when ``model.prior`` is null: the conjugate
@@ -155,9 +161,7 @@ def result_from_fit(fit, point_estimate=True, extra=None, history=None):
 def _registry():
     from experiments.methods import em, gradient, nuts, svi
 
-    methods = {m.name: m for m in (em.METHOD, gradient.METHOD, svi.METHOD, nuts.METHOD)}
-    # Slot filled when the variational fitter lands on main: "vb".
-    return methods
+    return {m.name: m for m in (em.METHOD, gradient.METHOD, svi.METHOD, nuts.METHOD)}
 
 
 METHODS = _registry()

@@ -1,5 +1,5 @@
 """EM via the core driver: `jaxgmm.em.em_fitter` + `jaxgmm.run_fitter` from the shared
-initial parameters. The ``em`` config block (max_iter, tol) is in experiments.config."""
+initial parameters, and its ``em`` config block (``CONFIG``: max_iter, tol)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,22 @@ import numpy as np
 from jax import lax
 
 import jaxgmm
+from experiments.config_engine import Field, at_least
 from experiments.methods import Method, MethodResult, result_from_fit  # noqa: F401
-from jaxgmm.fit.fitter import step_data
 
 
-@functools.cache
+# Bounded: every entry is a compiled executable, and n_iter differs from fit to fit.
+@functools.lru_cache(maxsize=8)
 def _history_function(fitter, spec, n_iter):
     def history(params, x):
-        data = step_data(fitter, x)
+        data = jaxgmm.fit.step_data(fitter, x)
+        key = jax.random.key(0)  # EM is deterministic: its init and step ignore the key
 
         def body(state, _):
-            state, _ = fitter.step(jax.random.key(0), state, data)
+            state, _ = fitter.step(key, state, data)
             return state, fitter.get_params(state)
 
-        _, iterates = lax.scan(body, fitter.init(params, x), None, length=n_iter)
+        _, iterates = lax.scan(body, fitter.init(key, params, data), None, length=n_iter)
         return iterates
 
     return jax.jit(history)
@@ -89,9 +91,18 @@ def check(spec, settings, x):
     )
 
 
+CONFIG = {
+    "max_iter": Field(500, "int", at_least(1), "maximum EM iterations"),
+    "tol": Field(
+        1.0e-6, "float", at_least(0), "stop when the per-sample log-likelihood gains less"
+    ),
+}
+
+
 METHOD = Method(
     name="em",
     run=run,
     doc="expectation-maximisation (ML, or MAP with a conjugate prior)",
     check=check,
+    config=CONFIG,
 )

@@ -1,9 +1,10 @@
 """Gradient ML/MAP via `jaxgmm.gradient.gradient_fitter` + the core driver, from the shared
-initial parameters. Its config block is ``gradient`` in experiments.config."""
+initial parameters, and its ``gradient`` config block (``CONFIG``)."""
 
 from __future__ import annotations
 
 import jaxgmm
+from experiments.config_engine import Field, at_least, greater_than, one_of
 from experiments.methods import Method, result_from_fit
 
 
@@ -23,8 +24,13 @@ def run(context):
     bar = context.progress(settings["max_steps"], f"gradient ({settings['optimizer']})")
     try:
         fit = jaxgmm.run_fitter(
-            fitter, context.key, context.x, context.init_params, context.spec,
-            max_iter=settings["max_steps"], callback=lambda done, infos: bar.update_to(done),
+            fitter,
+            context.key,
+            context.x,
+            context.init_params,
+            context.spec,
+            max_iter=settings["max_steps"],
+            callback=lambda done, infos: bar.update_to(done),
         )
     finally:
         bar.close()
@@ -35,8 +41,38 @@ def run(context):
     return result_from_fit(fit, point_estimate=True, extra=extra)
 
 
+CONFIG = {
+    "optimizer": Field(
+        "lbfgs", "str", one_of(lambda: jaxgmm.gradient.OPTIMIZERS),
+        "optax optimiser: adam, sgd (momentum 0.9) or lbfgs (zoom line search)",
+    ),
+    "learning_rate": Field(
+        None, "float", greater_than(0),
+        "step size (null: the optimiser's default; L-BFGS uses its line search)",
+        nullable=True,
+    ),
+    "schedule": Field(
+        None, "str", one_of(lambda: jaxgmm.gradient.SCHEDULES),
+        "learning-rate schedule (null: constant)", nullable=True,
+    ),
+    "max_steps": Field(1000, "int", at_least(1), "maximum iterations"),
+    "tol": Field(
+        1.0e-9, "float", at_least(0), "stop when the objective per sample changes less"
+    ),
+    "grad_tol": Field(0.0, "float", at_least(0), "stop when the gradient norm is below"),
+    "batch_size": Field(
+        None, "int", at_least(1), "minibatch size (null: full batch)", nullable=True
+    ),
+    "eval_every": Field(
+        1, "int", at_least(1),
+        "minibatch updates per iteration; the full-data log-likelihood is traced once per iteration",
+    ),
+}  # fmt: skip
+
+
 METHOD = Method(
     name="gradient",
     run=run,
     doc="optax on softmax / log-Cholesky parameters (ML, or MAP with a prior)",
+    config=CONFIG,
 )

@@ -1,7 +1,7 @@
 """NUTS via `jaxgmm.fit_nuts` (NumPyro's MCMC on the NumPyro model of the spec). Every
 chain starts at the shared initial parameters (the best restart by log-likelihood when
 ``init.n_init > 1``), and the draws are relabelled to them (Hungarian matching of means)
-before component summaries. Its config block is ``nuts`` in experiments.config.
+before component summaries. Its config block is ``CONFIG`` (``nuts`` in a config).
 
 What it reports:
 
@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxgmm
+from experiments.config_engine import Field, at_least, in_interval, one_of
 from experiments.methods import Method, MethodResult
-from jaxgmm.priors import log_prior
 
 
 def best_restart(init_params, x, spec):
@@ -78,7 +78,7 @@ def run(context):
     )
     log_likelihood = np.asarray(result.log_likelihood, np.float64).reshape(-1)
     log_priors = np.asarray(
-        jax.jit(jax.vmap(lambda p: log_prior(p, result.spec)))(flat), np.float64
+        jax.jit(jax.vmap(lambda p: jaxgmm.log_prior(p, result.spec)))(flat), np.float64
     )
     log_joint = log_likelihood + log_priors / x.shape[0]
     n_total = log_likelihood.size
@@ -126,9 +126,27 @@ def run(context):
     )
 
 
+CONFIG = {
+    "num_warmup": Field(500, "int", at_least(0), "warm-up (adaptation) steps per chain"),
+    "num_samples": Field(500, "int", at_least(1), "kept draws per chain"),
+    "num_chains": Field(2, "int", at_least(1), "chains (r-hat needs >= 2)"),
+    "chain_method": Field(
+        "vectorized", "str", one_of(["vectorized", "sequential", "parallel"]),
+        "how chains run: vectorized (one device, default), sequential, parallel "
+        "(one device per chain)",
+    ),
+    "target_accept_prob": Field(
+        0.8, "float", in_interval(1e-9, 1.0), "NUTS step-size adaptation target"
+    ),
+    "dense_mass": Field(False, "bool", None, "adapt a dense mass matrix (else diagonal)"),
+    "max_tree_depth": Field(10, "int", at_least(1), "NUTS maximum tree depth"),
+}  # fmt: skip
+
+
 METHOD = Method(
     name="nuts",
     run=run,
     doc="NumPyro NUTS: posterior draws, r-hat/ESS/divergences, predictive density",
     needs_prior=True,
+    config=CONFIG,
 )

@@ -1,6 +1,6 @@
 """SVI via `jaxgmm.fit_svi` (NumPyro autoguides on the NumPyro model of the spec, run by
 the core driver) from the shared initial parameters: the guide's point estimate starts
-at them. Its config block is ``svi`` in experiments.config.
+at them. Its config block is ``CONFIG`` (``svi`` in a config).
 
 The trace holds, per step, the log-likelihood per sample at the guide's point estimate
 (its median; the delta for ``auto_delta``) and the one-step stochastic objective per
@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 import jaxgmm
+from experiments.config_engine import Field, at_least, greater_than, one_of
 from experiments.methods import Method, result_from_fit
 
 
@@ -76,10 +77,41 @@ def _check(spec, settings, x):
         )
 
 
+def _svi_optimizers():
+    # The gradient fitter's optax registry, less line-search methods (SVI is stochastic).
+    return [name for name, entry in jaxgmm.gradient.OPTIMIZERS.items() if not entry.line_search]
+
+
+CONFIG = {
+    "guide": Field(
+        "auto_normal", "str", one_of(lambda: jaxgmm.bayes.GUIDES),
+        "NumPyro autoguide: auto_delta (MAP), auto_normal (mean field), "
+        "auto_multivariate_normal (full rank)",
+    ),
+    "optimizer": Field(
+        "adam", "str", one_of(_svi_optimizers), "optax optimiser of the guide's parameters"
+    ),
+    "learning_rate": Field(0.01, "float", greater_than(0), "the optimiser's step size"),
+    "num_steps": Field(2000, "int", at_least(1), "maximum SVI steps"),
+    "num_particles": Field(1, "int", at_least(1), "draws per ELBO gradient estimate"),
+    "tol": Field(
+        None, "float", at_least(0),
+        "stop when the objective per sample changes less (null: run num_steps; "
+        "useful for auto_delta, whose objective is not noisy)",
+        nullable=True,
+    ),
+    "n_eval_samples": Field(
+        1000, "int", at_least(1),
+        "guide draws for the final ELBO and, independently, the importance-sampling log p(X)",
+    ),
+}  # fmt: skip
+
+
 METHOD = Method(
     name="svi",
     run=run,
     doc="NumPyro SVI (autoguide) on the model with the prior; ELBO and IS log p(X)",
     needs_prior=True,
     check=_check,
+    config=CONFIG,
 )

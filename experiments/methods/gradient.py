@@ -15,7 +15,9 @@ def run(context):
         settings["optimizer"],
         learning_rate=settings["learning_rate"],
         schedule=settings["schedule"],
-        schedule_steps=settings["max_steps"],
+        # A schedule spans optimiser updates: eval_every of them per iteration on
+        # minibatches (eval_every is 1 in full batch), as jaxgmm.fit_gradient counts.
+        schedule_steps=settings["max_steps"] * settings["eval_every"],
         batch_size=settings["batch_size"],
         eval_every=settings["eval_every"],
         tol=settings["tol"],

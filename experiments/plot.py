@@ -34,7 +34,8 @@ import yaml  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 
 from experiments import results_io  # noqa: E402
-from experiments.datasets import _full_covariances, match_components  # noqa: E402
+from experiments.metrics import match_components  # noqa: E402
+from jaxgmm.model import dense_covariances  # noqa: E402
 
 UNITS = "nats per sample"
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -193,7 +194,9 @@ def _ellipses(ax, means, covariances, pair, n_components, alpha=1.0):
 
 def _full(covariances, cov_type, n_components, n_features):
     """Covariances of any family as (n_components, n_features, n_features)."""
-    return _full_covariances(covariances, cov_type, n_components, n_features)
+    return dense_covariances(
+        np.asarray(covariances, dtype=np.float64), cov_type, n_components, n_features
+    )
 
 
 def _component_densities(grid, weights, means, covariances):

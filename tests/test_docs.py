@@ -40,10 +40,21 @@ def test_config_table_is_generated_from_the_schema():
     assert docs_table.with_table(text, docs_table.config_table()) == text
 
 
-def test_readme_links_resolve():
-    for page, target in _mentions(r"\]\(((?:docs/)?[\w./-]+\.md)(?:#[\w-]*)?\)"):
-        base = ROOT if page == "README.md" else ROOT / "docs"
-        assert (base / target).is_file(), f"{page}: link to missing {target}"
+def _anchors(path):
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"```.*?```", "", _text(path), flags=re.S)
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_links_resolve():
+    """Every relative link to a page (and to a heading in it) of the README and docs/."""
+    for page in PAGES:
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?(?:#([\w-]+))?\)", _text(page)):
+            linked = (page.parent / target) if target else page
+            assert linked.is_file(), f"{page.name}: link to missing {target}"
+            if anchor:
+                assert anchor in _anchors(linked), f"{page.name}: no heading #{anchor} in {target}"
 
 
 def test_quick_start_commands_are_the_tested_ones():

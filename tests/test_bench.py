@@ -5,27 +5,27 @@ import csv
 import numpy as np
 import pytest
 
-from experiments import bench
+from experiments.bench import cli, peers, protocol, workers
 
 
 def test_score_float64_matches_sklearn():
     from sklearn.mixture import GaussianMixture
 
-    x = bench.make_data(500, 3, 2)
+    x = protocol.make_data(500, 3, 2)
     gm = GaussianMixture(2, covariance_type="full", random_state=0).fit(x)
-    ours = bench.score_float64(x, gm.weights_, gm.means_, gm.covariances_, "full")
+    ours = protocol.score_float64(x, gm.weights_, gm.means_, gm.covariances_, "full")
     np.testing.assert_allclose(ours, gm.score(x), rtol=1e-10)
 
 
 def test_bench_smallest_size(tmp_path, monkeypatch):
     # The optional peers (when installed) are tested on their own below.
-    monkeypatch.setattr(bench, "TOOLS", {t: bench.TOOLS[t] for t in ("jaxgmm", "jaxgmm-cores", "sklearn")})
-    monkeypatch.setattr(bench, "cpu_cores", lambda: 2)  # forced CPU devices, any machine
-    monkeypatch.setitem(bench.GRIDS, "small", [(2000, 3, 2, "full")])
+    monkeypatch.setattr(cli, "TOOLS", {t: cli.TOOLS[t] for t in ("jaxgmm", "jaxgmm-cores", "sklearn")})
+    monkeypatch.setattr(cli, "cpu_cores", lambda: 2)  # forced CPU devices, any machine
+    monkeypatch.setitem(cli.GRIDS, "small", [(2000, 3, 2, "full")])
     monkeypatch.setitem(
-        bench.SCALING, "small", {"base": (1000, 2, 2), "n": [500, 1000], "k": [2], "d": [2]}
+        cli.SCALING, "small", {"base": (1000, 2, 2), "n": [500, 1000], "k": [2], "d": [2]}
     )
-    assert bench.main(["--sizes", "small", "--iters", "3", "--accuracy-iters", "20",
+    assert cli.main(["--sizes", "small", "--iters", "3", "--accuracy-iters", "20",
                        "--out", str(tmp_path)]) == 0
     with open(tmp_path / "bench.csv") as f:
         rows = list(csv.DictReader(f))
@@ -37,7 +37,7 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
     assert {r["devices"] for r in rows if r["tool"] == "jaxgmm-cores"} == {"2"}
     # Every worker ran with the compile flags (the float64 agreement above and the
     # scikit-learn reference below hold with them).
-    assert all(bench.COMPILE_FLAGS in r["xla_flags"].split() for r in rows)
+    assert all(workers.COMPILE_FLAGS in r["xla_flags"].split() for r in rows)
     sk = next(r for r in f64 if r["tool"] == "sklearn")
     cores = next(r for r in f64 if r["tool"] == "jaxgmm-cores")
     assert float(sk["ratio_peer_over_jaxgmm_cores"]) == pytest.approx(
@@ -45,9 +45,9 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
     # The float32 accuracy check: jaxgmm's float32 row carries float32 - float64 after
     # 20 iterations, each scored in float64; the float64 run is scikit-learn's 20 iterations.
     ours = {r["dtype"]: r for r in rows if r["tool"] == "jaxgmm"}
-    x = bench.make_data(2000, 3, 2)
-    ref = _sklearn_fit(x, bench.initial_parameters(x, 2, "full"), "full", 20, reg_covar=1e-6)
-    ref_ll = bench.score_float64(x, ref.weights_, ref.means_, ref.covariances_, "full")
+    x = protocol.make_data(2000, 3, 2)
+    ref = _sklearn_fit(x, protocol.initial_parameters(x, 2, "full"), "full", 20, reg_covar=1e-6)
+    ref_ll = protocol.score_float64(x, ref.weights_, ref.means_, ref.covariances_, "full")
     assert float(ours["float64"]["accuracy_log_likelihood_f64"]) == pytest.approx(ref_ll, rel=1e-9)
     assert ours["float32"]["accuracy_iters"] == "20"
     assert abs(float(ours["float32"]["float32_minus_float64"])) < 2e-5
@@ -59,18 +59,18 @@ def test_bench_smallest_size(tmp_path, monkeypatch):
 
 def test_cores_row_failure_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
     # e.g. a GPU machine, where JAX has no CPU devices to split the samples over.
-    monkeypatch.setattr(bench, "TOOLS", {t: bench.TOOLS[t] for t in ("jaxgmm", "jaxgmm-cores")})
-    monkeypatch.setattr(bench, "cpu_cores", lambda: 2)
-    monkeypatch.setitem(bench.GRIDS, "small", [(200, 2, 2, "full")])
-    spawn = bench._spawn
+    monkeypatch.setattr(cli, "TOOLS", {t: cli.TOOLS[t] for t in ("jaxgmm", "jaxgmm-cores")})
+    monkeypatch.setattr(cli, "cpu_cores", lambda: 2)
+    monkeypatch.setitem(cli.GRIDS, "small", [(200, 2, 2, "full")])
+    spawn = cli.spawn
 
     def failing_cores(payload):
         if payload.get("tool") == "jaxgmm-cores":
             raise RuntimeError("worker failed:\nRuntimeError: jaxgmm-cores needs 2 CPU devices")
         return spawn(payload)
 
-    monkeypatch.setattr(bench, "_spawn", failing_cores)
-    assert bench.main(["--dtypes", "float64", "--iters", "2", "--accuracy-iters", "0",
+    monkeypatch.setattr(cli, "spawn", failing_cores)
+    assert cli.main(["--dtypes", "float64", "--iters", "2", "--accuracy-iters", "0",
                        "--no-scaling", "--out", str(tmp_path)]) == 0
     assert "jaxgmm-cores: FAILED, RuntimeError: jaxgmm-cores needs 2 CPU devices" in capsys.readouterr().out
     with open(tmp_path / "bench.csv") as f:
@@ -78,19 +78,19 @@ def test_cores_row_failure_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
 
 
 def test_worker_xla_flags_keep_the_users_flags():
-    assert bench.worker_xla_flags("") == bench.COMPILE_FLAGS
-    assert bench.worker_xla_flags("--xla_dump_to=/tmp/d", devices=2).split() == [
-        "--xla_dump_to=/tmp/d", bench.COMPILE_FLAGS, "--xla_force_host_platform_device_count=2"]
+    assert workers.worker_xla_flags("") == workers.COMPILE_FLAGS
+    assert workers.worker_xla_flags("--xla_dump_to=/tmp/d", devices=2).split() == [
+        "--xla_dump_to=/tmp/d", workers.COMPILE_FLAGS, "--xla_force_host_platform_device_count=2"]
     # A user's own backend options win; they are not overridden or doubled.
     own = "--xla_backend_extra_options=xla_cpu_disable_new_fusion_emitters"
-    assert bench.worker_xla_flags(own) == own
+    assert workers.worker_xla_flags(own) == own
 
 
 def test_devices_for_divides_the_samples():
-    assert bench.devices_for(1_000_000, 2) == 2
-    assert bench.devices_for(100_000, 3) == 2  # 3 does not divide 1e5
-    assert bench.devices_for(7, 4) == 1
-    assert bench.devices_for(12, 1) == 1
+    assert protocol.devices_for(1_000_000, 2) == 2
+    assert protocol.devices_for(100_000, 3) == 2  # 3 does not divide 1e5
+    assert protocol.devices_for(7, 4) == 1
+    assert protocol.devices_for(12, 1) == 1
 
 
 @pytest.mark.parametrize("cov_type", ["full", "diag"])
@@ -101,27 +101,27 @@ def test_covariances_float64_match_jaxgmm(cov_type):
     a = rng.normal(size=(3, 4, 4))
     covs = a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(4) if cov_type == "full" else rng.uniform(0.5, 2, (3, 4))
     params = jaxgmm.params_from_covariances(np.full(3, 1 / 3), rng.normal(size=(3, 4)), covs, cov_type)
-    got = bench._covariances_float64(params.prec_chol, cov_type)
+    got = protocol.covariances_float64(params.prec_chol, cov_type)
     np.testing.assert_allclose(got, covs, rtol=1e-9)
     np.testing.assert_allclose(got, np.asarray(jaxgmm.covariances(params, cov_type)), rtol=1e-9)
 
 
 def test_bench_rejects_bad_dtype(tmp_path):
     with pytest.raises(SystemExit):
-        bench.main(["--dtypes", "float16", "--out", str(tmp_path)])
+        cli.main(["--dtypes", "float16", "--out", str(tmp_path)])
 
 
 def test_bench_refuses_to_replace_earlier_results(tmp_path, capsys):
     (tmp_path / "bench.csv").write_text("earlier run\n")
     with pytest.raises(SystemExit):
-        bench.main(["--out", str(tmp_path)])
+        cli.main(["--out", str(tmp_path)])
     assert "--overwrite" in capsys.readouterr().err
     assert (tmp_path / "bench.csv").read_text() == "earlier run\n"
 
 
 def test_bench_rejects_negative_accuracy_iters(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        bench.main(["--accuracy-iters", "-1", "--out", str(tmp_path)])
+        cli.main(["--accuracy-iters", "-1", "--out", str(tmp_path)])
     assert "--accuracy-iters must be >= 0" in capsys.readouterr().err
 
 
@@ -145,13 +145,13 @@ def _sklearn_fit(x, init, cov_type, n_iter, reg_covar):
 @pytest.mark.parametrize("cov_type", ["full", "diag"])
 def test_gmmx_adapter_matches_sklearn(cov_type):
     pytest.importorskip("gmmx")
-    x = bench.make_data(2000, 3, 3)
-    init = bench.initial_parameters(x, 3, cov_type)
-    out = bench._run_gmmx(x, init, cov_type, np.dtype("float32"), 4)
+    x = protocol.make_data(2000, 3, 3)
+    init = protocol.initial_parameters(x, 3, cov_type)
+    out = peers.run_gmmx(x, init, cov_type, np.dtype("float32"), 4)
     assert out["n_iter"] == 4 and out["s_per_iter"] > 0
     weights, means, covs = out["params"]
     assert means.shape == (3, 3) and covs.shape == ((3, 3, 3) if cov_type == "full" else (3, 3))
-    ll = bench.score_float64(x, weights, means, covs, cov_type)
+    ll = protocol.score_float64(x, weights, means, covs, cov_type)
     ref = _sklearn_fit(x, init, cov_type, 4, reg_covar=1e-6)  # gmmx adds the same 1e-6
     assert abs(ll - ref.score(x)) < 1e-5  # float32 against float64
     np.testing.assert_allclose(means, ref.means_, atol=1e-3)
@@ -161,10 +161,10 @@ def test_gmmx_adapter_matches_sklearn(cov_type):
 
 def test_gmmx_float64_is_reported_unsupported():
     pytest.importorskip("gmmx")
-    assert ("gmmx", "float64") in bench.UNSUPPORTED
-    x = bench.make_data(200, 2, 2)
+    assert ("gmmx", "float64") in peers.UNSUPPORTED
+    x = protocol.make_data(200, 2, 2)
     with pytest.raises(ValueError, match="float32"):
-        bench._run_gmmx(x, bench.initial_parameters(x, 2, "full"), "full",
+        peers.run_gmmx(x, protocol.initial_parameters(x, 2, "full"), "full",
                         np.dtype("float64"), 2)
 
 
@@ -172,16 +172,16 @@ def test_gmmx_float64_is_reported_unsupported():
 def test_pomegranate_adapter_matches_sklearn(cov_type):
     torch = pytest.importorskip("torch")
     pytest.importorskip("pomegranate")
-    x = bench.make_data(2000, 3, 3)
-    init = bench.initial_parameters(x, 3, cov_type)
+    x = protocol.make_data(2000, 3, 3)
+    init = protocol.initial_parameters(x, 3, cov_type)
     default = torch.get_default_dtype()
-    out = bench._run_pomegranate(x, init, cov_type, np.dtype("float64"), 4)
+    out = peers.run_pomegranate(x, init, cov_type, np.dtype("float64"), 4)
     assert torch.get_default_dtype() == default  # restored
     assert out["n_iter"] == 4 and out["s_per_iter"] > 0
     # pomegranate never regularises covariances, so it is scikit-learn with reg_covar=0.
     ref = _sklearn_fit(x, init, cov_type, 4, reg_covar=0.0)
     for got, want in zip(out["params"], (ref.weights_, ref.means_, ref.covariances_)):
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
-    assert abs(bench.score_float64(x, *out["params"], cov_type) - ref.score(x)) < 1e-10
-    out32 = bench._run_pomegranate(x, init, cov_type, np.dtype("float32"), 4)
-    assert abs(bench.score_float64(x, *out32["params"], cov_type) - ref.score(x)) < 1e-4
+    assert abs(protocol.score_float64(x, *out["params"], cov_type) - ref.score(x)) < 1e-10
+    out32 = peers.run_pomegranate(x, init, cov_type, np.dtype("float32"), 4)
+    assert abs(protocol.score_float64(x, *out32["params"], cov_type) - ref.score(x)) < 1e-4

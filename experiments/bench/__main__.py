@@ -1,0 +1,7 @@
+"""``python -m experiments.bench``: see `experiments.bench.cli`."""
+
+import sys
+
+from experiments.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""The benchmark's protocol, the same for every tool: the seeded data and the shared
+start (``make_data``, ``initial_parameters``), one float64 NumPy scorer of every tool's
+parameters (``score_float64``, ``covariances_float64``), the timing rule
+(``best_difference``: a difference of best-of-repeats), peak memory (``rss_mb``), the
+device count of the ``jaxgmm-cores`` row, the peer / jaxgmm ratios and the float32
+accuracy check (``float32_minus_float64``)."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import numpy as np
+
+
+def make_data(n_samples, n_features, n_components, seed=0):
+    """A seeded mixture with random means and random full covariances (float64)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_components, n_features)) * 3.0
+    factors = rng.normal(size=(n_components, n_features, n_features)) / np.sqrt(n_features)
+    labels = rng.integers(0, n_components, n_samples)
+    x = np.empty((n_samples, n_features))
+    for k in range(n_components):
+        rows = labels == k
+        x[rows] = means[k] + rng.normal(size=(rows.sum(), n_features)) @ (
+            factors[k] + 0.3 * np.eye(n_features)
+        )
+    return x
+
+
+def initial_parameters(x, n_components, covariance_type, seed=1):
+    """The same start for every tool: random data points as means, the data's
+    covariance (or variances) for every component, equal weights."""
+    rng = np.random.default_rng(seed)
+    means = x[rng.choice(x.shape[0], n_components, replace=False)]
+    cov = np.cov(x[: min(x.shape[0], 100_000)].T)
+    weights = np.full(n_components, 1.0 / n_components)
+    if covariance_type == "full":
+        covs = np.broadcast_to(cov, (n_components,) + cov.shape).copy()
+    elif covariance_type == "diag":
+        covs = np.broadcast_to(np.diag(cov), (n_components, x.shape[1])).copy()
+    else:
+        raise ValueError(f"covariance_type must be 'full' or 'diag' here, got {covariance_type!r}")
+    return weights, means, covs
+
+
+def score_float64(x, weights, means, covs, covariance_type, block=65536):
+    """Log-likelihood per sample in float64 NumPy (independent of every tool)."""
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    k = len(weights)
+    covs = np.asarray(covs, np.float64)
+    if covariance_type == "diag":
+        covs = np.stack([np.diag(c) for c in covs])
+    chols = np.linalg.cholesky(covs)
+    log_det = 2 * np.sum(np.log(np.diagonal(chols, axis1=1, axis2=2)), axis=1)
+    total = 0.0
+    for start in range(0, n, block):
+        xb = x[start : start + block]
+        wlp = np.empty((xb.shape[0], k))
+        for j in range(k):
+            z = np.linalg.solve(chols[j], (xb - means[j]).T)
+            wlp[:, j] = np.log(weights[j]) - 0.5 * (
+                d * np.log(2 * np.pi) + log_det[j] + np.sum(z * z, 0)
+            )
+        top = wlp.max(1, keepdims=True)
+        total += np.sum(top[:, 0] + np.log(np.exp(wlp - top).sum(1)))
+    return total / n
+
+
+def rss_mb():
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_cores():
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def devices_for(n_samples, cores):
+    """XLA CPU devices for the ``jaxgmm-cores`` row: one per core, as many as divide
+    n_samples (`jaxgmm.em.shard_data` splits the samples evenly)."""
+    return max(d for d in range(1, cores + 1) if n_samples % d == 0)
+
+
+def covariances_float64(prec_chol, cov_type):
+    """Covariances from jaxgmm's precision Cholesky factors, in float64 NumPy. Formed in
+    float32 instead, a covariance with condition number 1e6 loses its narrow directions
+    and the float64 score of a float32 fit drops by ~1e-4 nats/sample."""
+    p = np.asarray(prec_chol, np.float64)
+    if cov_type == "full":
+        inverse = np.linalg.inv(p)  # precision = P P^T, so Sigma = P^{-T} P^{-1}
+        return np.swapaxes(inverse, -1, -2) @ inverse
+    if cov_type == "diag":
+        return 1.0 / np.square(p)
+    raise ValueError(f"covariance_type must be 'full' or 'diag' here, got {cov_type!r}")
+
+
+def best_difference(fit, n_iter):
+    """Seconds per iteration as (t(n iters) - t(1 iter)) / (n - 1), each the best of a few
+    repeats (the same rule for every tool), so per-fit set-up and dispatch cancel.
+    ``fit(iters)`` returns (result, seconds). Returns (result of the n-iteration fit,
+    s/iter, t(1)). Fits under 2 s are repeated for about 2 s (3 to 10 times): a
+    difference of a few milliseconds is otherwise at the mercy of thread wake-ups."""
+    res, t_all = fit(n_iter)
+    repeats = 1 if t_all >= 2.0 else max(3, min(10, int(2.0 / max(t_all, 1e-9))))
+    t_one = min(fit(1)[1] for _ in range(repeats))
+    t_all = min([t_all] + [fit(n_iter)[1] for _ in range(repeats - 1)])
+    per_iter = (t_all - t_one) / (n_iter - 1) if n_iter > 1 else t_all
+    if per_iter <= 0:  # still swamped by noise: fall back to the plain average
+        per_iter = t_all / n_iter
+    return res, per_iter, t_one
+
+
+def set_ratios(rows):
+    """Set each row's ``ratio_peer_over_jaxgmm`` (and ``..._cores``): its seconds per
+    iteration over those of the jaxgmm (jaxgmm-cores) row of the same size and dtype."""
+    size = ("n_samples", "n_features", "n_components", "covariance_type", "dtype")
+    for row in rows:
+        for tool, field in (
+            ("jaxgmm", "ratio_peer_over_jaxgmm"),
+            ("jaxgmm-cores", "ratio_peer_over_jaxgmm_cores"),
+        ):
+            ours = next(
+                (r for r in rows if r["tool"] == tool and all(r[f] == row[f] for f in size)), None
+            )
+            if ours is not None:
+                row[field] = row["s_per_iter"] / ours["s_per_iter"]
+
+
+def float32_minus_float64(rows):
+    """Set ``float32_minus_float64`` on each jaxgmm float32 row (either jaxgmm tool) that
+    has a float64 twin with an accuracy run, and return one printable line per row."""
+    lines = []
+    size = ("n_samples", "n_features", "n_components", "covariance_type")
+    for row in rows:
+        if (
+            not row["tool"].startswith("jaxgmm")
+            or row["dtype"] != "float32"
+            or not row.get("accuracy_iters")
+        ):
+            continue
+        twin = next(
+            (
+                r
+                for r in rows
+                if r["tool"] == row["tool"]
+                and r["dtype"] == "float64"
+                and all(r[f] == row[f] for f in size)
+            ),
+            None,
+        )
+        if twin is None:
+            continue
+        diff = row["accuracy_log_likelihood_f64"] - twin["accuracy_log_likelihood_f64"]
+        row["float32_minus_float64"] = diff
+        lines.append(
+            f"{row['tool']} float32 - float64 after {row['accuracy_iters']} iterations at "
+            f"N={row['n_samples']} D={row['n_features']} K={row['n_components']} "
+            f"{row['covariance_type']}: {diff:+.2e} nats/sample (target |.| <= 2e-5)"
+        )
+    return lines

@@ -16,7 +16,9 @@ Files of a run:
 - figures: ``*.png`` (and ``em_animation.gif``).
 
 Every file is written atomically: to a temporary file in the same folder, then
-``os.replace``, so an interrupt never leaves a half-written file.
+``os.replace``, so an interrupt never leaves a half-written file. A whole run is written
+into a staging folder (``staging_folder``) that replaces the run folder only once every
+file is in it (``write_run``), so an interrupted run leaves the previous results intact.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 TRACE_COLUMNS = ("method", "iteration", "log_likelihood", "bound", "bound_name", "elapsed_s")
+MODEL_SELECTION_COLUMNS = (
+    "covariance_type", "n_components", "n_parameters", "train_log_likelihood",
+    "test_log_likelihood", "bic", "aic", "n_iter", "converged", "fit_s", "degenerate", "error",
+)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -154,3 +161,72 @@ def group(arrays, prefix):
     """The entries ``prefix/<name>`` of an npz dict, as {name: array}."""
     start = prefix + "/"
     return {k[len(start) :]: v for k, v in arrays.items() if k.startswith(start)}
+
+
+# ------------------------------------------------------------------ run folders
+
+
+def write_run(folder, files):
+    """Write a run's files into ``folder``.
+
+    Args:
+        folder: an existing folder (e.g. the one `staging_folder` yields).
+        files: dict file name -> (kind, payload), kind one of "text" (str), "json"
+            (JSON-able dict), "npz" (dict of arrays), "traces" (see `write_traces`) and
+            "rows" (model-selection rows, written with `MODEL_SELECTION_COLUMNS`); written
+            in order, so ``metrics.json`` goes last and its presence marks a complete run.
+    """
+    folder = Path(folder)
+    for name, (kind, payload) in files.items():
+        path = folder / name
+        if kind == "text":
+            write_text(path, payload)
+        elif kind == "json":
+            write_json(path, payload)
+        elif kind == "npz":
+            write_npz(path, payload)
+        elif kind == "traces":
+            write_traces(path, payload)
+        elif kind == "rows":
+            write_rows_csv(path, payload, MODEL_SELECTION_COLUMNS)
+        else:  # pragma: no cover - programming error
+            raise ValueError(kind)
+
+
+def is_nonempty_dir(path):
+    """Whether ``path`` is a folder holding anything (a run folder not to overwrite)."""
+    path = Path(path)
+    return path.is_dir() and any(path.iterdir())
+
+
+class RunFolderExists(Exception):
+    """The run folder holds results and overwriting was not asked for."""
+
+
+@contextlib.contextmanager
+def staging_folder(target, overwrite=False):
+    """A fresh sibling folder; on success it replaces ``target`` (old contents removed).
+
+    Raises RunFolderExists at the end, keeping ``target``, if ``target`` is a non-empty
+    folder and ``overwrite`` is false (checked again in case another run wrote it)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if is_nonempty_dir(target) and not overwrite:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RunFolderExists(str(target))
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -4,4 +4,5 @@ import sys
 
 from experiments.bench.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (e.g. to check it imports) runs nothing
+    sys.exit(main())

@@ -73,7 +73,10 @@ def write_csv(path, rows, fields):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=experiments.bench.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench",  # not "__main__.py", argparse's guess
+        description=experiments.bench.__doc__.splitlines()[0],
+    )
     parser.add_argument("--sizes", choices=sorted(GRIDS), default="small")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--out", default="results/bench")

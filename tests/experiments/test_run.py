@@ -17,6 +17,7 @@ from experiments import results_io
 from experiments import run as run_module
 from experiments.config import SCHEMA
 from experiments.methods import DEFAULT_PRIOR, METHODS, MethodContext, MethodResult
+from experiments.progress import progress_factory
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMOKE = str(CONFIGS / "smoke.yaml")
@@ -270,7 +271,7 @@ def test_method_contract(name):
     settings.update(TINY.get(name, {}))
     context = MethodContext(
         key=jax.random.key(1), x=x, spec=spec, init_params=init, settings=settings,
-        progress=run_module.progress_factory(False),
+        progress=progress_factory(False),
     )  # fmt: skip
     result = METHODS[name].run(context)
     assert isinstance(result, MethodResult)

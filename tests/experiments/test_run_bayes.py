@@ -13,6 +13,7 @@ import jaxgmm
 from experiments import results_io
 from experiments import run as run_module
 from experiments.config import load_config
+from experiments.experiment import method_specs
 from experiments.methods import METHODS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -104,7 +105,7 @@ def test_default_prior_for_methods_that_need_one(tmp_path):
     config = load_config(path)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(60, 2)) + 3.0)
     spec = jaxgmm.GMMSpec(2, "full")
-    specs = run_module.method_specs(config, spec, x, str(path))
+    specs = method_specs(config, spec, x, str(path))
     assert specs["em"] == (spec, "none") and specs["gradient"] == (spec, "none")
     for method in ("svi", "nuts"):
         method_spec, label = specs[method]

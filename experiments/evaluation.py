@@ -1,0 +1,165 @@
+"""Evaluation of a run's fits and the model-selection sweep, from the shared density.
+
+``evaluate`` computes, for every method alike, the metrics that need only the final
+parameters (train and held-out log-likelihood per sample, log prior, BIC/AIC for point
+estimates, ARI, parameter recovery); ``model_selection`` fits EM over a grid of
+(covariance type, n_components) and ``model_selection_summary`` names the best cells.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxgmm
+from experiments.metrics import adjusted_rand_index, parameter_recovery_error
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def score(x, params, spec):
+    """(log-likelihood per sample, hard assignments (n_samples,)), from the shared density."""
+    return (
+        jaxgmm.mean_log_likelihood(x, params, spec),
+        jnp.argmax(jaxgmm.model.weighted_log_prob(x, params, spec), axis=1),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def covariances(params, covariance_type):
+    """`jaxgmm.covariances`, jitted: shape by family (full (K, D, D), tied (D, D), ...)."""
+    return jaxgmm.covariances(params, covariance_type)
+
+
+def evaluate(result, spec, train, test, x_train, x_test, dtype):
+    """The metrics of one method's `MethodResult` that only need its final parameters.
+
+    Args:
+        result: the method's `experiments.methods.MethodResult`.
+        spec: the `GMMSpec` the method fitted (its prior resolved).
+        train, test: the prepared `experiments.datasets.Dataset`s (test may be None).
+        x_train, x_test: the same data as jax arrays in the run's dtype (x_test may be None).
+        dtype: the run's dtype.
+
+    Returns:
+        (row, arrays): row is the method's entry of ``metrics.json["methods"]``; arrays
+        holds ``weights``, ``means``, ``prec_chol``, ``covariances`` and ``labels_train``
+        for ``params.npz``, or is None when the method returned no parameters.
+    """
+    row = {
+        "bound_name": result.bound_name,
+        "bound_final": float(result.bound[-1]) if len(result.bound) else None,
+        "n_iter": result.n_iter,
+        "compile_s": result.compile_s,
+        "fit_s": result.fit_s,
+        "converged": result.converged,
+        "degeneracies": result.degeneracies,
+        "point_estimate": result.point_estimate,
+        "extra": result.extra,
+    }
+    if result.params is None:
+        return row, None
+    params = jaxgmm.GMMParams(*(jnp.asarray(a, dtype) for a in result.params))
+    n_samples, n_features = train.x.shape
+    train_ll, labels_train = (np.asarray(a) for a in score(x_train, params, spec))
+    train_ll = float(train_ll)
+    row["train_log_likelihood"] = train_ll
+    labels_test = None
+    row["test_log_likelihood"] = None
+    if test is not None:
+        test_ll, labels_test = (np.asarray(a) for a in score(x_test, params, spec))
+        row["test_log_likelihood"] = float(test_ll)
+    row["log_prior_total"] = None if spec.prior is None else float(jaxgmm.log_prior(params, spec))
+    row["n_parameters"] = jaxgmm.n_parameters(spec, n_features)
+    if result.point_estimate:
+        row["bic"] = jaxgmm.bic(train_ll, n_samples, n_features, spec)
+        row["aic"] = jaxgmm.aic(train_ll, n_samples, n_features, spec)
+    if train.labels is not None:
+        row["ari"] = adjusted_rand_index(train.labels, labels_train)
+        if test is not None:
+            row["ari_test"] = adjusted_rand_index(test.labels, labels_test)
+    covs = np.asarray(covariances(params, spec.covariance_type))
+    true = train.true_params
+    if true is not None and np.shape(true["means"]) == np.shape(result.params.means):
+        row["recovery"] = parameter_recovery_error(
+            true, result.params.weights, result.params.means, covs, spec.covariance_type
+        )
+    arrays = {
+        "weights": np.asarray(result.params.weights),
+        "means": np.asarray(result.params.means),
+        "prec_chol": np.asarray(result.params.prec_chol),
+        "covariances": covs,
+        "labels_train": labels_train,
+    }
+    return row, arrays
+
+
+def model_selection(config, x_train, x_test, key, progress):
+    """EM over the grid model_selection.n_components x covariance_types.
+
+    Returns:
+        One dict per cell (the columns of ``results_io.MODEL_SELECTION_COLUMNS``); a cell
+        whose spec cannot be fitted has ``error`` instead of metrics.
+    """
+    grid = config["model_selection"]
+    types = grid["covariance_types"] or [config["model"]["covariance_type"]]
+    cells = [(cov, k) for cov in types for k in grid["n_components"]]
+    n_samples, n_features = x_train.shape
+    rows = []
+    bar = progress(len(cells), "model selection")
+    for done, (cov, k) in enumerate(cells):
+        row = {"covariance_type": cov, "n_components": k}
+        try:
+            spec = jaxgmm.GMMSpec(k, cov, config["model"]["reg_covar"])
+            init = jaxgmm.initial_params(
+                jax.random.fold_in(key, 0), x_train, spec, config["init"]["method"],
+                config["init"]["n_init"],
+            )  # fmt: skip
+            fit = jaxgmm.run_fitter(
+                jaxgmm.em.em_fitter(spec, float(config["em"]["tol"])), jax.random.fold_in(key, 1),
+                x_train, init, spec, max_iter=config["em"]["max_iter"],
+            )  # fmt: skip
+        except ValueError as error:
+            row["error"] = str(error)
+            rows.append(row)
+            continue
+        ll = float(score(x_train, fit.params, spec)[0])
+        row.update(
+            n_parameters=jaxgmm.n_parameters(spec, n_features),
+            train_log_likelihood=ll,
+            test_log_likelihood=None
+            if x_test is None
+            else float(score(x_test, fit.params, spec)[0]),
+            bic=jaxgmm.bic(ll, n_samples, n_features, spec),
+            aic=jaxgmm.aic(ll, n_samples, n_features, spec),
+            n_iter=fit.n_iter,
+            converged=fit.converged,
+            fit_s=fit.run_s,
+            degenerate=bool(fit.degeneracies),
+        )
+        rows.append(row)
+        bar.update_to(done + 1)
+    bar.close()
+    return rows
+
+
+def best_cell(rows, key, sign):
+    """{covariance_type, n_components} of the row minimising ``sign * row[key]``, or None."""
+    ok = [r for r in rows if r.get(key) is not None]
+    if not ok:
+        return None
+    best = min(ok, key=lambda r: sign * r[key])
+    return {"covariance_type": best["covariance_type"], "n_components": best["n_components"]}
+
+
+def model_selection_summary(rows):
+    """``metrics.json["model_selection"]``: the rows and the best cell by BIC, AIC and
+    held-out log-likelihood."""
+    return {
+        "rows": rows,
+        "best_bic": best_cell(rows, "bic", 1),
+        "best_aic": best_cell(rows, "aic", 1),
+        "best_test_log_likelihood": best_cell(rows, "test_log_likelihood", -1),
+    }

@@ -45,7 +45,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxgmm.model.covariance import cholesky, eigh, get_family, regularize_covariance
+from jaxgmm.model.covariance import get_family, regularize_covariance
+from jaxgmm.model.linalg import cholesky, eigh
 from jaxgmm.model.params import GMMParams
 
 

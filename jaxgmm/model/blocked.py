@@ -41,8 +41,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from jaxgmm.model.covariance import data_center, get_family, solve_upper_transposed, use_expansion
+from jaxgmm.model.covariance import data_center, get_family, use_expansion
 from jaxgmm.model.density import weighted_log_prob_fm
+from jaxgmm.model.linalg import solve_upper_transposed
 from jaxgmm.model.stats import SufficientStats, expected_complete_log_likelihood, safe_counts
 
 

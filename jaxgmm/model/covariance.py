@@ -28,13 +28,17 @@ rounding is negligible (`use_expansion`); otherwise the direct differences are u
 
 from __future__ import annotations
 
-import math
-from functools import partial
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxgmm.model.linalg import (
+    cholesky,
+    eigvalsh,
+    solve_upper_transposed,
+    triangular_solve,
+    upper_inverse_transpose,
+)
 
 # The expanded Mahalanobis form is used while (risk + n_features) * eps stays below
 # this: its absolute rounding error, a few eps * (risk + n_features), is then < ~1e-4
@@ -44,63 +48,6 @@ EXPANSION_ERROR_LIMIT = 1e-4
 # adds: XLA:CPU fuses them into one vectorised pass, where a reduce over the middle
 # axis of (K, D, n) becomes a library reduction 3-5x slower. Above it, a plain reduce.
 _UNROLL_FEATURES = 32
-
-
-def _one_matrix_per_call(fn, *operands):
-    """``fn(*operands)`` on operands batched over the leading dims of the first, one
-    matrix per call (`lax.map`).
-
-    Why: on CPU, jaxlib 0.10's LAPACK kernels (potrf, trsm, syevd) split a batch of
-    matrices over XLA's intra-op thread pool and block until it is done. With several
-    CPU devices (one per core, for data-parallel EM) every device factorises the
-    replicated parameters at once; each occupies a pool thread, none is left to do the
-    work, and the process hangs (measured: sharded EM at K = 16, D = 16 on 2 devices).
-    A single matrix is never split. The loop costs microseconds per EM step."""
-    batch = operands[0].shape[:-2]
-    if not batch:
-        return fn(*operands)
-    n = math.prod(batch)
-    flat = tuple(
-        jnp.broadcast_to(op, batch + op.shape[-2:]).reshape((n,) + op.shape[-2:]) for op in operands
-    )
-    out = lax.map(lambda ops: fn(*ops), flat)
-    return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), out)
-
-
-def cholesky(a):
-    """Lower Cholesky factor of (batched) ``a`` (see `_one_matrix_per_call`)."""
-    return _one_matrix_per_call(jnp.linalg.cholesky, a)
-
-
-def triangular_solve(a, b, **options):
-    """`lax.linalg.triangular_solve` for (batched) ``a`` and ``b`` (..., D, M)
-    (see `_one_matrix_per_call`)."""
-    return _one_matrix_per_call(partial(lax.linalg.triangular_solve, **options), a, b)
-
-
-def eigvalsh(a):
-    """Ascending eigenvalues of (batched) symmetric ``a`` (see `_one_matrix_per_call`)."""
-    return _one_matrix_per_call(jnp.linalg.eigvalsh, a)
-
-
-def eigh(a):
-    """(eigenvalues, eigenvectors) of (batched) symmetric ``a`` (see `_one_matrix_per_call`)."""
-    return _one_matrix_per_call(jnp.linalg.eigh, a)
-
-
-def solve_upper_transposed(upper, b):
-    """upper^{-T} b for (batched) upper-triangular ``upper`` (..., D, D): b is (..., D, M),
-    or (..., D) for vectors."""
-    if b.ndim == upper.ndim - 1:
-        return solve_upper_transposed(upper, b[..., None])[..., 0]
-    return triangular_solve(upper, b, left_side=True, lower=False, transpose_a=True)
-
-
-def _upper_inverse_transpose(chol_lower):
-    """inv(L).T for lower-triangular L (batched): the precision Cholesky of L @ L.T."""
-    eye = jnp.broadcast_to(jnp.eye(chol_lower.shape[-1], dtype=chol_lower.dtype), chol_lower.shape)
-    inv_lower = triangular_solve(chol_lower, eye, left_side=True, lower=True)
-    return jnp.swapaxes(inv_lower, -1, -2)
 
 
 def _sq_norm_rows(diff_times_prec):
@@ -211,7 +158,7 @@ class Full:
 
     @staticmethod
     def prec_chol_from_covariance(cov):
-        return _upper_inverse_transpose(cholesky(cov))
+        return upper_inverse_transpose(cholesky(cov))
 
     @staticmethod
     def prec_chol_from_whitened_covariance(cov_w, frame):
@@ -221,7 +168,7 @@ class Full:
         factor as `prec_chol_from_covariance` of Sigma, but never forms Sigma: in float32
         an elementwise Sigma loses a relative ~eps * (largest eigenvalue / smallest) of
         its narrow directions, while cov_w is close to the identity near convergence."""
-        return frame @ _upper_inverse_transpose(cholesky(cov_w))
+        return frame @ upper_inverse_transpose(cholesky(cov_w))
 
     @staticmethod
     def from_frame(scatter_w, frame):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxgmm.model.covariance import get_family, solve_upper_transposed
+from jaxgmm.model.covariance import get_family
+from jaxgmm.model.linalg import solve_upper_transposed
 
 
 def sample(key, params, spec, n_samples):

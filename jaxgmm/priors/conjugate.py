@@ -25,7 +25,8 @@ import numpyro
 import numpyro.distributions as dist
 from jax import lax
 
-from jaxgmm.model.covariance import _upper_inverse_transpose, get_family, regularize_covariance
+from jaxgmm.model.covariance import get_family, regularize_covariance
+from jaxgmm.model.linalg import upper_inverse_transpose
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors._base import (
     ALL_COVARIANCE_TYPES,
@@ -140,7 +141,7 @@ class ConjugatePrior(Prior):
                     m0, scale_tril=jnp.broadcast_to(chol / math.sqrt(kappa), (k,) + psi.shape)
                 ).to_event(1),
             )
-            prec_chol = _upper_inverse_transpose(chol)
+            prec_chol = upper_inverse_transpose(chol)
         else:
             if cov_type == "diag":
                 rate, shape = jnp.diagonal(psi) / 2, (k, n_features)

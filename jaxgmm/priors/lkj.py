@@ -22,7 +22,8 @@ import numpyro
 import numpyro.distributions as dist
 from jax import lax
 
-from jaxgmm.model.covariance import _upper_inverse_transpose, get_family
+from jaxgmm.model.covariance import get_family
+from jaxgmm.model.linalg import upper_inverse_transpose
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors._base import (
     ALL_COVARIANCE_TYPES,
@@ -115,7 +116,7 @@ class LKJPrior(Prior):
         else:
             corr_chol = jnp.ones(batch + (1, 1), dtype)
         chol = scales[..., :, None] * corr_chol
-        return GMMParams(weights=weights, means=means, prec_chol=_upper_inverse_transpose(chol))
+        return GMMParams(weights=weights, means=means, prec_chol=upper_inverse_transpose(chol))
 
     def site_values(self, params, spec):
         cov_type = spec.covariance_type

@@ -17,6 +17,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
+from jaxgmm.model.covariance import get_family
 from jaxgmm.model.density import log_prob, mean_log_likelihood
 from jaxgmm.model.params import GMMParams, covariances, params_from_covariances
 
@@ -77,8 +78,8 @@ def relabel(draws, reference, spec, scale=None):
 
     The cost of matching draw component k to reference component j is the squared
     distance between their means, each feature divided by ``scale`` (default: the spread
-    of the reference means per feature, or 1). Covariances of ``tied`` are shared and
-    not permuted.
+    of the reference means per feature, or 1). ``prec_chol`` is permuted by the family's
+    ``permute_components`` (``tied``'s is shared and stays as it is).
 
     Args:
         draws: `GMMParams` with leading draw axes (..., K, ...).
@@ -101,17 +102,15 @@ def relabel(draws, reference, spec, scale=None):
     cost = np.sum(np.square(ref[None, :, None, :] / scale - flat[:, None, :, :]), axis=-1)
     perms = np.stack([linear_assignment(c) for c in cost]).reshape(lead + (k,))
 
-    def take(leaf, per_component):
-        if not per_component:
-            return leaf
+    def take(leaf):
         leaf = np.asarray(leaf)
         index = perms.reshape(perms.shape + (1,) * (leaf.ndim - perms.ndim))
         return np.take_along_axis(leaf, index, axis=len(lead))
 
     relabelled = GMMParams(
-        weights=take(draws.weights, True),
-        means=take(draws.means, True),
-        prec_chol=take(draws.prec_chol, spec.covariance_type != "tied"),
+        weights=take(draws.weights),
+        means=take(draws.means),
+        prec_chol=get_family(spec.covariance_type).permute_components(draws.prec_chol, perms),
     )
     return relabelled, perms
 

@@ -22,7 +22,7 @@ from jaxgmm.fit.validation import (
     check_precisions,
     check_weights,
 )
-from jaxgmm.model.covariance import get_family
+from jaxgmm.model.covariance import COVARIANCE_FAMILIES, get_family
 from jaxgmm.model.density import log_prob, weighted_log_prob
 from jaxgmm.model.init import INITIALIZERS, initial_params
 from jaxgmm.model.params import (
@@ -140,9 +140,9 @@ class GaussianMixture:
         )
 
     def _check_parameters(self):
-        if self.covariance_type not in ("full", "tied", "diag", "spherical"):
+        if self.covariance_type not in COVARIANCE_FAMILIES:
             raise ValueError(
-                "covariance_type must be one of ['diag', 'full', 'spherical', 'tied'], "
+                f"covariance_type must be one of {sorted(COVARIANCE_FAMILIES)}, "
                 f"got {self.covariance_type!r}"
             )
         if self.init_params not in INITIALIZERS:

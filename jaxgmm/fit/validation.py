@@ -110,24 +110,16 @@ def check_means(means, n_components, n_features, name="means_init"):
 
 
 def check_precisions(precisions, covariance_type, n_components, n_features, name="precisions_init"):
-    """Shape, symmetry and positive-definiteness, per covariance family."""
+    """Shape and finiteness, then the family's own check (``check_precisions``:
+    symmetry and positive-definiteness, or positivity)."""
     p = np.asarray(precisions, dtype=np.float64)
-    expected = get_family(covariance_type).prec_chol_shape(n_components, n_features)
+    family = get_family(covariance_type)
+    expected = family.prec_chol_shape(n_components, n_features)
     if p.shape != expected:
         raise ValueError(
             f"{name} for covariance_type={covariance_type!r} must have shape {expected}, got {p.shape}"
         )
     if not np.all(np.isfinite(p)):
         raise ValueError(f"{name} must be finite")
-    if covariance_type in ("diag", "spherical"):
-        if np.any(p <= 0):
-            raise ValueError(f"{name} must be positive for covariance_type={covariance_type!r}")
-        return p
-    mats = p if covariance_type == "full" else p[None]
-    for k, mat in enumerate(mats):
-        where = f" (component {k})" if covariance_type == "full" else ""
-        if not np.allclose(mat, mat.T):
-            raise ValueError(f"{name}{where} must be symmetric")
-        if np.any(np.linalg.eigvalsh(mat) <= 0):
-            raise ValueError(f"{name}{where} must be positive-definite")
+    family.check_precisions(p, name)
     return p

@@ -36,6 +36,10 @@ at most that floor.
 
 Shapes of ``UnconstrainedParams.cov_factor`` per family: full (K, D, D), tied (D, D),
 diag (K, D), spherical (K,) -- the same as ``prec_chol``.
+
+Each family's encoder and decoder are its ``encode_unconstrained`` and
+``decode_unconstrained`` (`jaxgmm.model.covariance`); this module adds the weights and
+means and is the public entry point.
 """
 
 from __future__ import annotations
@@ -45,8 +49,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxgmm.model.covariance import get_family, regularize_covariance
-from jaxgmm.model.linalg import cholesky, eigh
+from jaxgmm.model.covariance import get_family
 from jaxgmm.model.params import GMMParams
 
 
@@ -65,85 +68,6 @@ class UnconstrainedParams(NamedTuple):
     cov_factor: jax.Array
 
 
-def _excess_floor(cov, reg_covar, axis):
-    """sqrt(eps) * max(reg_covar, largest variance), per matrix / per component."""
-    eps = jnp.finfo(cov.dtype).eps
-    scale = jnp.max(cov, axis=axis) if axis is not None else cov
-    return jnp.sqrt(eps) * jnp.maximum(scale, jnp.asarray(reg_covar, cov.dtype))
-
-
-class _CholeskyFamily:
-    """full and tied: a lower-triangular factor per covariance matrix."""
-
-    @staticmethod
-    def decode(cov_factor, reg_covar, covariance_type):
-        log_diag = jnp.diagonal(cov_factor, axis1=-2, axis2=-1)
-        lower = jnp.tril(cov_factor, k=-1) + _diag_embed(jnp.exp(log_diag))
-        cov = regularize_covariance(lower @ jnp.swapaxes(lower, -1, -2), reg_covar, covariance_type)
-        return get_family(covariance_type).prec_chol_from_covariance(cov)
-
-    @staticmethod
-    def encode(prec_chol, reg_covar, covariance_type):
-        family = get_family(covariance_type)
-        cov = family.covariance_from_prec_chol(prec_chol)
-        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
-        excess = regularize_covariance(cov, -reg_covar, covariance_type)
-        floor = _excess_floor(jnp.diagonal(cov, axis1=-2, axis2=-1), reg_covar, axis=-1)
-        lower = cholesky(excess)
-        diag = jnp.diagonal(lower, axis1=-2, axis2=-1)
-        healthy = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(
-            jnp.square(diag) >= floor[..., None], axis=-1
-        )
-        # Degenerate excess: clip its eigenvalues at the floor (encoder only, off the
-        # gradient path), then factor.
-        eigval, eigvec = eigh(excess)
-        clipped = (eigvec * jnp.maximum(eigval, floor[..., None])[..., None, :]) @ jnp.swapaxes(
-            eigvec, -1, -2
-        )
-        clipped = 0.5 * (clipped + jnp.swapaxes(clipped, -1, -2))
-        lower = jnp.where(healthy[..., None, None], lower, cholesky(clipped))
-        diag = jnp.diagonal(lower, axis1=-2, axis2=-1)
-        return jnp.tril(lower, k=-1) + _diag_embed(jnp.log(diag))
-
-
-class _ScaleFamily:
-    """diag and spherical: log standard deviations of the excess variance."""
-
-    @staticmethod
-    def decode(cov_factor, reg_covar, covariance_type):
-        cov = regularize_covariance(jnp.exp(2.0 * cov_factor), reg_covar, covariance_type)
-        return get_family(covariance_type).prec_chol_from_covariance(cov)
-
-    @staticmethod
-    def encode(prec_chol, reg_covar, covariance_type):
-        cov = get_family(covariance_type).covariance_from_prec_chol(prec_chol)
-        excess = regularize_covariance(cov, -reg_covar, covariance_type)
-        excess = jnp.maximum(excess, _excess_floor(cov, reg_covar, axis=None))
-        return 0.5 * jnp.log(excess)
-
-
-def _diag_embed(values):
-    return values[..., :, None] * jnp.eye(values.shape[-1], dtype=values.dtype)
-
-
-UNCONSTRAINED_COVARIANCES = {
-    "full": _CholeskyFamily,
-    "tied": _CholeskyFamily,
-    "diag": _ScaleFamily,
-    "spherical": _ScaleFamily,
-}
-
-
-def _transform(covariance_type):
-    try:
-        return UNCONSTRAINED_COVARIANCES[covariance_type]
-    except KeyError:
-        raise ValueError(
-            f"covariance_type must be one of {sorted(UNCONSTRAINED_COVARIANCES)}, "
-            f"got {covariance_type!r}"
-        ) from None
-
-
 def to_unconstrained(params, spec):
     """Encode `GMMParams` as `UnconstrainedParams` (see the module docstring).
 
@@ -153,9 +77,8 @@ def to_unconstrained(params, spec):
     """
     weights = jnp.asarray(params.weights)
     log_w = jnp.log(jnp.maximum(weights, jnp.finfo(weights.dtype).tiny))
-    cov_factor = _transform(spec.covariance_type).encode(
-        params.prec_chol, spec.reg_covar, spec.covariance_type
-    )
+    family = get_family(spec.covariance_type)
+    cov_factor = family.encode_unconstrained(params.prec_chol, spec.reg_covar)
     return UnconstrainedParams(
         logits=log_w - jnp.mean(log_w, axis=-1, keepdims=True),
         means=params.means,
@@ -168,7 +91,6 @@ def from_unconstrained(u, spec):
 
     Differentiable; this is the map the gradient fitter optimises through.
     """
-    prec_chol = _transform(spec.covariance_type).decode(
-        u.cov_factor, spec.reg_covar, spec.covariance_type
-    )
+    family = get_family(spec.covariance_type)
+    prec_chol = family.decode_unconstrained(u.cov_factor, spec.reg_covar)
     return GMMParams(weights=jax.nn.softmax(u.logits, axis=-1), means=u.means, prec_chol=prec_chol)

@@ -9,7 +9,12 @@ from jaxgmm.model.blocked import (
     default_block_size,
     stats_from_moments,
 )
-from jaxgmm.model.covariance import COVARIANCE_FAMILIES, get_family, regularize_covariance
+from jaxgmm.model.covariance import (
+    COVARIANCE_FAMILIES,
+    CovarianceFamily,
+    get_family,
+    regularize_covariance,
+)
 from jaxgmm.model.density import log_prob, mean_log_likelihood, weighted_log_prob
 from jaxgmm.model.init import INITIALIZERS, initial_params, kmeans_labels, kmeans_plusplus_indices
 from jaxgmm.model.params import (
@@ -36,6 +41,7 @@ from jaxgmm.model.stats import (
 __all__ = [
     "COVARIANCE_FAMILIES",
     "COVARIANCE_TYPES",
+    "CovarianceFamily",
     "GMMParams",
     "GMMSpec",
     "INITIALIZERS",

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from jaxgmm.model.covariance import data_center, get_family, use_expansion
+from jaxgmm.model.covariance import get_family, use_expansion
 from jaxgmm.model.density import weighted_log_prob_fm
 from jaxgmm.model.linalg import solve_upper_transposed
 from jaxgmm.model.stats import SufficientStats, expected_complete_log_likelihood, safe_counts
@@ -56,9 +56,10 @@ class Moments(NamedTuple):
         first: (n_components, n_features) sum_n r_nk (x_n - mu_k); where
             `uses_whitened_frame` (full covariances, float32) in the whitened frame,
             sum_n r_nk y_nk with y_nk = prec_chol_k^T (x_n - mu_k).
-        second: sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T in the family's scatter shape:
-            full (K, D, D) (whitened frame: sum_n r_nk y_nk y_nk^T), tied (D, D),
-            diag and spherical (K, D) (per-feature squares).
+        second: sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T in the family's ``scatter_shape``
+            (the family's ``second_moments_fm``): full (K, D, D) (whitened frame:
+            sum_n r_nk y_nk y_nk^T), tied (D, D), diag and spherical (K, D)
+            (per-feature squares).
         n_samples: scalar, number (or total weight) of samples, in the data's dtype.
 
     sum_nk r_nk log r_nk is not accumulated: `stats_from_moments` derives it from these.
@@ -71,88 +72,27 @@ class Moments(NamedTuple):
     n_samples: jax.Array
 
 
-# Moment kernels on feature-major blocks: resp (K, n), xt (D, n). Each returns
-# (first, second) about the means; the shift by c is undone exactly.
-
-
-def _second_full(resp, xt, means, expanded=False):
-    center = data_center(means)
-    xs, ms = xt - center[:, None], means - center
-    first = resp @ xs.T - jnp.sum(resp, axis=1)[:, None] * ms
-    # Z (K, D, n) = r_kn (x_n - mu_k), contiguous along samples, so the scatter is one
-    # (K*D, n) @ (n, D) product.
-    z = resp[:, None, :] * (xs[None] - ms[:, :, None])
-    cross = (z.reshape(-1, xt.shape[1]) @ xs.T).reshape(means.shape + means.shape[-1:])
-    return first, cross - first[:, :, None] * ms[:, None, :]
-
-
-def _second_tied(resp, xt, means, expanded=False):
-    center = data_center(means)
-    xs, ms = xt - center[:, None], means - center
-    first = resp @ xs.T - jnp.sum(resp, axis=1)[:, None] * ms
-    z = xs * jnp.sum(resp, axis=0) - ms.T @ resp  # (D, n): sum_k r_kn (x_n - mu_k)
-    return first, z @ xs.T - first.T @ ms
-
-
-def _second_diag(resp, xt, means, expanded=False):
-    if expanded:
-        # Raw moments about c by matrix products, re-centred on mu:
-        # sum r (x - mu)^2 = S2 - 2 m S1 + nk m^2 (m = mu - c); see `use_expansion`.
-        center = data_center(means)
-        xs, ms = xt - center[:, None], means - center
-        nk = jnp.sum(resp, axis=1)[:, None]
-        s1 = resp @ xs.T
-        s2 = resp @ jnp.square(xs).T
-        return s1 - nk * ms, s2 - 2.0 * ms * s1 + nk * jnp.square(ms)
-    # Direct differences: exact for tiny variances.
-    diff = xt[None] - means[:, :, None]  # (K, D, n)
-    weighted = resp[:, None, :] * diff
-    return jnp.sum(weighted, axis=2), jnp.sum(weighted * diff, axis=2)
-
-
-_SECOND_MOMENTS = {
-    "full": _second_full,
-    "tied": _second_tied,
-    "diag": _second_diag,
-    "spherical": _second_diag,
-}
-
-
-def _moments_full_whitened(resp, xt, params):
-    """(first, second) for full covariances in each component's whitened frame:
-    sum_n r_kn y_kn and sum_n r_kn y_kn y_kn^T with y_k = prec_chol_k^T (x - mu_k), the
-    same y the density uses. Near convergence the second is close to nk I whatever the
-    covariance's condition number, so float32 keeps the narrow directions that an
-    elementwise data-coordinate scatter loses (see `SufficientStats.frame`).
-
-    With y_k = A_k xs1 (`Full.whitening_operands`), sum_n r y xs1^T is one
-    (K*D, n) @ (n, D+1) product (a batched (K, D, n) x (K, n, D) one is 2x slower on
-    XLA:CPU); its last column is the first moment, and times A_k^T it is the second."""
-    full = get_family("full")
-    operator, xs1 = full.whitening_operands(xt, params.means, params.prec_chol)
-    y = full.apply_whitening(operator, xs1)
-    n_components, n_features = params.means.shape
-    weighted = (resp[:, None, :] * y).reshape(n_components * n_features, -1)
-    cross = (weighted @ xs1.T).reshape(n_components, n_features, n_features + 1)
-    return cross[:, :, -1], jnp.einsum("kdf,kef->kde", cross, operator)
-
-
-# Full covariances take their moments in the whitened frame when the data's eps is above
-# this (float32, bfloat16). float64 keeps scikit-learn's data-coordinate scatter, 1.4x
-# faster at (1e6, 16, 16), whose eps * kappa stays below 1e-6 up to condition numbers of 1e10.
+# A family with a whitened frame (full covariances) takes its moments there when the
+# data's eps is above this (float32, bfloat16). float64 keeps scikit-learn's
+# data-coordinate scatter, 1.4x faster at (1e6, 16, 16), whose eps * kappa stays below
+# 1e-6 up to condition numbers of 1e10.
 WHITENED_FRAME_MIN_EPS = 1e-10
 
 
 def uses_whitened_frame(spec, dtype):
     """Whether blocked EM takes ``spec``'s moments in the whitened frame for ``dtype``."""
-    return spec.covariance_type == "full" and float(jnp.finfo(dtype).eps) > WHITENED_FRAME_MIN_EPS
+    family = get_family(spec.covariance_type)
+    return family.has_whitened_frame and float(jnp.finfo(dtype).eps) > WHITENED_FRAME_MIN_EPS
 
 
 def _block_second_moments(resp, xt, params, spec, expanded):
+    """(first, second) of one block about ``params.means`` (the family's
+    ``second_moments_fm``, or ``whitened_moments_fm`` where `uses_whitened_frame`)."""
+    family = get_family(spec.covariance_type)
     # The dtype the moments come out in, which is what `stats_from_moments` sees.
     if uses_whitened_frame(spec, jnp.result_type(xt, params.means, params.prec_chol)):
-        return _moments_full_whitened(resp, xt, params)
-    return _SECOND_MOMENTS[spec.covariance_type](resp, xt, params.means, expanded)
+        return family.whitened_moments_fm(resp, xt, params.means, params.prec_chol)
+    return family.second_moments_fm(resp, xt, params.means, expanded)
 
 
 def _block_moments_fm(xt, params, spec, weight, expanded):
@@ -224,8 +164,9 @@ def default_block_size(n_samples, n_components, n_features, covariance_type="ful
     in float32 and float64; for (K, D) = (4, 8) and (8, 4) 1024 stays faster."""
     work = n_components * (n_features + 1)
     size = 1024 if n_components * n_features < 128 else 8192
-    if covariance_type == "full" and size == 1024:
-        size = min(size, 2 ** int(math.log2(max(1, 2**16 // work))))
+    cap = get_family(covariance_type).small_block_elements
+    if cap is not None and size == 1024:
+        size = min(size, 2 ** int(math.log2(max(1, cap // work))))
     size = min(size, max(256, 2**23 // work))
     return int(max(1, min(n_samples, size)))
 
@@ -345,11 +286,11 @@ def scatter_about(x, resp, means, spec, block_size: int | None = None):
     """Family-shaped scatter sum_n r_nk (x_n - m_k)(x_n - m_k)^T about given ``means``
     for given responsibilities ``resp`` (n_samples, n_components), block by block."""
     block_size = spec_block_size(*x.shape, spec, block_size)
-    second = _SECOND_MOMENTS[spec.covariance_type]
-    scatter = sum_over_blocks(lambda xb, rb: second(rb.T, xb.T, means)[1], [x, resp], block_size)
-    if spec.covariance_type in ("full", "tied"):
-        scatter = 0.5 * (scatter + jnp.swapaxes(scatter, -1, -2))
-    return scatter
+    family = get_family(spec.covariance_type)
+    scatter = sum_over_blocks(
+        lambda xb, rb: family.second_moments_fm(rb.T, xb.T, means)[1], [x, resp], block_size
+    )
+    return family.symmetrize_scatter(scatter)
 
 
 def stats_from_moments(moments, params, spec):
@@ -373,19 +314,7 @@ def stats_from_moments(moments, params, spec):
     delta = new_means - mu
     if frame is not None:
         delta = jnp.einsum("kd,kde->ke", delta, frame)  # the mean shift in the frame
-    if spec.covariance_type in ("full", "tied"):
-        second = 0.5 * (moments.second + jnp.swapaxes(moments.second, -1, -2))
-        # sum r (x - m)(x - m)^T = S2 - S1 d^T - d S1^T + nk d d^T with d = m - mu.
-        cross = first[:, :, None] * delta[:, None, :]
-        correction = (
-            cross + jnp.swapaxes(cross, -1, -2) - nk[:, None, None] * delta[:, :, None] * delta[:, None, :]
-        )
-        if spec.covariance_type == "tied":
-            correction = jnp.sum(correction, axis=0)
-        scatter = second - correction
-    else:
-        scatter = moments.second - 2.0 * first * delta + nk[:, None] * jnp.square(delta)
-        scatter = jnp.maximum(scatter, 0.0)  # rounding only; it is a sum of squares
+    scatter = get_family(spec.covariance_type).recentre_scatter(moments.second, first, nk, delta)
     stats = SufficientStats(
         nk=nk,
         means=new_means,

@@ -1,5 +1,9 @@
-"""Covariance families: each owns its shapes, log-density pieces, M-step estimate,
-parameter count and conversions. `reg_covar` is added in `regularize_covariance` only.
+"""Covariance families: the one home of everything that depends on the covariance type.
+Each family owns its shapes, log-density pieces, statistics (in-memory, blocked and
+online scatters), M-step estimate, unconstrained encoding, sampling noise, relabelling,
+precision check, parameter count and conversions (the interface is `CovarianceFamily`);
+`COVARIANCE_FAMILIES` maps each ``covariance_type`` to its class, so a new family is one
+class plus one registry entry. `reg_covar` is added in `regularize_covariance` only.
 
 Convention (scikit-learn's): a family stores the Cholesky factor of the *precision*,
 ``prec_chol``, upper triangular with ``precision = prec_chol @ prec_chol.T``, so the
@@ -34,6 +38,7 @@ from jax import lax
 
 from jaxgmm.model.linalg import (
     cholesky,
+    eigh,
     eigvalsh,
     solve_upper_transposed,
     triangular_solve,
@@ -70,13 +75,92 @@ def data_center(means):
     return jnp.mean(means, axis=0)
 
 
+def _excess_floor(cov, reg_covar, axis):
+    """sqrt(eps) * max(reg_covar, largest variance), per matrix / per component: the
+    smallest excess over reg_covar the unconstrained encoders keep."""
+    eps = jnp.finfo(cov.dtype).eps
+    scale = jnp.max(cov, axis=axis) if axis is not None else cov
+    return jnp.sqrt(eps) * jnp.maximum(scale, jnp.asarray(reg_covar, cov.dtype))
+
+
+def _diag_embed(values):
+    return values[..., :, None] * jnp.eye(values.shape[-1], dtype=values.dtype)
+
+
 def _with_ones_row(xt):
     """(D, n) -> (D + 1, n) with a last row of ones, so a matrix product can add a
     per-output offset (saves a separate broadcast subtract over (K, D, n))."""
     return jnp.concatenate([xt, jnp.ones((1, xt.shape[1]), xt.dtype)], axis=0)
 
 
-class Full:
+class CovarianceFamily:
+    """What every covariance family provides, and the defaults a family may keep.
+
+    A family is a class of static (or class) methods, never instantiated, registered in
+    `COVARIANCE_FAMILIES` under its ``name``; `jaxgmm.GMMSpec` accepts exactly those keys.
+    Nothing outside this module branches on the covariance type: a new family is one
+    subclass plus one registry entry. Shapes: K components, D features, n samples; the
+    "scatter" is the family's sum_n r_nk (x_n - c_k)(x_n - c_k)^T (its shape is
+    `scatter_shape`, which need not be the covariance's: spherical keeps (K, D)).
+
+    A family must provide:
+
+    * shapes and counts: ``prec_chol_shape(K, D)``, ``scatter_shape(K, D)``,
+      ``n_parameters(K, D)`` (free covariance parameters), ``dense(covariances, K, D)``
+      -> (K, D, D);
+    * conversions: ``covariance_from_prec_chol``, ``precision_from_prec_chol``,
+      ``prec_chol_from_covariance``, ``prec_chol_from_precision``,
+      ``add_to_diagonal(cov, value)`` (only `regularize_covariance` calls it),
+      ``min_eigenvalue(prec_chol, K)`` -> (K,);
+    * the density: ``log_det_prec_chol(prec_chol, D)`` -> (K,) (or broadcastable to it),
+      ``mahalanobis_fm(xt, means, prec_chol, expanded=False)`` -> (K, n) from ``xt``
+      (D, n), ``paired_mahalanobis(points, means, prec_chol)`` -> (K,);
+    * statistics: ``scatter(x, resp, centers)`` (in memory),
+      ``second_moments_fm(resp, xt, means, expanded=False)`` -> (first (K, D), scatter
+      about ``means``) for one feature-major block (blocked EM), ``recentre_scatter``,
+      ``point_mass_scatter(counts, deltas)`` (online EM), ``covariance_from_scatter``,
+      ``trace_term(scatter, prec_chol)`` (the bound);
+    * the gradient fitter's parameterisation: ``encode_unconstrained(prec_chol,
+      reg_covar)`` and ``decode_unconstrained(cov_factor, reg_covar)`` (see
+      `jaxgmm.gradient.unconstrained`);
+    * ``sample_noise(z, prec_chol, labels)`` (sampling) and
+      ``check_precisions(precisions, name)`` (user-supplied precisions).
+
+    Defaults below: no expanded Mahalanobis form, no whitened frame, per-component
+    parameters (relabelling permutes them) and scatters that need no symmetrising.
+    """
+
+    name: str = ""
+    # Whether `mahalanobis_fm` / `second_moments_fm` have an ``expanded=True`` form
+    # (then ``expansion_risk`` says when it is accurate, see `use_expansion`).
+    has_expansion = False
+    # Whether blocked EM may take the moments in each component's whitened frame
+    # (``whitened_moments_fm``, ``from_frame``, ``relative_prec_chol``,
+    # ``prec_chol_from_whitened_covariance``; see `jaxgmm.model.blocked`).
+    has_whitened_frame = False
+    # A cap on the work-array elements of `jaxgmm.model.default_block_size`'s small
+    # blocks, or None (measured for full covariances, see there).
+    small_block_elements = None
+
+    @staticmethod
+    def expansion_risk(means, prec_chol):
+        return None
+
+    @staticmethod
+    def symmetrize_scatter(scatter):
+        """The scatter with rounding asymmetries removed (identity unless matrices)."""
+        return scatter
+
+    @staticmethod
+    def permute_components(prec_chol, perms):
+        """NumPy ``prec_chol`` of draws with lead axes (...) relabelled by ``perms``
+        (..., K): component j of the result is component perms[..., j] of the input."""
+        prec_chol = np.asarray(prec_chol)
+        index = perms.reshape(perms.shape + (1,) * (prec_chol.ndim - perms.ndim))
+        return np.take_along_axis(prec_chol, index, axis=perms.ndim - 1)
+
+
+class Full(CovarianceFamily):
     name = "full"
 
     @staticmethod
@@ -89,15 +173,18 @@ class Full:
         return (n_components, n_features, n_features)
 
     @staticmethod
+    def scatter_shape(n_components, n_features):
+        return (n_components, n_features, n_features)
+
+    @staticmethod
     def log_det_prec_chol(prec_chol, n_features):
         """(K,): log|prec_chol_k| = -1/2 log|Sigma_k|."""
         return jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
 
-    has_expansion = False
-
-    @staticmethod
-    def expansion_risk(means, prec_chol):
-        return None
+    has_whitened_frame = True
+    # At (1e5, 8, 8), 512 samples per block ran 17-20% faster than 1024 (see
+    # `jaxgmm.model.default_block_size`).
+    small_block_elements = 2**16
 
     @staticmethod
     def whiten_fm(xt, means, prec_chol):
@@ -140,6 +227,63 @@ class Full:
         """(K, D, D): sum_n r_nk (x_n - c_k)(x_n - c_k)^T."""
         diff = x[:, None, :] - centers[None, :, :]
         return jnp.einsum("nk,nkd,nke->kde", resp, diff, diff)
+
+    @staticmethod
+    def second_moments_fm(resp, xt, means, expanded=False):
+        """(first (K, D), scatter (K, D, D)) of one block about ``means``: sum_n r_kn
+        (x_n - mu_k) and sum_n r_kn (x_n - mu_k)(x_n - mu_k)^T, from ``resp`` (K, n) and
+        ``xt`` (D, n). The products run on data shifted by c = `data_center`; the shift
+        is undone exactly: scatter = Z^T (x - c) - first (mu - c)^T, Z_nk = r_nk (x_n - mu_k)."""
+        center = data_center(means)
+        xs, ms = xt - center[:, None], means - center
+        first = resp @ xs.T - jnp.sum(resp, axis=1)[:, None] * ms
+        # Z (K, D, n) = r_kn (x_n - mu_k), contiguous along samples, so the scatter is one
+        # (K*D, n) @ (n, D) product.
+        z = resp[:, None, :] * (xs[None] - ms[:, :, None])
+        cross = (z.reshape(-1, xt.shape[1]) @ xs.T).reshape(means.shape + means.shape[-1:])
+        return first, cross - first[:, :, None] * ms[:, None, :]
+
+    @staticmethod
+    def whitened_moments_fm(resp, xt, means, prec_chol):
+        """(first, second) in each component's whitened frame: sum_n r_kn y_kn (K, D) and
+        sum_n r_kn y_kn y_kn^T (K, D, D) with y_k = prec_chol_k^T (x - mu_k), the same y
+        the density uses. Near convergence the second is close to nk I whatever the
+        covariance's condition number, so float32 keeps the narrow directions that an
+        elementwise data-coordinate scatter loses (see `SufficientStats.frame`).
+
+        With y_k = A_k xs1 (`whitening_operands`), sum_n r y xs1^T is one
+        (K*D, n) @ (n, D+1) product (a batched (K, D, n) x (K, n, D) one is 2x slower on
+        XLA:CPU); its last column is the first moment, and times A_k^T it is the second."""
+        operator, xs1 = Full.whitening_operands(xt, means, prec_chol)
+        y = Full.apply_whitening(operator, xs1)
+        n_components, n_features = means.shape
+        weighted = (resp[:, None, :] * y).reshape(n_components * n_features, -1)
+        cross = (weighted @ xs1.T).reshape(n_components, n_features, n_features + 1)
+        return cross[:, :, -1], jnp.einsum("kdf,kef->kde", cross, operator)
+
+    @staticmethod
+    def symmetrize_scatter(scatter):
+        return 0.5 * (scatter + jnp.swapaxes(scatter, -1, -2))
+
+    @staticmethod
+    def _shift_correction(first, nk, delta):
+        """(K, D, D): S1 d^T + d S1^T - nk d d^T, so that
+        sum r (x - m)(x - m)^T = S2 - correction with d = m - mu."""
+        cross = first[:, :, None] * delta[:, None, :]
+        outer = nk[:, None, None] * delta[:, :, None] * delta[:, None, :]
+        return cross + jnp.swapaxes(cross, -1, -2) - outer
+
+    @staticmethod
+    def recentre_scatter(second, first, nk, delta):
+        """The scatter about new centres m = mu + delta from the scatter ``second`` and
+        first moment ``first`` (K, D) about mu, and the counts ``nk`` (K,)."""
+        return Full.symmetrize_scatter(second) - Full._shift_correction(first, nk, delta)
+
+    @staticmethod
+    def point_mass_scatter(counts, deltas):
+        """sum_k c_k d_k d_k^T in the scatter shape, from ``counts`` (K,) and
+        ``deltas`` (K, D): the scatter of point masses c_k at distance d_k."""
+        return counts[:, None, None] * deltas[:, :, None] * deltas[:, None, :]
 
     @staticmethod
     def covariance_from_scatter(scatter, nk):
@@ -211,6 +355,59 @@ class Full:
     def n_parameters(n_components, n_features):
         return n_components * n_features * (n_features + 1) // 2
 
+    @classmethod
+    def decode_unconstrained(cls, cov_factor, reg_covar):
+        """prec_chol of Sigma = L L^T + reg_covar I, with L the lower triangle of
+        ``cov_factor`` and exp of its diagonal (the upper triangle is ignored)."""
+        log_diag = jnp.diagonal(cov_factor, axis1=-2, axis2=-1)
+        lower = jnp.tril(cov_factor, k=-1) + _diag_embed(jnp.exp(log_diag))
+        cov = regularize_covariance(lower @ jnp.swapaxes(lower, -1, -2), reg_covar, cls.name)
+        return cls.prec_chol_from_covariance(cov)
+
+    @classmethod
+    def encode_unconstrained(cls, prec_chol, reg_covar):
+        """The ``cov_factor`` that `decode_unconstrained` maps back to ``prec_chol``
+        (a degenerate excess over reg_covar I is floored, see `_excess_floor`)."""
+        cov = cls.covariance_from_prec_chol(prec_chol)
+        cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+        excess = regularize_covariance(cov, -reg_covar, cls.name)
+        floor = _excess_floor(jnp.diagonal(cov, axis1=-2, axis2=-1), reg_covar, axis=-1)
+        lower = cholesky(excess)
+        diag = jnp.diagonal(lower, axis1=-2, axis2=-1)
+        healthy = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(
+            jnp.square(diag) >= floor[..., None], axis=-1
+        )
+        # Degenerate excess: clip its eigenvalues at the floor (encoder only, off the
+        # gradient path), then factor.
+        eigval, eigvec = eigh(excess)
+        clipped = (eigvec * jnp.maximum(eigval, floor[..., None])[..., None, :]) @ jnp.swapaxes(
+            eigvec, -1, -2
+        )
+        clipped = 0.5 * (clipped + jnp.swapaxes(clipped, -1, -2))
+        lower = jnp.where(healthy[..., None, None], lower, cholesky(clipped))
+        diag = jnp.diagonal(lower, axis1=-2, axis2=-1)
+        return jnp.tril(lower, k=-1) + _diag_embed(jnp.log(diag))
+
+    @staticmethod
+    def sample_noise(z, prec_chol, labels):
+        """(n, D) noise with covariance Sigma_{labels_n} from standard normal ``z`` (n, D)."""
+        # precision = P P^T, so P^{-T} z has covariance P^{-T} P^{-1} = Sigma.
+        return solve_upper_transposed(prec_chol[labels], z)
+
+    @classmethod
+    def check_precisions(cls, precisions, name):
+        """Raise ValueError unless every (NumPy) precision matrix is symmetric positive
+        definite (``precisions`` already has the shape `prec_chol_shape`)."""
+        for k, mat in enumerate(precisions):
+            cls._check_precision_matrix(mat, f"{name} (component {k})")
+
+    @staticmethod
+    def _check_precision_matrix(mat, where):
+        if not np.allclose(mat, mat.T):
+            raise ValueError(f"{where} must be symmetric")
+        if np.any(np.linalg.eigvalsh(mat) <= 0):
+            raise ValueError(f"{where} must be positive-definite")
+
 
 class Tied(Full):
     name = "tied"
@@ -223,7 +420,13 @@ class Tied(Full):
     def prec_chol_shape(n_components, n_features):
         return (n_features, n_features)
 
+    @staticmethod
+    def scatter_shape(n_components, n_features):
+        return (n_features, n_features)
+
     has_expansion = True
+    has_whitened_frame = False
+    small_block_elements = None
 
     @staticmethod
     def expansion_risk(means, prec_chol):
@@ -253,6 +456,23 @@ class Tied(Full):
         return jnp.sum(Full.scatter(x, resp, centers), axis=0)
 
     @staticmethod
+    def second_moments_fm(resp, xt, means, expanded=False):
+        center = data_center(means)
+        xs, ms = xt - center[:, None], means - center
+        first = resp @ xs.T - jnp.sum(resp, axis=1)[:, None] * ms
+        z = xs * jnp.sum(resp, axis=0) - ms.T @ resp  # (D, n): sum_k r_kn (x_n - mu_k)
+        return first, z @ xs.T - first.T @ ms
+
+    @staticmethod
+    def recentre_scatter(second, first, nk, delta):
+        correction = jnp.sum(Full._shift_correction(first, nk, delta), axis=0)
+        return Full.symmetrize_scatter(second) - correction
+
+    @staticmethod
+    def point_mass_scatter(counts, deltas):
+        return jnp.einsum("k,kd,ke->de", counts, deltas, deltas)
+
+    @staticmethod
     def covariance_from_scatter(scatter, nk):
         return scatter / jnp.sum(nk)
 
@@ -268,8 +488,21 @@ class Tied(Full):
     def n_parameters(n_components, n_features):
         return n_features * (n_features + 1) // 2
 
+    @staticmethod
+    def sample_noise(z, prec_chol, labels):
+        shared = jnp.broadcast_to(prec_chol, labels.shape + prec_chol.shape)
+        return solve_upper_transposed(shared, z)
 
-class Diag:
+    @staticmethod
+    def permute_components(prec_chol, perms):
+        return prec_chol  # shared by all components
+
+    @classmethod
+    def check_precisions(cls, precisions, name):
+        cls._check_precision_matrix(precisions, name)
+
+
+class Diag(CovarianceFamily):
     name = "diag"
 
     @staticmethod
@@ -279,6 +512,10 @@ class Diag:
 
     @staticmethod
     def prec_chol_shape(n_components, n_features):
+        return (n_components, n_features)
+
+    @staticmethod
+    def scatter_shape(n_components, n_features):
         return (n_components, n_features)
 
     @staticmethod
@@ -316,6 +553,33 @@ class Diag:
         return jnp.einsum("nk,nkd->kd", resp, jnp.square(diff))
 
     @staticmethod
+    def second_moments_fm(resp, xt, means, expanded=False):
+        """(first, scatter), both (K, D): sum_n r_kn (x_n - mu_k) and sum_n r_kn
+        (x_n - mu_k)^2 per feature, from ``resp`` (K, n) and ``xt`` (D, n)."""
+        if expanded:
+            # Raw moments about c by matrix products, re-centred on mu:
+            # sum r (x - mu)^2 = S2 - 2 m S1 + nk m^2 (m = mu - c); see `use_expansion`.
+            center = data_center(means)
+            xs, ms = xt - center[:, None], means - center
+            nk = jnp.sum(resp, axis=1)[:, None]
+            s1 = resp @ xs.T
+            s2 = resp @ jnp.square(xs).T
+            return s1 - nk * ms, s2 - 2.0 * ms * s1 + nk * jnp.square(ms)
+        # Direct differences: exact for tiny variances.
+        diff = xt[None] - means[:, :, None]  # (K, D, n)
+        weighted = resp[:, None, :] * diff
+        return jnp.sum(weighted, axis=2), jnp.sum(weighted * diff, axis=2)
+
+    @staticmethod
+    def recentre_scatter(second, first, nk, delta):
+        scatter = second - 2.0 * first * delta + nk[:, None] * jnp.square(delta)
+        return jnp.maximum(scatter, 0.0)  # rounding only; it is a sum of squares
+
+    @staticmethod
+    def point_mass_scatter(counts, deltas):
+        return counts[:, None] * jnp.square(deltas)
+
+    @staticmethod
     def covariance_from_scatter(scatter, nk):
         return scatter / nk[:, None]
 
@@ -350,6 +614,29 @@ class Diag:
     @staticmethod
     def n_parameters(n_components, n_features):
         return n_components * n_features
+
+    @classmethod
+    def decode_unconstrained(cls, cov_factor, reg_covar):
+        """prec_chol of variances exp(2 cov_factor) + reg_covar (log standard deviations
+        of the excess variance)."""
+        cov = regularize_covariance(jnp.exp(2.0 * cov_factor), reg_covar, cls.name)
+        return cls.prec_chol_from_covariance(cov)
+
+    @classmethod
+    def encode_unconstrained(cls, prec_chol, reg_covar):
+        cov = cls.covariance_from_prec_chol(prec_chol)
+        excess = regularize_covariance(cov, -reg_covar, cls.name)
+        excess = jnp.maximum(excess, _excess_floor(cov, reg_covar, axis=None))
+        return 0.5 * jnp.log(excess)
+
+    @staticmethod
+    def sample_noise(z, prec_chol, labels):
+        return z * (Diag.covariance_from_prec_chol(prec_chol) ** 0.5)[labels]
+
+    @classmethod
+    def check_precisions(cls, precisions, name):
+        if np.any(precisions <= 0):
+            raise ValueError(f"{name} must be positive for covariance_type={cls.name!r}")
 
 
 class Spherical(Diag):
@@ -396,6 +683,10 @@ class Spherical(Diag):
     @staticmethod
     def n_parameters(n_components, n_features):
         return n_components
+
+    @staticmethod
+    def sample_noise(z, prec_chol, labels):
+        return z * (Diag.covariance_from_prec_chol(prec_chol) ** 0.5)[labels][:, None]
 
 
 COVARIANCE_FAMILIES = {cls.name: cls for cls in (Full, Tied, Diag, Spherical)}

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxgmm.model.covariance import COVARIANCE_FAMILIES
+
+# The four built-in families (`COVARIANCE_FAMILIES` may hold more: a registered family
+# is a valid ``covariance_type``).
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
@@ -16,8 +20,9 @@ class GMMSpec:
 
     Attributes:
         n_components: number of mixture components K (>= 1).
-        covariance_type: one of ``"full"``, ``"tied"``, ``"diag"``, ``"spherical"``
-            (scikit-learn's meanings).
+        covariance_type: a key of `jaxgmm.model.COVARIANCE_FAMILIES`: ``"full"``,
+            ``"tied"``, ``"diag"``, ``"spherical"`` (scikit-learn's meanings), or a
+            registered family.
         reg_covar: non-negative floor added to the diagonal of every covariance estimate,
             as in scikit-learn; must be > 0.
         prior: ``None`` for maximum likelihood, otherwise a hashable prior object
@@ -36,9 +41,11 @@ class GMMSpec:
             )
         if self.n_components < 1:
             raise ValueError(f"GMMSpec.n_components must be >= 1, got {self.n_components}")
-        if self.covariance_type not in COVARIANCE_TYPES:
+        if not isinstance(self.covariance_type, str) or (
+            self.covariance_type not in COVARIANCE_FAMILIES
+        ):
             raise ValueError(
-                f"GMMSpec.covariance_type must be one of {list(COVARIANCE_TYPES)}, "
+                f"GMMSpec.covariance_type must be one of {list(COVARIANCE_FAMILIES)}, "
                 f"got {self.covariance_type!r}"
             )
         try:

@@ -35,6 +35,7 @@ from jaxgmm.fit.driver import all_finite
 from jaxgmm.fit.results import FitResult, Trace, component_diagnostics, single_run_result
 from jaxgmm.fit.validation import check_int, check_positive, default_dtype
 from jaxgmm.model.blocked import block_moments, stats_from_moments
+from jaxgmm.model.covariance import get_family
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.init import initial_params
 from jaxgmm.model.params import GMMParams
@@ -79,16 +80,6 @@ class OnlineEMInfo(NamedTuple):
     bound: jax.Array
     step_size: jax.Array
     data_log_likelihood: jax.Array
-
-
-# Per family: the scatter of two point masses, sum_k c_k d_k d_k^T in the family's
-# scatter shape (full (K, D, D), tied (D, D), diag and spherical (K, D)).
-_OUTER = {
-    "full": lambda c, d: c[:, None, None] * d[:, :, None] * d[:, None, :],
-    "tied": lambda c, d: jnp.einsum("k,kd,ke->de", c, d, d),
-    "diag": lambda c, d: c[:, None] * jnp.square(d),
-    "spherical": lambda c, d: c[:, None] * jnp.square(d),
-}
 
 
 def per_sample_stats(stats):
@@ -141,7 +132,7 @@ def average_stats(stats, batch_stats, step_size, spec):
     delta = batch_stats.means - stats.means
     cross = jnp.where(positive, c_a * frac_b, 0)  # c_a c_b / nk
     scatter = (1 - g) * stats.scatter + g * batch_stats.scatter
-    scatter = scatter + _OUTER[spec.covariance_type](cross, delta)
+    scatter = scatter + get_family(spec.covariance_type).point_mass_scatter(cross, delta)
     return SufficientStats(
         nk=nk,
         means=stats.means + frac_b[:, None] * delta,
@@ -151,14 +142,6 @@ def average_stats(stats, batch_stats, step_size, spec):
     )
 
 
-_SCATTER_SHAPE = {
-    "full": lambda k, d: (k, d, d),
-    "tied": lambda k, d: (d, d),
-    "diag": lambda k, d: (k, d),
-    "spherical": lambda k, d: (k, d),
-}
-
-
 def online_em_init(params, spec):
     """`OnlineEMState` before any minibatch: zero statistics (the first step has step
     size 1, so they are never used)."""
@@ -166,7 +149,7 @@ def online_em_init(params, spec):
     dtype = means.dtype
     n_components, n_features = means.shape
     zeros = jnp.zeros((), dtype)
-    scatter_shape = _SCATTER_SHAPE[spec.covariance_type](n_components, n_features)
+    scatter_shape = get_family(spec.covariance_type).scatter_shape(n_components, n_features)
     stats = SufficientStats(
         nk=jnp.zeros((n_components,), dtype),
         means=means,

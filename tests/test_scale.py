@@ -166,14 +166,14 @@ def test_default_block_size_bounds():
 
 def test_compile_options_change_nothing_but_speed():
     # EM's step for full covariances is compiled with XLA:CPU's classic emitters
-    # (`Fitter.compile_options`); the same fit compiled without them, and with an option
+    # (`DriverHooks.compile_options`); the same fit compiled without them, and with an option
     # this jaxlib does not have (dropped), must give the same numbers.
     from jaxgmm.fit import driver as _driver
 
     x = jnp.asarray(_data(n=600, d=3, seed=5))
     spec = jaxgmm.GMMSpec(3, "full")
     fitter = jaxgmm.em.em_fitter(spec, 0.0)
-    assert fitter.compile_options
+    assert fitter.hooks.compile_options
     init = _kmeans_init(x, spec)
 
     def fit(f):
@@ -181,7 +181,7 @@ def test_compile_options_change_nothing_but_speed():
 
     reference = fit(fitter)
     for options in [(), (("no_such_xla_option_anywhere", 1),)]:
-        other = fit(fitter._replace(compile_options=options))
+        other = fit(fitter._replace(hooks=fitter.hooks._replace(compile_options=options)))
         # Equal up to summation order (the emitters may vectorise reductions differently).
         np.testing.assert_allclose(other.trace.log_likelihood, reference.trace.log_likelihood, rtol=1e-6)
         np.testing.assert_allclose(other.params.prec_chol, reference.params.prec_chol, rtol=1e-5)

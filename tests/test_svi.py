@@ -216,3 +216,25 @@ def test_spec_without_prior_raises(x):
 
 def test_guides_registry_names():
     assert set(GUIDES) == {"auto_delta", "auto_normal", "auto_multivariate_normal"}
+
+
+def test_svi_init_uses_the_key_it_is_given(x, monkeypatch):
+    # `Fitter.init(key, params, data)`: SVI's init hands its key to NumPyro's SVI.init
+    # (no hard-coded key).
+    from jaxgmm.bayes.svi import svi_fitter
+
+    spec = resolve_prior(jaxgmm.GMMSpec(2, "full", prior=make_prior("conjugate")), x)
+    fitter, handle = svi_fitter(spec, x.shape[1], str(x.dtype), "auto_normal")
+    seen = []
+    original = handle.svi.init
+
+    def recording_init(rng_key, *args, **kwargs):
+        seen.append(rng_key)
+        return original(rng_key, *args, **kwargs)
+
+    monkeypatch.setattr(handle.svi, "init", recording_init)
+    params = jax.tree_util.tree_map(lambda a: a[0], jaxgmm.initial_params(jax.random.key(0), x, spec))
+    key = jax.random.key(123)
+    with jax.disable_jit():
+        fitter.init(key, params, x)
+    np.testing.assert_array_equal(jax.random.key_data(seen[-1]), jax.random.key_data(key))

@@ -12,19 +12,20 @@ from jax import lax
 import jaxgmm
 from experiments.config_engine import Field, at_least
 from experiments.methods import Method, MethodResult, result_from_fit  # noqa: F401
-from jaxgmm.fit.fitter import step_data
 
 
-@functools.cache
+# Bounded: every entry is a compiled executable, and n_iter differs from fit to fit.
+@functools.lru_cache(maxsize=8)
 def _history_function(fitter, spec, n_iter):
     def history(params, x):
-        data = step_data(fitter, x)
+        data = jaxgmm.fit.step_data(fitter, x)
+        key = jax.random.key(0)  # EM is deterministic: its init and step ignore the key
 
         def body(state, _):
-            state, _ = fitter.step(jax.random.key(0), state, data)
+            state, _ = fitter.step(key, state, data)
             return state, fitter.get_params(state)
 
-        _, iterates = lax.scan(body, fitter.init(params, x), None, length=n_iter)
+        _, iterates = lax.scan(body, fitter.init(key, params, data), None, length=n_iter)
         return iterates
 
     return jax.jit(history)

@@ -29,13 +29,14 @@ from numpyro.infer.svi import SVIState
 from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
+from jaxgmm._registry import lookup
 from jaxgmm.bayes.model import gmm_model, model_prior
 from jaxgmm.fit.driver import FitResult, run_fitter
 from jaxgmm.fit.fitter import Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
 from jaxgmm.gradient.fitter import OPTIMIZERS, make_optimizer
 from jaxgmm.model.density import mean_log_likelihood
-from jaxgmm.model.init import initial_params
+from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors import log_prior, resolve_prior
 
@@ -45,20 +46,17 @@ GUIDES = {
     "auto_multivariate_normal": AutoMultivariateNormal,
 }
 
+
 def make_svi_optimizer(name, learning_rate=0.01, schedule=None, schedule_steps=1000, **options):
     """An optax optimiser for SVI from the same registry the gradient fitter uses
     (`jaxgmm.OPTIMIZERS`), minus line-search methods: SVI's gradients are stochastic."""
-    entry = OPTIMIZERS.get(name)
-    if entry is None or entry.line_search:
-        valid = sorted(k for k, v in OPTIMIZERS.items() if not v.line_search)
-        raise ValueError(f"unknown optimizer {name!r} for SVI; valid optimizers: {valid}")
+    stochastic = {key: entry for key, entry in OPTIMIZERS.items() if not entry.line_search}
+    lookup(stochastic, name, "optimizer", "unknown optimizer {name} for SVI; valid optimizers: {valid}")
     return make_optimizer(name, learning_rate, schedule, schedule_steps, options)
 
 
 def _guide_class(name):
-    if name not in GUIDES:
-        raise ValueError(f"unknown guide {name!r}; valid guides: {sorted(GUIDES)}")
-    return GUIDES[name]
+    return lookup(GUIDES, name, "guide", "unknown guide {name}; valid guides: {valid}")
 
 
 class SVIFitState(NamedTuple):
@@ -66,7 +64,6 @@ class SVIFitState(NamedTuple):
 
     optim_state: object  # numpyro/optax optimiser state of the guide's parameters
     mutable_state: object  # None for these models
-    prev_bound: jax.Array  # scalar, previous objective per sample (for tol)
 
 
 class SVIInfo(NamedTuple):
@@ -78,12 +75,12 @@ class SVIInfo(NamedTuple):
         bound: the stochastic objective per sample at the parameters before the step:
             the ELBO estimate (``num_particles`` draws), or for AutoDelta the log joint
             log p(X, params) / N.
-        converged: |bound - previous bound| < tol (never, when tol is None).
+
+    The driver tests convergence: |bound - previous bound| < tol (never, when tol is None).
     """
 
     log_likelihood: jax.Array
     bound: jax.Array
-    converged: jax.Array
 
 
 class SVIHandle(NamedTuple):
@@ -96,7 +93,7 @@ class SVIHandle(NamedTuple):
     n_features: int
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # one per svi_fitter entry
 def _svi_handle(spec, n_features, dtype_name, guide_name, optimizer, num_particles, init_scale):
     dtype = jnp.dtype(dtype_name)
     prior = model_prior(spec)
@@ -162,7 +159,10 @@ def point_estimate(handle, guide_params):
     return model_prior(handle.spec).params_from_sites(sites, handle.spec, handle.n_features, dtype)
 
 
-@functools.cache
+# Bounded: the same arguments must give the same Fitter (the driver's compile cache is
+# keyed by it), but a fitter holds no executable of its own, so an evicted one only costs
+# a recompile if it is built again.
+@functools.lru_cache(maxsize=64)
 def svi_fitter(
     spec,
     n_features,
@@ -181,13 +181,9 @@ def svi_fitter(
     svi = handle.svi
 
     @jax.jit
-    def init(params, x):
-        state = svi.init(jax.random.key(0), x, init_params=guide_init_params(handle, params))
-        return SVIFitState(
-            optim_state=state.optim_state,
-            mutable_state=state.mutable_state,
-            prev_bound=jnp.asarray(-jnp.inf, x.dtype),
-        )
+    def init(key, params, x):
+        state = svi.init(key, x, init_params=guide_init_params(handle, params))
+        return SVIFitState(optim_state=state.optim_state, mutable_state=state.mutable_state)
 
     def step(key, state, x):
         svi_state = SVIState(state.optim_state, state.mutable_state, key)
@@ -196,22 +192,12 @@ def svi_fitter(
         )
         new_state, loss = svi.update(svi_state, x)
         bound = (-loss / x.shape[0]).astype(x.dtype)
-        converged = jnp.asarray(False) if tol is None else jnp.abs(bound - state.prev_bound) < tol
-        info = SVIInfo(log_likelihood=log_likelihood, bound=bound, converged=converged)
-        return (
-            SVIFitState(new_state.optim_state, new_state.mutable_state, bound),
-            info,
-        )
-
-    def unbatched_params(state):
-        return point_estimate(handle, svi.get_params(SVIState(state.optim_state, None, None)))
+        info = SVIInfo(log_likelihood=log_likelihood, bound=bound)
+        return SVIFitState(new_state.optim_state, new_state.mutable_state), info
 
     @jax.jit
     def get_params(state):
-        # The driver also calls this on states with a leading restart axis.
-        if state.prev_bound.ndim == 0:
-            return unbatched_params(state)
-        return jax.vmap(unbatched_params)(state)
+        return point_estimate(handle, svi.get_params(SVIState(state.optim_state, None, None)))
 
     return Fitter(
         name=f"svi_{guide}",
@@ -219,6 +205,8 @@ def svi_fitter(
         init=init,
         step=step,
         get_params=get_params,
+        tol=tol,
+        tol_on="bound",
     ), handle
 
 
@@ -348,10 +336,7 @@ def fit_svi(
         )
     optimizer = _default_adam() if optimizer is None else optimizer
     key_init, key_run, key_eval = jax.random.split(key, 3)
-    if isinstance(init, str):
-        params = initial_params(key_init, x, spec, init, n_init)
-    else:
-        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, x.dtype), GMMParams(*init))
+    params = resolve_init(key_init, x, spec, init, n_init)
     fitter, handle = svi_fitter(
         spec, x.shape[1], str(x.dtype), guide, optimizer, num_particles, tol, init_scale
     )
@@ -365,7 +350,9 @@ def fit_svi(
         chunk_size=chunk_size,
         callback=callback,
     )
-    final_state = handle.svi.get_params(SVIState(result.state.optim_state, None, None))
+    final_state = handle.svi.get_params(
+        SVIState(result.state.fitter_state.optim_state, None, None)
+    )
     log_post = float(log_posterior(x, result.params, spec))
     if guide == "auto_delta":
         elbo, stderr, is_estimate = log_post / x.shape[0], 0.0, float("nan")

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from jaxgmm.em.sharded import (
     shard_blocks,
@@ -17,7 +16,7 @@ from jaxgmm.em.sharded import (
 )
 from jaxgmm.em.steps import em_bound_from_stats, params_from_stats
 from jaxgmm.fit.driver import FitResult, run_fitter
-from jaxgmm.fit.fitter import Fitter
+from jaxgmm.fit.fitter import DriverHooks, Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
 from jaxgmm.model.blocked import (
     accumulate_moments_fm,
@@ -25,7 +24,7 @@ from jaxgmm.model.blocked import (
     spec_blocks,
     stats_from_moments,
 )
-from jaxgmm.model.init import initial_params
+from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
 
 
@@ -60,10 +59,7 @@ def fit_em(
     n_init = check_int(n_init, "n_init", 1)
     max_iter = check_int(max_iter, "max_iter", 0)
     key_init, key_run = jax.random.split(key)
-    if isinstance(init, str):
-        params = initial_params(key_init, x, spec, init, n_init)
-    else:
-        params = jax.tree_util.tree_map(lambda a: jax.numpy.asarray(a, x.dtype), GMMParams(*init))
+    params = resolve_init(key_init, x, spec, init, n_init)
     return run_fitter(
         em_fitter(spec, tol), key_run, x, params, spec,
         max_iter=max_iter, chunk_size=chunk_size, callback=callback,
@@ -71,10 +67,9 @@ def fit_em(
 
 
 class EMState(NamedTuple):
-    """Carried by EM: current parameters and the previous log-likelihood per sample."""
+    """Carried by EM: the current parameters (EM needs nothing else)."""
 
     params: GMMParams
-    prev_log_likelihood: jax.Array  # scalar
 
 
 class EMInfo(NamedTuple):
@@ -84,12 +79,12 @@ class EMInfo(NamedTuple):
         log_likelihood: log p(X | theta_t) per sample, from the E-step.
         bound: L(q_t, theta_{t+1}) per sample, right after the M-step; lies between
             log p(X | theta_t) and log p(X | theta_{t+1}).
-        converged: |log_likelihood - previous log_likelihood| < tol.
+
+    The driver tests convergence: |log_likelihood - previous log_likelihood| < tol.
     """
 
     log_likelihood: jax.Array
     bound: jax.Array
-    converged: jax.Array
 
 
 # Full covariances' step is matrix products: XLA:CPU compiles it 1.7x faster with its
@@ -99,7 +94,10 @@ class EMInfo(NamedTuple):
 _STEP_COMPILE_OPTIONS = {"full": (("xla_cpu_use_fusion_emitters", False),)}
 
 
-@functools.cache
+# Bounded: the same arguments must give the same Fitter (the driver's compile cache is
+# keyed by it), but a fitter holds no executable of its own, so an evicted one only costs
+# a recompile if it is built again.
+@functools.lru_cache(maxsize=64)
 def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
     """The EM `Fitter` for ``spec``. Cached so repeated fits reuse compiled code.
 
@@ -133,8 +131,9 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         moments_of = functools.partial(sharded_moments_blocks, spec=spec, mesh=mesh)
         score_prepared = functools.partial(sharded_mean_log_likelihood_blocks, spec=spec, mesh=mesh)
 
-    def init(params, x):
-        return EMState(params=params, prev_log_likelihood=jnp.asarray(-jnp.inf, x.dtype))
+    def init(key, params, data):
+        del key, data  # EM starts from the parameters alone
+        return EMState(params=params)
 
     def step(key, state, data):
         del key  # EM is deterministic
@@ -142,11 +141,9 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         log_likelihood, stats = stats_from_moments(moments, state.params, spec)
         new_params = params_from_stats(stats, spec)
         info = EMInfo(
-            log_likelihood=log_likelihood,
-            bound=em_bound_from_stats(stats, new_params, spec),
-            converged=jnp.abs(log_likelihood - state.prev_log_likelihood) < tol,
+            log_likelihood=log_likelihood, bound=em_bound_from_stats(stats, new_params, spec)
         )
-        return EMState(params=new_params, prev_log_likelihood=log_likelihood), info
+        return EMState(params=new_params), info
 
     return Fitter(
         name="em",
@@ -154,7 +151,11 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         init=init,
         step=step,
         get_params=lambda s: s.params,
-        prepare=prepare,
-        score_prepared=score_prepared,
-        compile_options=_STEP_COMPILE_OPTIONS.get(spec.covariance_type, ()),
+        tol=tol,
+        tol_on="log_likelihood",
+        hooks=DriverHooks(
+            prepare=prepare,
+            score_prepared=score_prepared,
+            compile_options=_STEP_COMPILE_OPTIONS.get(spec.covariance_type, ()),
+        ),
     )

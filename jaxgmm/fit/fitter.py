@@ -1,4 +1,5 @@
-"""The fitter interface every fitting algorithm implements (EM, gradient, ...)."""
+"""The fitter interface every fitting algorithm implements (EM, gradient, SVI, ...), and
+the optional hooks through which a fitter tunes how the driver runs it."""
 
 from __future__ import annotations
 
@@ -6,30 +7,51 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 
+class DriverHooks(NamedTuple):
+    """How the driver runs a fitter; all optional, none changes the results.
+
+    Attributes:
+        prepare: ``prepare(x) -> data``, run once per fit (jitted) before ``init``;
+            ``init`` and ``step`` then receive ``data`` instead of ``x`` (EM lays the
+            samples out in feature-major blocks). None: they receive ``x``.
+        score_prepared: ``score_prepared(data, params) -> log-likelihood per sample`` on
+            prepared ``data`` (the same density as `mean_log_likelihood`); the driver
+            scores the final parameters with it. None: `mean_log_likelihood` of ``x``.
+        compile_options: XLA compile options for the executable that runs the steps, as
+            a tuple of ``(name, value)`` pairs (hashable). Options this jaxlib does not
+            know are dropped. A speed hint only.
+    """
+
+    prepare: Callable[..., Any] | None = None
+    score_prepared: Callable[..., Any] | None = None
+    compile_options: tuple = ()
+
+
 class Fitter(NamedTuple):
     """A fitting algorithm as pure functions, run by `jaxgmm.run_fitter`.
 
+    A Fitter is hashable (its functions hash by identity, the rest are plain values), so
+    the driver uses it as a key of its compile cache: build it once (the factories
+    `em_fitter`, `gradient_fitter` and `svi_fitter` are cached) to reuse compiled code.
+
     Attributes:
-        name: short name used in traces (``"em"``, ``"gradient"``, ...).
+        name: short name used in traces (``"em"``, ``"gradient_adam"``, ...).
         bound_name: what the ``bound`` field of its Info is (``"em_bound"``,
             ``"log_likelihood"``, ``"elbo"``, ...), per sample.
-        init: ``init(params, x) -> State``.
-        step: ``step(key, state, x) -> (State, Info)``, pure and jit-able. Info is a
+        init: ``init(key, params, data) -> State`` for one restart (``params`` unbatched
+            `GMMParams`; ``data`` is ``x``, or ``hooks.prepare(x)``).
+        step: ``step(key, state, data) -> (State, Info)``, pure and jit-able. Info is a
             NamedTuple of scalars with at least ``log_likelihood`` (per sample, of the
-            parameters the step started from), ``bound`` (per sample) and ``converged``
-            (bool); any other fields are kept in the trace's ``extras``.
-        get_params: ``get_params(state) -> GMMParams``.
-        prepare: optional ``prepare(x) -> data``, run once per fit (jitted) before the
-            first step; ``step`` then receives ``data`` instead of ``x`` (EM lays the
-            samples out in feature-major blocks). None: ``step`` receives ``x``.
-        score_prepared: optional ``score_prepared(data, params) -> log-likelihood per
-            sample`` on prepared ``data`` (the same density as `mean_log_likelihood`);
-            the driver scores the final parameters with it. None: `mean_log_likelihood`
-            of ``x``.
-        compile_options: optional XLA compile options for the executable that runs the
-            steps, as a tuple of ``(name, value)`` pairs (hashable, so fitters stay
-            cache keys). Options this jaxlib does not know are dropped. A speed hint
-            only: results must not depend on them.
+            parameters the step started from) and ``bound`` (per sample). An optional
+            bool ``converged`` field is the fitter's own stopping test (e.g. a gradient
+            norm), or-ed with the driver's tolerance test; any other fields are kept in
+            the trace's ``extras``.
+        get_params: ``get_params(state) -> GMMParams`` for one restart.
+        tol: the driver's tolerance test: converged when ``|Info.<tol_on> - its value at
+            the previous iteration| < tol``. None: no tolerance test.
+        tol_on: the Info field that ``tol`` watches (``"log_likelihood"`` for EM,
+            ``"bound"`` for an objective).
+        hooks: optional `DriverHooks` (data layout, final scoring, XLA options).
     """
 
     name: str
@@ -37,11 +59,13 @@ class Fitter(NamedTuple):
     init: Callable[..., Any]
     step: Callable[..., Any]
     get_params: Callable[..., Any]
-    prepare: Callable[..., Any] | None = None
-    score_prepared: Callable[..., Any] | None = None
-    compile_options: tuple = ()
+    tol: float | None = None
+    tol_on: str = "bound"
+    hooks: DriverHooks | None = None
 
 
 def step_data(fitter, x):
-    """What ``fitter.step`` takes for the samples ``x``: ``fitter.prepare(x)`` or ``x``."""
-    return x if fitter.prepare is None else fitter.prepare(x)
+    """What ``fitter.init`` and ``fitter.step`` take for the samples ``x``:
+    ``fitter.hooks.prepare(x)``, or ``x`` when the fitter has no ``prepare`` hook."""
+    prepare = None if fitter.hooks is None else fitter.hooks.prepare
+    return x if prepare is None else prepare(x)

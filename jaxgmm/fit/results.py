@@ -1,10 +1,14 @@
 """What a fit returns: the per-iteration `Trace`, the `FitResult` of the best restart, a
-`RestartSummary` of all restarts and the `Degeneracy` of components at the end."""
+`RestartSummary` of all restarts and the `Degeneracy` of components at the end; and what
+every loop that runs a fitter shares to build them (the device driver and the host loop
+of `jaxgmm.scale`): the check that a step stayed finite and the trace builder."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm.model.covariance import get_family
@@ -73,8 +77,11 @@ class FitResult(NamedTuple):
         degeneracies: tuple of `Degeneracy` of the final parameters.
         nonfinite_iteration: iteration at which the fitter produced non-finite values
             (the fit stopped there and kept the last finite parameters), or None.
-        state: the best restart's final fitter state (e.g. an SVI guide's parameters,
-            which ``params`` alone does not determine).
+        state: what a fit can be continued from. For `run_fitter`, the best restart's
+            final `jaxgmm.fit.RunState` (the fitter's state, e.g. an SVI guide's
+            optimiser state, in ``fitter_state``); pass it as ``init_state=`` to continue
+            exactly. For the host loops of `jaxgmm.scale`, their own final state (the
+            `OnlineEMState` of online EM; None out of core).
     """
 
     params: object
@@ -91,6 +98,48 @@ class FitResult(NamedTuple):
     degeneracies: tuple
     nonfinite_iteration: int | None
     state: object = None
+
+
+def all_finite(tree):
+    """Whether every element of every leaf of ``tree`` is finite (a traced bool)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def step_is_finite(params, info):
+    """Whether a step's new ``params`` and its Info's ``log_likelihood`` and ``bound`` are
+    all finite (a traced bool): a step that fails it is not accepted and ends the fit."""
+    return all_finite(params) & jnp.isfinite(info.log_likelihood) & jnp.isfinite(info.bound)
+
+
+def make_trace(columns, min_covariance_eigenvalue, weights, elapsed_s, n_components):
+    """The `Trace` of T accepted iterations.
+
+    Args:
+        columns: dict of per-iteration values by name, each of shape (T,): the Info
+            fields (``log_likelihood`` and ``bound`` become the trace's own fields, the
+            others go to ``extras``) and anything the loop adds (e.g. ``converged``).
+        min_covariance_eigenvalue, weights: (T, n_components) after each iteration.
+        elapsed_s: (T,) wall seconds since the start of the run.
+        n_components: K (shapes the diagnostics when T is 0).
+    """
+    n_iter = len(elapsed_s)
+    extras = {
+        name: np.asarray(values)
+        for name, values in columns.items()
+        if name not in ("log_likelihood", "bound")
+    }
+    extras["min_covariance_eigenvalue"] = np.asarray(min_covariance_eigenvalue).reshape(
+        n_iter, n_components
+    )
+    extras["weights"] = np.asarray(weights).reshape(n_iter, n_components)
+    return Trace(
+        iteration=np.arange(1, n_iter + 1),
+        log_likelihood=np.asarray(columns["log_likelihood"]),
+        bound=np.asarray(columns["bound"]),
+        elapsed_s=np.asarray(elapsed_s, dtype=float),
+        extras=extras,
+    )
 
 
 def component_diagnostics(params, spec):

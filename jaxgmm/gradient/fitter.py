@@ -31,12 +31,13 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from jaxgmm._registry import lookup
 from jaxgmm.fit.driver import FitResult, run_fitter
 from jaxgmm.fit.fitter import Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
 from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
 from jaxgmm.model.density import mean_log_likelihood
-from jaxgmm.model.init import initial_params
+from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors import log_prior
 
@@ -99,12 +100,6 @@ SCHEDULES = {
 }
 
 
-def _lookup(registry, name, what):
-    if not isinstance(name, str) or name not in registry:
-        raise ValueError(f"{what} must be one of {sorted(registry)}, got {name!r}")
-    return registry[name]
-
-
 def make_optimizer(name, learning_rate=None, schedule=None, schedule_steps=1000, options=()):
     """Build a named optax optimiser.
 
@@ -117,12 +112,12 @@ def make_optimizer(name, learning_rate=None, schedule=None, schedule_steps=1000,
         options: dict or (key, value) pairs passed to the builder (e.g.
             ``momentum`` for sgd, ``memory_size`` for lbfgs).
     """
-    entry = _lookup(OPTIMIZERS, name, "optimizer")
+    entry = lookup(OPTIMIZERS, name, "optimizer")
     lr = entry.default_learning_rate if learning_rate is None else learning_rate
     if lr is not None:
         lr = check_positive(lr, "learning_rate")
     if schedule is not None:
-        make_schedule = _lookup(SCHEDULES, schedule, "schedule")
+        make_schedule = lookup(SCHEDULES, schedule, "schedule")
         if lr is None:
             raise ValueError(f"schedule={schedule!r} needs a learning_rate for optimizer {name!r}")
         lr = make_schedule(lr, check_int(schedule_steps, "schedule_steps", 1))
@@ -177,13 +172,10 @@ class GradientState(NamedTuple):
     Attributes:
         u: `UnconstrainedParams` of the current iterate.
         opt_state: the optax optimiser state.
-        prev_objective: scalar, full-data objective per sample of the previous iterate
-            (-inf before the first iteration).
     """
 
     u: UnconstrainedParams
     opt_state: Any
-    prev_objective: jax.Array
 
 
 class GradientInfo(NamedTuple):
@@ -194,9 +186,9 @@ class GradientInfo(NamedTuple):
         bound: full-data objective per sample (equals ``log_likelihood`` without a prior).
         grad_norm: Euclidean norm of the full-data objective's gradient with respect to
             the unconstrained parameters.
-        objective_change: ``bound`` minus the previous iteration's ``bound``.
-        converged: ``|objective_change| < tol`` (when tol > 0) or ``grad_norm < grad_tol``
-            (when grad_tol > 0).
+        converged: ``grad_norm < grad_tol`` (when grad_tol > 0); the driver ors in its
+            tolerance test ``|bound - previous bound| < tol`` (when tol > 0) and records
+            the change as the trace's ``bound_change``.
         linesearch_steps: line-search steps of the update (lbfgs; 0 otherwise).
         minibatch_objective: mean of the minibatch objectives over the iteration's
             updates (minibatch mode; equals ``bound`` in full batch).
@@ -205,7 +197,6 @@ class GradientInfo(NamedTuple):
     log_likelihood: jax.Array
     bound: jax.Array
     grad_norm: jax.Array
-    objective_change: jax.Array
     converged: jax.Array
     linesearch_steps: jax.Array
     minibatch_objective: jax.Array
@@ -279,7 +270,10 @@ def gradient_fitter(
     )
 
 
-@functools.cache
+# Bounded: the same arguments must give the same Fitter (the driver's compile cache is
+# keyed by it), but a fitter holds no executable of its own, so an evicted one only costs
+# a recompile if it is built again.
+@functools.lru_cache(maxsize=64)
 def _gradient_fitter(
     spec,
     optimizer,
@@ -295,30 +289,25 @@ def _gradient_fitter(
     opt = make_optimizer(optimizer, learning_rate, schedule, schedule_steps, options)
     line_search = OPTIMIZERS[optimizer].line_search
 
-    def init(params, x):
+    def init(key, params, x):
+        del key, x  # deterministic; the optimiser state depends on the parameters only
         u = to_unconstrained(params, spec)
-        return GradientState(
-            u=u, opt_state=opt.init(u), prev_objective=jnp.asarray(-jnp.inf, x.dtype)
-        )
+        return GradientState(u=u, opt_state=opt.init(u))
 
-    def converged_and_info(state, x, value, grad, linesearch_steps, minibatch_objective):
+    def make_info(state, x, value, grad, linesearch_steps, minibatch_objective):
         log_likelihood = (
             value
             if spec.prior is None
             else mean_log_likelihood(x, from_unconstrained(state.u, spec), spec)
         )
         grad_norm = optax.tree.norm(grad)
-        change = value - state.prev_objective
         converged = jnp.asarray(False)
-        if tol > 0:
-            converged = converged | (jnp.abs(change) < tol)
         if grad_tol > 0:
-            converged = converged | (grad_norm < grad_tol)
+            converged = grad_norm < grad_tol
         return GradientInfo(
             log_likelihood=log_likelihood,
             bound=value,
             grad_norm=grad_norm,
-            objective_change=change,
             converged=converged,
             linesearch_steps=jnp.asarray(linesearch_steps, jnp.int32),
             minibatch_objective=jnp.asarray(minibatch_objective, x.dtype),
@@ -340,11 +329,8 @@ def _gradient_fitter(
             updates, opt_state = opt.update(neg_grad, state.opt_state, state.u)
             linesearch_steps = 0
         value = -neg_value
-        info = converged_and_info(state, x, value, neg_grad, linesearch_steps, value)
-        new_state = GradientState(
-            u=optax.apply_updates(state.u, updates), opt_state=opt_state, prev_objective=value
-        )
-        return new_state, info
+        info = make_info(state, x, value, neg_grad, linesearch_steps, value)
+        return GradientState(u=optax.apply_updates(state.u, updates), opt_state=opt_state), info
 
     def minibatch_step(key, state, x):
         n_samples = x.shape[0]
@@ -365,8 +351,8 @@ def _gradient_fitter(
         u, opt_state, total = lax.fori_loop(
             0, eval_every, update, (state.u, state.opt_state, jnp.zeros((), x.dtype))
         )
-        info = converged_and_info(state, x, value, grad, 0, total / eval_every)
-        return GradientState(u=u, opt_state=opt_state, prev_objective=value), info
+        info = make_info(state, x, value, grad, 0, total / eval_every)
+        return GradientState(u=u, opt_state=opt_state), info
 
     return Fitter(
         name=f"gradient_{optimizer}",
@@ -374,6 +360,8 @@ def _gradient_fitter(
         init=init,
         step=full_batch_step if batch_size is None else minibatch_step,
         get_params=lambda state: from_unconstrained(state.u, spec),
+        tol=tol if tol > 0 else None,  # tol=0 turns the test off
+        tol_on="bound",
     )
 
 
@@ -449,10 +437,7 @@ def fit_gradient(
         grad_tol=grad_tol,
     )
     key_init, key_run = jax.random.split(key)
-    if isinstance(init, str):
-        params = initial_params(key_init, x, spec, init, n_init)
-    else:
-        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, x.dtype), GMMParams(*init))
+    params = resolve_init(key_init, x, spec, init, n_init)
     return run_fitter(
         fitter,
         key_run,

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxgmm._registry import lookup
 from jaxgmm.model.linalg import (
     cholesky,
     eigh,
@@ -693,12 +694,7 @@ COVARIANCE_FAMILIES = {cls.name: cls for cls in (Full, Tied, Diag, Spherical)}
 
 
 def get_family(covariance_type):
-    try:
-        return COVARIANCE_FAMILIES[covariance_type]
-    except KeyError:
-        raise ValueError(
-            f"covariance_type must be one of {sorted(COVARIANCE_FAMILIES)}, got {covariance_type!r}"
-        ) from None
+    return lookup(COVARIANCE_FAMILIES, covariance_type, "covariance_type")
 
 
 def use_expansion(family, means, prec_chol):

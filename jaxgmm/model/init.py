@@ -9,7 +9,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxgmm._cache import BoundedCache
+from jaxgmm._registry import lookup
 from jaxgmm.model.blocked import scatter_about
+from jaxgmm.model.params import GMMParams
 from jaxgmm.model.stats import SufficientStats, ml_params_from_stats, safe_counts
 
 
@@ -144,12 +147,7 @@ INITIALIZERS = {
 
 
 def get_initializer(name):
-    try:
-        return INITIALIZERS[name]
-    except KeyError:
-        raise ValueError(
-            f"init_params must be one of {sorted(INITIALIZERS)}, got {name!r}"
-        ) from None
+    return lookup(INITIALIZERS, name, "init_params")
 
 
 def initial_params(key, x, spec, method="kmeans", n_init=1):
@@ -170,7 +168,32 @@ def initial_params(key, x, spec, method="kmeans", n_init=1):
     return _vmapped_init(init, spec)(keys, x)
 
 
-_VMAPPED: dict = {}
+def resolve_init(key, x, spec, init, n_init=1, *, dtype=None):
+    """The initial parameters every ``fit_*`` starts from.
+
+    Args:
+        key: PRNG key (used for a named initialiser only).
+        x: array of shape (n_samples, n_features) the initialiser runs on (for given
+            parameters only its dtype is read; None is allowed with ``dtype``).
+        spec: `GMMSpec`.
+        init: a key of `INITIALIZERS`, or `GMMParams` (a tuple of its three fields),
+            unbatched or with a leading restart axis.
+        n_init: restarts for a named initialiser.
+        dtype: the dtype given parameters are cast to (default ``x.dtype``).
+
+    Returns:
+        `GMMParams`: ``initial_params(key, x, spec, init, n_init)`` (leading (n_init,)
+        axis) for a name, else ``init`` cast to ``dtype`` (its own batching kept).
+    """
+    if isinstance(init, str):
+        return initial_params(key, x, spec, init, n_init)
+    dtype = x.dtype if dtype is None else dtype
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), GMMParams(*init))
+
+
+# The jitted, vmapped initialiser per (initialiser, spec); bounded like every cache of
+# compiled functions (see `jaxgmm._cache`).
+_VMAPPED = BoundedCache(32)
 
 
 def _vmapped_init(init, spec):

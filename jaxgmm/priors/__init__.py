@@ -11,6 +11,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from jaxgmm._registry import lookup
 from jaxgmm.priors._base import Prior, freeze
 from jaxgmm.priors.conjugate import ConjugatePrior
 from jaxgmm.priors.flat import FlatPrior
@@ -31,10 +32,7 @@ def hyperparameter_names(name):
 
 
 def _prior_class(name):
-    try:
-        return PRIORS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown prior {name!r}; valid priors: {sorted(PRIORS)}") from None
+    return lookup(PRIORS, name, "prior", "unknown prior {name}; valid priors: {valid}")
 
 
 def make_prior(name, **hyperparameters):

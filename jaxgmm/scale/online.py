@@ -13,8 +13,7 @@ The pure pieces (`average_stats`, `online_em_init`, `online_em_step`) carry no d
 host loop `fit_em_online` feeds fixed-shape minibatches (the last one zero-padded with
 sample weight 0) to one compiled step.
 
-The host loop measures its own time per step, like `run_em_out_of_core` in
-`jaxgmm.fit.driver`, so the trace's ``elapsed_s`` means the same as for every other fitter.
+The host loop is `jaxgmm.scale.host_loop.run_host_loop` (shared with out-of-core EM).
 """
 
 from __future__ import annotations
@@ -30,16 +29,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm._cache import BoundedCache
 from jaxgmm.em.steps import em_bound_from_stats, params_from_stats
-from jaxgmm.fit.driver import all_finite
-from jaxgmm.fit.results import FitResult, Trace, component_diagnostics, single_run_result
+from jaxgmm.fit.results import (
+    FitResult,
+    component_diagnostics,
+    single_run_result,
+    step_is_finite,
+)
 from jaxgmm.fit.validation import check_int, check_positive, default_dtype
 from jaxgmm.model.blocked import block_moments, stats_from_moments
 from jaxgmm.model.covariance import get_family
 from jaxgmm.model.density import mean_log_likelihood
-from jaxgmm.model.init import initial_params
+from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
 from jaxgmm.model.stats import SufficientStats, in_data_coordinates
+from jaxgmm.scale.host_loop import run_host_loop
 from jaxgmm.scale.out_of_core import host_blocks, open_data
 
 
@@ -234,13 +239,13 @@ def online_em_step(state, x_batch, sample_weight, n_samples, spec, *, step_size_
 
 def _step_with_diagnostics(state, x_batch, sample_weight, n_samples, hyper, spec):
     new_state, info = online_em_step(state, x_batch, sample_weight, n_samples, spec, **hyper)
-    finite = all_finite(new_state.params) & jnp.isfinite(info.log_likelihood) & jnp.isfinite(
-        info.bound
-    )
+    finite = step_is_finite(new_state.params, info)
     return new_state, info, component_diagnostics(new_state.params, spec), finite
 
 
-_COMPILED: dict = {}
+# The compiled step per (spec, shapes); bounded like every cache of compiled functions
+# (see `jaxgmm._cache`).
+_COMPILED = BoundedCache(32)
 
 
 def _compiled_step(spec, *args):
@@ -359,9 +364,12 @@ def _check_optional_int(value, name, minimum):
     return None if value is None else check_int(value, name, minimum)
 
 
-def _initial_params_from_rows(key, rows, spec, init):
-
-    params = initial_params(key, jnp.asarray(rows), spec, init, 1)
+def _initial_params(key, rows, spec, init, dtype):
+    """One restart's initial parameters: a named initialiser run on the host ``rows``
+    (None when ``init`` is given), or the given `GMMParams` cast to ``dtype``."""
+    if not isinstance(init, str):
+        return resolve_init(key, None, spec, init, dtype=dtype)
+    params = resolve_init(key, jnp.asarray(rows), spec, init)
     return jax.tree_util.tree_map(lambda a: a[0], params)
 
 
@@ -488,9 +496,9 @@ def fit_em_online(
             if not np.all(np.isfinite(subset)):
                 bad = int(rows[np.argwhere(~np.isfinite(subset))[0, 0]])
                 raise ValueError(f"x contains NaN or infinity (first at row {bad})")
-            params = _initial_params_from_rows(key_init, subset, spec, init)
+            params = _initial_params(key_init, subset, spec, init, dtype)
         else:
-            params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), GMMParams(*init))
+            params = _initial_params(key_init, None, spec, init, dtype)
         steps_per_epoch = -(-n_total // batch_size)
 
         def batches():
@@ -552,9 +560,9 @@ def fit_em_online(
                     f"x: the stream yielded {first.shape[0]} samples, fewer than "
                     f"n_components={spec.n_components}"
                 )
-            params = _initial_params_from_rows(key_init, first, spec, init)
+            params = _initial_params(key_init, first, spec, init, dtype)
         else:
-            params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), GMMParams(*init))
+            params = _initial_params(key_init, None, spec, init, dtype)
 
         def batches():
             return _rebatch(itertools.chain(head, stream), batch_size, dtype)
@@ -592,51 +600,32 @@ def _run_online(batches, params, spec, hyper, *, batch_size, dtype, scale, max_s
     }
     step_fn, compile_s = _compiled_step(spec, state, *template, n_scale, hyper)
 
-    infos, min_eigs, weights, elapsed = [], [], [], []
-    nonfinite_at = None
+    def step(state, batch):
+        block, weight = batch
+        return step_fn(state, block, weight, n_scale, hyper)
+
+    def evaluate(iteration, state, info):
+        if eval_every is not None and iteration % eval_every == 0:
+            data_ll = _data_log_likelihood(data, state.params, spec, dtype)
+            info = info._replace(data_log_likelihood=np.asarray(data_ll))
+        return info
+
     start = time.perf_counter()
     # islice stops before reading past max_steps batches (a stream is not over-consumed).
-    for block, weight in itertools.islice(batches, max_steps):
-        new_state, info, (min_eig, w), finite = step_fn(state, block, weight, n_scale, hyper)
-        info = jax.device_get(info)
-        if not bool(finite):
-            nonfinite_at = len(infos) + 1
-            break
-        state = new_state
-        t = len(infos) + 1
-        if eval_every is not None and t % eval_every == 0:
-            info = info._replace(
-                data_log_likelihood=np.asarray(_data_log_likelihood(data, state.params, spec, dtype))
-            )
-        infos.append(info)
-        min_eigs.append(np.asarray(min_eig))
-        weights.append(np.asarray(w))
-        elapsed.append(time.perf_counter() - start)
-        if callback is not None:
-            callback(t, info)
+    loop = run_host_loop(
+        step, state, itertools.islice(batches, max_steps), spec.n_components,
+        after_step=evaluate, callback=callback,
+    )
+    state = loop.state
     if score_final:
         final_ll = _data_log_likelihood(data, state.params, spec, dtype)
     else:
         final_ll = float(state.log_likelihood)
     run_s = time.perf_counter() - start
-
-    n_iter = len(infos)
-    column = lambda name: np.asarray([getattr(i, name) for i in infos], dtype=float)  # noqa: E731
-    trace = Trace(
-        iteration=np.arange(1, n_iter + 1),
-        log_likelihood=column("log_likelihood"),
-        bound=column("bound"),
-        elapsed_s=np.asarray(elapsed),
-        extras={
-            "step_size": column("step_size"),
-            "data_log_likelihood": column("data_log_likelihood"),
-            "min_covariance_eigenvalue": np.asarray(min_eigs).reshape(n_iter, spec.n_components),
-            "weights": np.asarray(weights).reshape(n_iter, spec.n_components),
-        },
-    )
     n_for_degeneracy = data.shape[0] if data is not None else float(state.n_seen)
     return single_run_result(
-        state.params, trace, spec, fitter="em_online", bound_name="averaged_em_bound",
+        state.params, loop.trace, spec, fitter="em_online", bound_name="averaged_em_bound",
         converged=False, log_likelihood=final_ll, n_samples=n_for_degeneracy,
-        compile_s=compile_s, run_s=run_s, nonfinite_iteration=nonfinite_at, state=state,
+        compile_s=compile_s, run_s=run_s, nonfinite_iteration=loop.nonfinite_iteration,
+        state=state,
     )

@@ -13,13 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm.em.fitter import EMInfo
 from jaxgmm.em.steps import em_bound_from_stats, params_from_stats
-from jaxgmm.fit.driver import all_finite
-from jaxgmm.fit.results import Trace, component_diagnostics, single_run_result
+from jaxgmm.fit.results import component_diagnostics, single_run_result, step_is_finite
 from jaxgmm.fit.validation import check_int, check_positive
 from jaxgmm.model.blocked import add_moments, block_moments, spec_block_size, stats_from_moments
-from jaxgmm.model.init import initial_params
+from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
+from jaxgmm.scale.host_loop import run_host_loop
 
 
 def open_data(x, dtype=None):
@@ -122,16 +123,16 @@ def fit_em_out_of_core(
         raise ValueError(
             f"x has n_samples={x.shape[0]}, fewer than n_components={spec.n_components}"
         )
+    key_rows, key_init = jax.random.split(key)
     if isinstance(init, str):
         n_sub = check_int(init_subsample, "init_subsample", spec.n_components)
-        key_rows, key_init = jax.random.split(key)
         rows = np.sort(np.asarray(jax.random.choice(
             key_rows, x.shape[0], (min(n_sub, x.shape[0]),), replace=False
         )))
         subset = jnp.asarray(np.asarray(x[rows], dtype=dtype))
-        params = jax.tree_util.tree_map(lambda a: a[0], initial_params(key_init, subset, spec, init, 1))
+        params = jax.tree_util.tree_map(lambda a: a[0], resolve_init(key_init, subset, spec, init))
     else:
-        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), GMMParams(*init))
+        params = resolve_init(key_init, x, spec, init, dtype=dtype)
     return run_em_out_of_core(
         x, params, spec, max_iter=max_iter, tol=tol, block_size=block_size, dtype=dtype
     )
@@ -140,8 +141,9 @@ def fit_em_out_of_core(
 def _em_update(moments, params, spec):
     log_likelihood, stats = stats_from_moments(moments, params, spec)
     new_params = params_from_stats(stats, spec)
-    bound = em_bound_from_stats(stats, new_params, spec)
-    return new_params, log_likelihood, bound, component_diagnostics(new_params, spec)
+    info = EMInfo(log_likelihood=log_likelihood, bound=em_bound_from_stats(stats, new_params, spec))
+    diagnostics = component_diagnostics(new_params, spec)
+    return new_params, info, diagnostics, step_is_finite(new_params, info)
 
 
 _em_update_jit = jax.jit(_em_update, static_argnums=2)
@@ -152,45 +154,22 @@ def run_em_out_of_core(x, params, spec, *, max_iter, tol, block_size=None, dtype
     `jaxgmm.fit_em_out_of_core`. Returns a `FitResult` (one restart).
     ``compile_s`` is the wall time of the first iteration minus the median of the others
     (the block function compiles lazily on its first call)."""
-    lls, bounds, elapsed, min_eigs, weights = [], [], [], [], []
-    converged, nonfinite_at = False, None
-    prev = -np.inf
-    start = time.perf_counter()
-    for it in range(max_iter):
+
+    def step(params, _):
         moments = moments_from_host(x, params, spec, block_size, dtype)
-        new_params, ll, bound, (min_eig, w) = _em_update_jit(moments, params, spec)
-        ll, bound = float(ll), float(bound)
-        if not (np.isfinite(ll) and np.isfinite(bound) and bool(all_finite(new_params))):
-            nonfinite_at = it + 1
-            break
-        params = new_params
-        lls.append(ll)
-        bounds.append(bound)
-        min_eigs.append(np.asarray(min_eig))
-        weights.append(np.asarray(w))
-        elapsed.append(time.perf_counter() - start)
-        if abs(ll - prev) < tol:
-            converged = True
-            break
-        prev = ll
-    moments = moments_from_host(x, params, spec, block_size, dtype)
+        return _em_update_jit(moments, params, spec)
+
+    start = time.perf_counter()
+    loop = run_host_loop(
+        step, params, range(max_iter), spec.n_components, tol=tol, tol_on="log_likelihood"
+    )
+    moments = moments_from_host(x, loop.state, spec, block_size, dtype)
     final_ll = float(moments.log_likelihood / moments.n_samples)
     run_s = time.perf_counter() - start
-    steps = np.diff(np.asarray([0.0] + elapsed))
+    steps = np.diff(np.concatenate([[0.0], loop.trace.elapsed_s]))
     compile_s = float(max(steps[0] - np.median(steps[1:]), 0.0)) if steps.size > 1 else 0.0
-    n_iter = len(lls)
-    trace = Trace(
-        iteration=np.arange(1, n_iter + 1),
-        log_likelihood=np.asarray(lls),
-        bound=np.asarray(bounds),
-        elapsed_s=np.asarray(elapsed),
-        extras={
-            "min_covariance_eigenvalue": np.asarray(min_eigs).reshape(n_iter, -1),
-            "weights": np.asarray(weights).reshape(n_iter, -1),
-        },
-    )
     return single_run_result(
-        params, trace, spec, fitter="em_out_of_core", bound_name="em_bound",
-        converged=converged, log_likelihood=final_ll, n_samples=x.shape[0],
-        compile_s=compile_s, run_s=run_s, nonfinite_iteration=nonfinite_at,
+        loop.state, loop.trace, spec, fitter="em_out_of_core", bound_name="em_bound",
+        converged=loop.converged, log_likelihood=final_ll, n_samples=x.shape[0],
+        compile_s=compile_s, run_s=run_s, nonfinite_iteration=loop.nonfinite_iteration,
     )

@@ -191,3 +191,33 @@ def test_empty_component_is_reported():
     empty = [d for d in gm.degeneracies_ if d.kind == "empty_component"]
     assert {d.component for d in empty} == {2, 3}
     assert all(d.first_iteration >= 1 for d in empty)
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_verbose_logs_every_verbose_interval_iterations(verbose, caplog):
+    # scikit-learn's verbose messages, through the "jaxgmm" logger (the library never
+    # prints): "Iteration t" every verbose_interval iterations, the outcome at the end,
+    # and at verbose 2 the time lapse and the log-likelihood change.
+    x, _ = blobs(0)
+    gm = GaussianMixture(3, random_state=0, tol=0.0, max_iter=7, verbose=verbose, verbose_interval=3)
+    with caplog.at_level("INFO", logger="jaxgmm"):
+        quiet_fit(gm, x)
+    messages = [r.getMessage() for r in caplog.records if r.name == "jaxgmm"]
+    if verbose == 0:
+        assert messages == []
+        return
+    iterations = [m for m in messages if m.strip().startswith("Iteration")]
+    assert [int(m.split()[1]) for m in iterations] == [3, 6]
+    assert messages[-1].startswith("Initialization did not converge.")
+    if verbose == 2:
+        change = float(iterations[0].split("ll change")[1])
+        expected = gm.lower_bounds_[2] - gm.lower_bounds_[1]
+        np.testing.assert_allclose(change, expected, rtol=1e-4, atol=1e-5)
+        assert "time lapse" in iterations[0] and "lower bound" in messages[-1]
+
+
+@pytest.mark.parametrize("kwargs", [{"verbose_interval": 0}, {"verbose": -1}, {"verbose": "yes"}])
+def test_bad_verbose_settings_raise(kwargs):
+    x, _ = blobs(0)
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        GaussianMixture(2, **kwargs).fit(x)

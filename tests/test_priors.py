@@ -210,3 +210,22 @@ def test_conjugate_em_map_is_a_stationary_point_and_monotone(cov_type, data, req
     for g, v in zip((grads[0], grads[1], g_pc), (None, final.means, final.prec_chol), strict=True):
         scale = 1.0 if v is None else jnp.abs(v) + 1e-3
         assert float(jnp.max(jnp.abs(g) * scale)) < 1e-5 * data.shape[0]
+
+
+def test_priors_factorise_through_the_linalg_wrapper(ml_fits):
+    # Priors use `jaxgmm.model.linalg.cholesky` (one matrix per call, which avoids the
+    # batched-LAPACK hang on several CPU devices), never jnp.linalg.cholesky directly,
+    # and the site values it gives equal the direct factorisation's.
+    import pathlib
+
+    folder = pathlib.Path(jaxgmm.priors.__file__).parent
+    for path in folder.glob("*.py"):
+        assert "jnp.linalg.cholesky" not in path.read_text(), path.name
+    lkj = make_prior("lkj")
+    spec = jaxgmm.GMMSpec(2, "full", prior=lkj)
+    sites = lkj.site_values(ml_fits["full"], spec)
+    cov = jaxgmm.covariances(ml_fits["full"], "full")
+    scales = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
+    np.testing.assert_allclose(
+        sites["corr_cholesky"], jnp.linalg.cholesky(cov) / scales[..., :, None], rtol=1e-12
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import time
 import warnings
 
 import jax
@@ -22,9 +23,9 @@ from jaxgmm.fit.validation import (
     check_precisions,
     check_weights,
 )
-from jaxgmm.model.covariance import COVARIANCE_FAMILIES, get_family
+from jaxgmm.model.covariance import get_family
 from jaxgmm.model.density import log_prob, weighted_log_prob
-from jaxgmm.model.init import INITIALIZERS, initial_params
+from jaxgmm.model.init import get_initializer, initial_params
 from jaxgmm.model.params import (
     GMMParams,
     aic,
@@ -66,6 +67,62 @@ def _key_from(random_state):
     )
 
 
+class _VerboseLog:
+    """scikit-learn's verbose messages (`BaseMixture._print_verbose_msg_*`), logged at
+    INFO level to the ``"jaxgmm"`` logger, fed by the driver's per-chunk callback."""
+
+    def __init__(self, verbose, interval):
+        self.verbose, self.interval = verbose, interval
+        self.done = 0  # iterations already seen
+        self.previous = None  # (n_restarts,) log-likelihood at the last seen iteration
+
+    def begin(self, n_restarts):
+        if self.verbose:
+            logger.info("Initialization: %d restart(s), run together", n_restarts)
+        self.start = self.last_message = self.last_chunk = time.perf_counter()
+
+    def chunk_done(self, iterations_done, infos):
+        now = time.perf_counter()
+        new = iterations_done - self.done
+        if new <= 0:
+            return
+        # infos are (n_restarts, chunk_size); the first `new` columns are this chunk's
+        # iterations (the rest ran after every restart was done and were discarded).
+        log_likelihood = np.asarray(infos.log_likelihood)
+        per_iteration = (now - self.last_chunk) / new
+        for column in range(new):
+            iteration = self.done + column + 1
+            current = log_likelihood[:, column]
+            change = current - (-np.inf if self.previous is None else self.previous)
+            self.previous = current
+            if iteration % self.interval:
+                continue
+            if self.verbose == 1:
+                logger.info("  Iteration %d", iteration)
+            else:
+                at = self.last_chunk + per_iteration * (column + 1)
+                logger.info(
+                    "  Iteration %d\t time lapse %.5fs\t ll change %s",
+                    iteration,
+                    at - self.last_message,
+                    " ".join(f"{c:.5f}" for c in change),
+                )
+                self.last_message = at
+        self.done, self.last_chunk = iterations_done, now
+
+    def end(self, converged, lower_bound):
+        outcome = "converged" if converged else "did not converge"
+        if self.verbose == 1:
+            logger.info("Initialization %s.", outcome)
+        elif self.verbose >= 2:
+            logger.info(
+                "Initialization %s. time lapse %.5fs\t lower bound %.5f.",
+                outcome,
+                time.perf_counter() - self.start,
+                lower_bound,
+            )
+
+
 class GaussianMixture:
     """Gaussian mixture fitted by EM, with scikit-learn's parameters and attributes.
 
@@ -76,7 +133,13 @@ class GaussianMixture:
     (``n_init``) run vectorised; the best by final log-likelihood is kept.
 
     Data are used in float64 when JAX's x64 mode is enabled and the input is float64,
-    otherwise in float32. ``verbose`` logs to the ``"jaxgmm"`` logger (no printing).
+    otherwise in float32. ``verbose`` and ``verbose_interval`` work as in scikit-learn
+    but log to the ``"jaxgmm"`` logger at INFO level instead of printing: with
+    ``verbose >= 1``, every ``verbose_interval`` iterations ``"  Iteration t"`` and the
+    outcome at the end; with ``verbose >= 2`` also the time since the previous message
+    and the change of the log-likelihood per sample (one value per restart: restarts
+    run together). Time is measured per jitted chunk of iterations and shared evenly
+    among them (the driver's convention), compilation included.
 
     Attributes (after ``fit``):
         weights_: (n_components,).
@@ -140,16 +203,12 @@ class GaussianMixture:
         )
 
     def _check_parameters(self):
-        if self.covariance_type not in COVARIANCE_FAMILIES:
-            raise ValueError(
-                f"covariance_type must be one of {sorted(COVARIANCE_FAMILIES)}, "
-                f"got {self.covariance_type!r}"
-            )
-        if self.init_params not in INITIALIZERS:
-            raise ValueError(
-                f"init_params must be one of {sorted(INITIALIZERS)}, got {self.init_params!r}"
-            )
+        get_family(self.covariance_type)
+        get_initializer(self.init_params)
         check_int(self.n_init, "n_init", 1)
+        check_int(self.verbose_interval, "verbose_interval", 1)
+        if not isinstance(self.verbose, numbers.Integral) or self.verbose < 0:
+            raise ValueError(f"verbose must be an int >= 0 (or a bool), got {self.verbose!r}")
         check_int(self.max_iter, "max_iter", 0)
         check_positive(self.tol, "tol", allow_zero=True)
 
@@ -194,16 +253,8 @@ class GaussianMixture:
         key_init, key_run = jax.random.split(_key_from(self.random_state))
         params = self._initial_params(key_init, x, spec)
 
-        callback = None
-        if self.verbose:
-
-            def callback(n_iter, infos):
-                logger.info(
-                    "jaxgmm EM: iteration %d, log-likelihood per sample %s",
-                    n_iter,
-                    np.asarray(infos.log_likelihood)[..., -1],
-                )
-
+        log = _VerboseLog(int(self.verbose), int(self.verbose_interval))
+        log.begin(params.means.shape[0] if params.means.ndim == 3 else 1)
         result = run_fitter(
             em_fitter(spec, float(self.tol)),
             key_run,
@@ -211,9 +262,10 @@ class GaussianMixture:
             params,
             spec,
             max_iter=int(self.max_iter),
-            callback=callback,
+            callback=log.chunk_done if log.verbose else None,
         )
         self._set_fitted(result, spec, x)
+        log.end(result.converged, self.lower_bound_)
         return self.predict(x)
 
     def _set_fitted(self, result, spec, x):

@@ -26,7 +26,7 @@ import numpyro.distributions as dist
 from jax import lax
 
 from jaxgmm.model.covariance import get_family, regularize_covariance
-from jaxgmm.model.linalg import upper_inverse_transpose
+from jaxgmm.model.linalg import cholesky, upper_inverse_transpose
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors._base import (
     ALL_COVARIANCE_TYPES,
@@ -134,7 +134,7 @@ class ConjugatePrior(Prior):
                     jnp.asarray(nu, dtype), scale_matrix=jnp.broadcast_to(psi, batch + psi.shape)
                 ).to_event(len(batch)),
             )
-            chol = jnp.linalg.cholesky(cov)
+            chol = cholesky(cov)
             means = numpyro.sample(
                 "means",
                 dist.MultivariateNormal(

@@ -20,10 +20,9 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from jax import lax
 
 from jaxgmm.model.covariance import get_family
-from jaxgmm.model.linalg import upper_inverse_transpose
+from jaxgmm.model.linalg import cholesky, upper_inverse_transpose
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors._base import (
     ALL_COVARIANCE_TYPES,
@@ -128,8 +127,6 @@ class LKJPrior(Prior):
         scales = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
         values["scales"] = scales
         if params.means.shape[-1] > 1:
-            values["corr_cholesky"] = jnp.linalg.cholesky(cov) / scales[..., :, None]
+            values["corr_cholesky"] = cholesky(cov) / scales[..., :, None]
         return values
 
-
-del lax

@@ -26,7 +26,10 @@ def _init(x, spec):
 
 def _split_and_whole(fitter, x, spec, init, n_first, n_total):
     key = jax.random.key(1)
-    run = lambda **kw: jaxgmm.run_fitter(fitter, key, x, spec=spec, chunk_size=CHUNK, **kw)  # noqa: E731
+
+    def run(**kwargs):
+        return jaxgmm.run_fitter(fitter, key, x, spec=spec, chunk_size=CHUNK, **kwargs)
+
     whole = run(init_params=init, max_iter=n_total)
     first = run(init_params=init, max_iter=n_first)
     second = run(init_params=None, max_iter=n_total - n_first, init_state=first.state)

@@ -51,7 +51,8 @@ def make_svi_optimizer(name, learning_rate=0.01, schedule=None, schedule_steps=1
     """An optax optimiser for SVI from the same registry the gradient fitter uses
     (`jaxgmm.OPTIMIZERS`), minus line-search methods: SVI's gradients are stochastic."""
     stochastic = {key: entry for key, entry in OPTIMIZERS.items() if not entry.line_search}
-    lookup(stochastic, name, "optimizer", "unknown optimizer {name} for SVI; valid optimizers: {valid}")
+    message = "unknown optimizer {name} for SVI; valid optimizers: {valid}"
+    lookup(stochastic, name, "optimizer", message)
     return make_optimizer(name, learning_rate, schedule, schedule_steps, options)
 
 

@@ -382,8 +382,10 @@ def _trace_of(outputs, chunk_times, chunk_size, restart, tol_on, n_components):
         columns = {"log_likelihood": empty, "bound": empty}
         return make_trace(columns, empty, empty, empty, n_components)
     # vmapped scan outputs are (restart, chunk, ...): take one restart, join chunks.
+    def join(name, part):  # one field of the fitter's (0) or the driver's (1) Info
+        return np.concatenate([np.asarray(getattr(o[part], name))[restart] for o in outputs])
+
     pick = lambda a: np.asarray(a)[restart]  # noqa: E731
-    join = lambda name, i: np.concatenate([pick(getattr(o[i], name)) for o in outputs])  # noqa: E731
     accepted = np.concatenate([pick(o[3]) for o in outputs]).astype(bool)
     columns = {name: join(name, 0)[accepted] for name in outputs[0][0]._fields}
     columns["converged"] = join("converged", 1)[accepted]

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from jaxgmm._registry import lookup
 from jaxgmm.model.covariance import get_family
 from jaxgmm.model.linalg import cholesky, upper_inverse_transpose
 from jaxgmm.model.params import GMMParams
@@ -66,11 +67,7 @@ class LKJPrior(Prior):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, freeze(getattr(self, f.name)))
         self._check_positive("weight_concentration", "eta")
-        if self.scale_distribution not in SCALE_DISTRIBUTIONS:
-            raise ValueError(
-                f"prior 'lkj': scale_distribution must be one of {sorted(SCALE_DISTRIBUTIONS)}, "
-                f"got {self.scale_distribution!r}"
-            )
+        lookup(SCALE_DISTRIBUTIONS, self.scale_distribution, "prior 'lkj': scale_distribution")
 
     def with_data_defaults(self, x, n_components=None):
         """Fill mean_prior (data mean), mean_scale and scale_scale (data std per feature)."""

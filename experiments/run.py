@@ -29,7 +29,7 @@ def build_parser():
         prog="python -m experiments.run",
         description="Fit one Gaussian-mixture spec with several methods and compare them.",
     )
-    parser.add_argument("config", help="YAML config file (see the README, section Experiments)")
+    parser.add_argument("config", help="YAML config file (keys: docs/experiments.md)")
     parser.add_argument("--output", "-o", help="run folder (default: results/<name>)")
     parser.add_argument(
         "--methods", help="comma-separated subset of methods to run, e.g. em,gradient"

@@ -24,6 +24,7 @@ from jaxgmm.model.blocked import (
     spec_blocks,
     stats_from_moments,
 )
+from jaxgmm.model.covariance import get_family
 from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
 
@@ -85,13 +86,6 @@ class EMInfo(NamedTuple):
 
     log_likelihood: jax.Array
     bound: jax.Array
-
-
-# Full covariances' step is matrix products: XLA:CPU compiles it 1.7x faster with its
-# classic emitters than with its fusion emitters, at the same measured time per
-# iteration. Diagonal ones are elementwise work that the fusion emitters make 20-40%
-# faster, so they keep the default.
-_STEP_COMPILE_OPTIONS = {"full": (("xla_cpu_use_fusion_emitters", False),)}
 
 
 # Bounded: the same arguments must give the same Fitter (the driver's compile cache is
@@ -156,6 +150,6 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         hooks=DriverHooks(
             prepare=prepare,
             score_prepared=score_prepared,
-            compile_options=_STEP_COMPILE_OPTIONS.get(spec.covariance_type, ()),
+            compile_options=get_family(spec.covariance_type).em_step_compile_options,
         ),
     )

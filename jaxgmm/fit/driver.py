@@ -1,9 +1,9 @@
 """The one driver: runs any `Fitter` under jit + chunked `lax.scan`, vmapped over
 restarts, and returns a uniform `FitResult` with a per-iteration `Trace`.
 
-Iterations run in jitted chunks;
-the host times each chunk and checks whether every restart is done, so wall time per
-iteration is the chunk's time divided evenly among its iterations. Compile time is
+Iterations run in jitted chunks; the host times each chunk and checks whether every
+restart is done, so wall time per iteration is the chunk's time divided evenly among its
+iterations. Compile time is
 measured apart (ahead-of-time compilation) and is 0 when the executable is cached.
 """
 
@@ -230,7 +230,7 @@ def _compiled(fitter, spec, chunk_size, keys, source, x, max_iter, resume):
         start.output_shardings,
     )
     # On several devices, one restart at a time too: vmapped restarts would batch the
-    # per-matrix linear algebra again (see `jaxgmm.model.covariance._one_matrix_per_call`).
+    # per-matrix linear algebra again (see `jaxgmm.model.linalg`).
     sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec) or _on_several_devices(x)
     chunk_lowered = _chunk_function(fitter, spec, chunk_size, sequential).lower(
         keys, carry, data, max_iter

@@ -16,7 +16,13 @@ from jaxgmm.model.covariance import (
     regularize_covariance,
 )
 from jaxgmm.model.density import log_prob, mean_log_likelihood, weighted_log_prob
-from jaxgmm.model.init import INITIALIZERS, initial_params, kmeans_labels, kmeans_plusplus_indices
+from jaxgmm.model.init import (
+    INITIALIZERS,
+    initial_params,
+    kmeans_labels,
+    kmeans_plusplus_indices,
+    resolve_init,
+)
 from jaxgmm.model.params import (
     GMMParams,
     abstract_params,
@@ -68,6 +74,7 @@ __all__ = [
     "params_from_precisions",
     "precisions",
     "regularize_covariance",
+    "resolve_init",
     "sample",
     "stats_from_moments",
     "sufficient_statistics",

@@ -142,6 +142,8 @@ class CovarianceFamily:
     # A cap on the work-array elements of `jaxgmm.model.default_block_size`'s small
     # blocks, or None (measured for full covariances, see there).
     small_block_elements = None
+    # XLA compile options for EM's step executable ((name, value) pairs; speed only).
+    em_step_compile_options = ()
 
     @staticmethod
     def expansion_risk(means, prec_chol):
@@ -163,6 +165,11 @@ class CovarianceFamily:
 
 class Full(CovarianceFamily):
     name = "full"
+    # The EM step is matrix products: XLA:CPU compiles it 1.7x faster with its classic
+    # emitters than with its fusion emitters, at the same measured time per iteration.
+    # (Diagonal families are elementwise work that the fusion emitters make 20-40%
+    # faster, so they keep the default.)
+    em_step_compile_options = (("xla_cpu_use_fusion_emitters", False),)
 
     @staticmethod
     def dense(covariances, n_components, n_features):
@@ -412,6 +419,7 @@ class Full(CovarianceFamily):
 
 class Tied(Full):
     name = "tied"
+    em_step_compile_options = ()  # measured for full only; tied keeps the default
 
     @staticmethod
     def dense(covariances, n_components, n_features):

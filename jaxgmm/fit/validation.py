@@ -62,15 +62,45 @@ def check_data(x, name="X", n_components=None, dtype=None):
             f"{name} has n_samples={arr.shape[0]}, fewer than n_components={n_components}; "
             "need n_samples >= n_components"
         )
+    dtype = compute_dtype(arr.dtype, dtype)
+    if isinstance(x, jax.Array) and x.dtype == dtype and x.ndim == 2:
+        return x
+    return jnp.asarray(check_fits_dtype(arr, dtype, name))
+
+
+def compute_dtype(data_dtype, dtype=None):
+    """The floating dtype a computation on data of ``data_dtype`` runs in: ``dtype`` if
+    given, else the data's float dtype (float64 for integers); float32 without x64."""
     if dtype is None:
-        dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
+        dtype = data_dtype if data_dtype in (np.float32, np.float64) else np.float64
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = np.float64
     if not jax.config.jax_enable_x64 and jnp.dtype(dtype).itemsize > 4:
         dtype = np.float32  # without x64, JAX would truncate with a warning anyway
-    if isinstance(x, jax.Array) and x.dtype == dtype and x.ndim == 2:
-        return x
-    return jnp.asarray(arr, dtype=dtype)
+    return np.dtype(dtype)
+
+
+def check_fits_dtype(arr, dtype, name, where=""):
+    """``arr`` (finite NumPy values) cast to ``dtype``; a ValueError naming ``name`` and
+    the first entry if the cast overflows (finite float64 beyond float32's ~3.4e38 become
+    infinite: checking finiteness before the cast is not enough). ``where`` is added to
+    the position in the message (e.g. " of stream batch 3")."""
+    arr = np.asarray(arr)
+    with np.errstate(over="ignore"):  # the overflow is reported below, by name
+        cast = arr.astype(dtype, copy=False)
+    if cast is not arr and not np.all(np.isfinite(cast)):
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(cast))[0])
+        position = (
+            f"row {bad[0]}, column {bad[1]}" if len(bad) == 2 else f"index {bad}"
+        )
+        raise ValueError(
+            f"{name} has values that overflow {np.dtype(dtype).name} (largest finite "
+            f"{float(np.finfo(dtype).max):.3g}; first at {position}{where}: "
+            f"{arr[bad]!r}); standardise the data (e.g. subtract the mean and divide by "
+            "the standard deviation of each feature) or compute in float64 "
+            "(jax.config.update('jax_enable_x64', True))"
+        )
+    return cast
 
 
 def check_positive(value, name, allow_zero=False):
@@ -123,3 +153,115 @@ def check_precisions(precisions, covariance_type, n_components, n_features, name
         raise ValueError(f"{name} must be finite")
     family.check_precisions(p, name)
     return p
+
+
+def _factor_is_matrix(family):
+    """Whether the family's precision factor holds D x D matrices (full, tied), probed
+    through its shape rule so that no covariance type is named here."""
+    return tuple(family.prec_chol_shape(1, 2)[-2:]) == (2, 2)
+
+
+def check_init_params(params, spec, n_features, name="init_params", dtype=None):
+    """Validate initial `GMMParams` given by the user before they reach a fitter.
+
+    Args:
+        params: `GMMParams` (or a tuple (weights, means, prec_chol)), unbatched or with
+            a leading restart axis: weights (n_components,), means (n_components,
+            n_features), prec_chol of the family's shape (see `jaxgmm.GMMParams`).
+        spec: `GMMSpec`.
+        n_features: the data's number of features.
+        name: the argument's name in error messages.
+        dtype: if given, the values must also be finite once cast to it.
+
+    Returns:
+        ``params`` as `GMMParams` (values unchanged).
+
+    Raises:
+        ValueError naming ``name`` and what was expected: wrong shapes; non-finite
+        values; weights negative or not summing to 1; a precision factor with a zero,
+        negative or NaN diagonal (entries, for diag/spherical), or for full/tied not
+        upper triangular (scikit-learn's ``precisions_cholesky_`` convention).
+    """
+    from jaxgmm.model.params import GMMParams  # fit -> model is allowed; keeps import light
+
+    if isinstance(params, (str, dict)) or not isinstance(params, (tuple, list)) or len(
+        params
+    ) != 3:
+        raise ValueError(
+            f"{name} must be GMMParams(weights, means, prec_chol) (or an initialiser name "
+            f"where one is accepted), got {type(params).__name__}"
+        )
+    params = GMMParams(*params)
+    family = get_family(spec.covariance_type)
+    k, d = spec.n_components, int(n_features)
+    try:
+        shapes = [np.shape(leaf) for leaf in params]
+    except Exception as exc:  # noqa: BLE001 - report any conversion failure plainly
+        raise ValueError(f"{name} must hold arrays of numbers") from exc
+    means_shape = shapes[1]
+    batched = len(means_shape) == 3
+    lead = means_shape[:1] if batched else ()
+    expected = (lead + (k,), lead + (k, d), lead + tuple(family.prec_chol_shape(k, d)))
+    fields = ("weights", "means", "prec_chol")
+    restart_note = " (with a leading restart axis)" if batched else ""
+    for field, shape, want in zip(fields, shapes, expected):
+        if tuple(shape) != want:
+            raise ValueError(
+                f"{name}.{field} for n_components={k}, n_features={d}, "
+                f"covariance_type={spec.covariance_type!r} must have shape {want}"
+                f"{restart_note}, got {tuple(shape)}"
+            )
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in params):
+        return params  # values unknown under a transformation: shapes are all we can check
+    values = {}
+    for field, leaf in zip(fields, params):
+        try:
+            arr = np.asarray(leaf)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{name}.{field} must be an array of numbers") from exc
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+        ):
+            raise ValueError(f"{name}.{field} must hold real numbers, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+            raise ValueError(
+                f"{name}.{field} must be finite, got {arr[bad]} at index {bad}"
+            )
+        if dtype is not None:
+            check_fits_dtype(arr, dtype, f"{name}.{field}")
+        values[field] = arr.astype(np.float64)
+    w = values["weights"]
+    if np.any(w < 0):
+        bad = tuple(int(i) for i in np.argwhere(w < 0)[0])
+        raise ValueError(f"{name}.weights must be >= 0, got {w[bad]} at index {bad}")
+    # A float32 simplex sums to 1 only to about K ulps.
+    weights_dtype = np.asarray(params.weights).dtype
+    eps = float(np.finfo(weights_dtype).eps) if np.issubdtype(weights_dtype, np.floating) else 0
+    tol = max(1e-6, 8 * k * eps)
+    error = np.abs(np.atleast_1d(w.sum(axis=-1)) - 1)
+    if np.any(error > tol):
+        worst = np.atleast_1d(w.sum(axis=-1))[np.argmax(error)]
+        raise ValueError(f"{name}.weights must sum to 1, got sum {worst:.8g}")
+    p = values["prec_chol"]
+    if _factor_is_matrix(family):
+        lower = np.tril(np.ones((d, d), bool), -1)
+        if np.any(p[..., lower] != 0):
+            raise ValueError(
+                f"{name}.prec_chol for covariance_type={spec.covariance_type!r} must be "
+                "upper triangular (scikit-learn's precisions_cholesky_: precision = "
+                "prec_chol @ prec_chol.T); build it with jaxgmm.params_from_covariances "
+                "or jaxgmm.params_from_precisions"
+            )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_det = np.asarray(
+            jax.device_get(family.log_det_prec_chol(jnp.asarray(p), d)), dtype=np.float64
+        )
+    if not np.all(np.isfinite(log_det)):
+        what = "diagonal" if _factor_is_matrix(family) else "entries"
+        raise ValueError(
+            f"{name}.prec_chol for covariance_type={spec.covariance_type!r} must have a "
+            f"positive {what} (a precision factor is invertible), got a zero, negative or "
+            "non-finite value"
+        )
+    return params

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from jaxgmm import GMMSpec
@@ -21,6 +22,9 @@ def test_spec_is_frozen_and_hashable():
         ({"n_components": 2, "reg_covar": 0.0}, "reg_covar"),
         ({"n_components": 2, "reg_covar": -1.0}, "reg_covar"),
         ({"n_components": 2, "reg_covar": "x"}, "reg_covar"),
+        ({"n_components": 2, "reg_covar": True}, "reg_covar"),
+        ({"n_components": np.bool_(True)}, "n_components"),
+        ({"n_components": 2, "reg_covar": float("inf")}, "reg_covar"),
         ({"n_components": 2, "prior": {"name": "x"}}, "prior.*hashable"),
     ],
 )
@@ -32,3 +36,11 @@ def test_spec_validation_names_the_field(kwargs, match):
 def test_every_registered_family_is_a_valid_spec():
     for name in COVARIANCE_FAMILIES:
         assert GMMSpec(2, name).covariance_type == name
+
+
+@pytest.mark.parametrize("n", [np.int64(3), np.int32(3), np.uint8(3)])
+def test_numpy_integers_are_accepted_as_plain_ints(n):
+    """Issue 16 defect 14: GMMSpec rejected np.int64(3), which the estimator accepts."""
+    spec = GMMSpec(n, "diag")
+    assert type(spec.n_components) is int
+    assert spec == GMMSpec(3, "diag") and hash(spec) == hash(GMMSpec(3, "diag"))

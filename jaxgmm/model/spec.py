@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
+
+import numpy as np
 
 from jaxgmm.model.covariance import COVARIANCE_FAMILIES
 
@@ -35,18 +38,28 @@ class GMMSpec:
     prior: Any = None
 
     def __post_init__(self):
-        if isinstance(self.n_components, bool) or not isinstance(self.n_components, int):
+        # Any integer type (np.int64 from a config or a NumPy computation) as the
+        # estimator accepts it; bools are not counts.
+        if isinstance(self.n_components, (bool, np.bool_)) or not isinstance(
+            self.n_components, numbers.Integral
+        ):
             raise ValueError(
                 f"GMMSpec.n_components must be an int >= 1, got {self.n_components!r}"
             )
         if self.n_components < 1:
             raise ValueError(f"GMMSpec.n_components must be >= 1, got {self.n_components}")
+        # A plain int keeps the spec's hash and equality independent of the integer type.
+        object.__setattr__(self, "n_components", int(self.n_components))
         if not isinstance(self.covariance_type, str) or (
             self.covariance_type not in COVARIANCE_FAMILIES
         ):
             raise ValueError(
                 f"GMMSpec.covariance_type must be one of {list(COVARIANCE_FAMILIES)}, "
                 f"got {self.covariance_type!r}"
+            )
+        if isinstance(self.reg_covar, (bool, np.bool_)):
+            raise ValueError(
+                f"GMMSpec.reg_covar must be a positive float, got {self.reg_covar!r}"
             )
         try:
             reg = float(self.reg_covar)

@@ -3,7 +3,10 @@
 Classification 24:155, "Bayesian regularization for normal mixture estimation").
 
 Sites (the variables the density is over):
-  ``weights`` (K,) ~ Dirichlet(weight_concentration)
+  ``weights`` (K,) ~ Dirichlet(weight_concentration) (``weight_prior_type``
+             "dirichlet_distribution"), or truncated stick-breaking with sticks
+             ~ Beta(1, weight_concentration) ("dirichlet_process"; the density of the weights,
+             see `jaxgmm.priors.stick_breaking`)
   full:      ``covariances`` (K, D, D) ~ InverseWishart(dof, Psi);
              ``means`` (K, D) | cov ~ N(m0, cov / kappa)
   tied:      ``covariance`` (D, D) ~ InverseWishart(dof, Psi);
@@ -25,6 +28,7 @@ import numpyro
 import numpyro.distributions as dist
 from jax import lax
 
+from jaxgmm._registry import lookup
 from jaxgmm.model.covariance import get_family, regularize_covariance
 from jaxgmm.model.linalg import cholesky, upper_inverse_transpose
 from jaxgmm.model.params import GMMParams
@@ -36,6 +40,13 @@ from jaxgmm.priors._base import (
     matrix_hyperparameter,
     vector_hyperparameter,
 )
+from jaxgmm.priors.stick_breaking import StickBreakingWeights, weights_from_sticks
+
+#: ``weight_prior_type`` values (scikit-learn's ``weight_concentration_prior_type`` names).
+WEIGHT_PRIOR_TYPES = {
+    "dirichlet_distribution": "finite symmetric Dirichlet(alpha)",
+    "dirichlet_process": "truncated stick-breaking, sticks ~ Beta(1, gamma)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +54,13 @@ class ConjugatePrior(Prior):
     """Dirichlet x Normal-inverse-Wishart (inverse-Gamma for diag/spherical).
 
     Attributes:
-        weight_concentration: Dirichlet concentration alpha (symmetric), > 0; EM's MAP
-            step needs alpha >= 1 (for alpha < 1 the posterior density is unbounded at
-            empty components). Default 1 (uniform on the simplex).
+        weight_prior_type: ``"dirichlet_distribution"`` (default): weights ~ symmetric
+            Dirichlet(alpha); ``"dirichlet_process"``: truncated stick-breaking, sticks
+            v_k ~ Beta(1, gamma), k < K, w_k = v_k prod_{j<k} (1 - v_j).
+        weight_concentration: alpha (Dirichlet) or gamma (stick-breaking), > 0. Default 1
+            (Dirichlet: uniform on the simplex). EM's MAP step needs alpha >= 1, or
+            gamma >= K - 1: below, the posterior density is unbounded as components
+            empty, so there is no MAP.
         mean_prior: m0, shape (n_features,); default (data): the data mean.
         mean_precision: kappa > 0, the prior's weight in pseudo-observations. Default 0.01.
         degrees_of_freedom: nu; default (``None``): D + 2 for full/tied (IW mean = Psi),
@@ -64,10 +79,17 @@ class ConjugatePrior(Prior):
     mean_precision: float = 0.01
     degrees_of_freedom: float | None = None
     covariance_prior: tuple | None = None
+    weight_prior_type: str = "dirichlet_distribution"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, freeze(getattr(self, f.name)))
+        lookup(
+            WEIGHT_PRIOR_TYPES,
+            self.weight_prior_type,
+            "weight_prior_type",
+            f"prior {self.name!r}: weight_prior_type must be one of {{valid}}, got {{name}}",
+        )
         self._check_positive("weight_concentration", "mean_precision", "degrees_of_freedom")
 
     # hyperparameters that ``with_data_defaults`` fills; degrees_of_freedom's default
@@ -122,9 +144,11 @@ class ConjugatePrior(Prior):
         self.check(spec, n_features)
         k, cov_type = spec.n_components, spec.covariance_type
         m0, psi, nu, kappa = self._hyper(spec, n_features, dtype)
-        weights = numpyro.sample(
-            "weights", dist.Dirichlet(jnp.full((k,), self.weight_concentration, dtype))
-        )
+        if self.weight_prior_type == "dirichlet_process":
+            weights_fn = StickBreakingWeights(jnp.asarray(self.weight_concentration, dtype), k)
+        else:
+            weights_fn = dist.Dirichlet(jnp.full((k,), self.weight_concentration, dtype))
+        weights = numpyro.sample("weights", weights_fn)
         if cov_type in ("full", "tied"):
             batch = (k,) if cov_type == "full" else ()
             site = "covariances" if cov_type == "full" else "covariance"
@@ -169,17 +193,40 @@ class ConjugatePrior(Prior):
         return {"weights": params.weights, "means": params.means, site: cov}
 
     # -- closed-form MAP M-step ---------------------------------------------------------
+    def no_map_reason(self, spec):
+        """Why the posterior has no maximum (a message), or None when a MAP exists.
+
+        The weight prior's density is unbounded on the simplex for Dirichlet alpha < 1 (as
+        a weight goes to 0) and for stick-breaking gamma < K - 1 (as the last components
+        empty: see `jaxgmm.priors.stick_breaking`); a mixture likelihood stays bounded
+        there, so the posterior is unbounded too."""
+        gamma, k = self.weight_concentration, spec.n_components
+        if self.weight_prior_type == "dirichlet_process":
+            if k > 1 and gamma < k - 1:
+                return (
+                    f"prior {self.name!r} with weight_prior_type='dirichlet_process' has no MAP "
+                    f"for weight_concentration {gamma} < n_components - 1 = {k - 1}: the "
+                    "stick-breaking density of the weights is unbounded as the last components "
+                    "empty. Fit it with vb, or SVI (auto_normal / auto_multivariate_normal) or "
+                    "NUTS; MAP by EM, gradient or auto_delta needs weight_concentration >= "
+                    f"{k - 1}"
+                )
+        elif gamma < 1:
+            return (
+                f"EM's MAP M-step for prior {self.name!r} needs weight_concentration >= 1 "
+                f"(got {gamma}): below 1 the posterior density is "
+                "unbounded as a weight goes to 0, so there is no MAP. Fit it with SVI "
+                "(auto_normal / auto_multivariate_normal) or NUTS instead."
+            )
+        return None
+
     def em_m_step(self, stats, spec):
         """argmax of E_q[log p(X, Z | params)] + log_density(params): the exact MAP
         M-step in the site variables (weights, means, covariances / variances), plus
         spec.reg_covar on the covariance diagonal as every M-step adds."""
-        if self.weight_concentration < 1:
-            raise ValueError(
-                f"EM's MAP M-step for prior {self.name!r} needs weight_concentration >= 1 "
-                f"(got {self.weight_concentration}): below 1 the posterior density is "
-                "unbounded as a weight goes to 0, so there is no MAP. Fit it with SVI "
-                "(auto_normal / auto_multivariate_normal) or NUTS instead."
-            )
+        reason = self.no_map_reason(spec)
+        if reason is not None:
+            raise ValueError(reason)
         n_features = stats.means.shape[-1]
         dtype = stats.means.dtype
         self.check(spec, n_features)
@@ -189,7 +236,10 @@ class ConjugatePrior(Prior):
         k = nk.shape[0]
         alpha = self.weight_concentration
         tiny = 10 * jnp.finfo(dtype).eps
-        weights = (nk + (alpha - 1) + tiny) / (jnp.sum(nk) + k * (alpha - 1) + k * tiny)
+        if self.weight_prior_type == "dirichlet_process":
+            weights = _stick_breaking_map_weights(nk, alpha, tiny)
+        else:
+            weights = (nk + (alpha - 1) + tiny) / (jnp.sum(nk) + k * (alpha - 1) + k * tiny)
         means = (nk[:, None] * stats.means + kappa * m0) / (nk + kappa)[:, None]
         diff = stats.means - m0
         shrink = nk * kappa / (nk + kappa)
@@ -215,3 +265,20 @@ class ConjugatePrior(Prior):
             means=means,
             prec_chol=get_family(cov_type).prec_chol_from_covariance(cov),
         )
+
+
+def _stick_breaking_map_weights(nk, gamma, tiny):
+    """argmax_w sum_k nk log w_k + log p(w) under stick-breaking (gamma >= K - 1).
+
+    In the sticks the function separates: sum_k a_k log v_k + b_k log(1 - v_k), with
+    a_k = n_k and b_k = n_{>k} + gamma - K + k (the Beta(1, gamma) exponents less the
+    Jacobian's: log r_j appears K - 1 - j times), so v_k = a_k / (a_k + b_k); b_k >= 0
+    whenever gamma >= K - 1."""
+    k = nk.shape[0]
+    if k == 1:
+        return jnp.ones_like(nk)
+    index = jnp.arange(1, k, dtype=nk.dtype)
+    n_after = jnp.cumsum(nk[::-1])[::-1][1:]  # n_{>k}, k = 1..K-1
+    a = nk[:-1] + tiny
+    b = n_after + (gamma - k) + index + tiny
+    return weights_from_sticks(a / (a + b))

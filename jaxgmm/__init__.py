@@ -3,10 +3,11 @@
 The top level holds what a researcher uses day to day; the subpackages hold the rest:
 `jaxgmm.model` (spec, parameters, covariance families, the one density, statistics),
 `jaxgmm.fit` (the fitter seam and the driver), `jaxgmm.em`, `jaxgmm.gradient`,
-`jaxgmm.bayes`, `jaxgmm.scale` (out-of-core and online EM) and `jaxgmm.priors`.
+`jaxgmm.bayes`, `jaxgmm.vb` (closed-form variational Bayes), `jaxgmm.scale` (out-of-core
+and online EM) and `jaxgmm.priors`.
 """
 
-from jaxgmm import bayes, em, fit, gradient, model, priors, scale
+from jaxgmm import bayes, em, fit, gradient, model, priors, scale, vb
 from jaxgmm._cache import clear_cache
 from jaxgmm.bayes import fit_nuts, fit_svi
 from jaxgmm.em import ConvergenceWarning, DegeneracyWarning, GaussianMixture, fit_em
@@ -31,6 +32,7 @@ from jaxgmm.model import (
 )
 from jaxgmm.priors import log_prior
 from jaxgmm.scale import fit_em_online, fit_em_out_of_core
+from jaxgmm.vb import fit_vb
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -58,6 +60,7 @@ __all__ = [
     "fit_gradient",
     "fit_nuts",
     "fit_svi",
+    "fit_vb",
     "gradient",
     "initial_params",
     "log_prior",
@@ -72,4 +75,5 @@ __all__ = [
     "run_fitter",
     "sample",
     "scale",
+    "vb",
 ]

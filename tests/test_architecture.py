@@ -27,6 +27,7 @@ ALLOWED = {
     "gradient": {"model", "priors", "fit"},
     "bayes": {"model", "priors", "fit", "em", "gradient"},
     "scale": {"model", "priors", "fit", "em"},
+    "vb": {"model", "priors", "fit", "em"},
 }
 
 

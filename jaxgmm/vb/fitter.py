@@ -1,0 +1,295 @@
+"""The variational-Bayes fitter (`init` / `step` over EM's blocked data) that the driver
+runs, and `fit_vb`: prior resolution, initialisation, the fitter and the driver, with
+restarts chosen by their final ELBO."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgmm.fit.driver import FitResult, RunState, run_fitter
+from jaxgmm.fit.fitter import DriverHooks, Fitter
+from jaxgmm.fit.results import RestartSummary
+from jaxgmm.fit.validation import check_data, check_int, check_positive
+from jaxgmm.model.blocked import (
+    accumulate_moments_fm,
+    mean_log_likelihood_blocks,
+    spec_blocks,
+    stats_from_moments,
+)
+from jaxgmm.model.covariance import get_family
+from jaxgmm.model.init import resolve_init
+from jaxgmm.model.params import GMMParams
+from jaxgmm.priors import ConjugatePrior, prior_from_config, resolve_prior
+from jaxgmm.vb.families import get_vb_family
+from jaxgmm.vb.steps import (
+    UPDATES,
+    VBPosterior,
+    accumulate_vb_moments,
+    check_vb_prior,
+    elbo,
+    plugin_params,
+    sklearn_lower_bound,
+    vb_hyperparameters,
+    vb_m_step,
+    vb_stats,
+    weight_prior_type,
+)
+
+
+class VBInfo(NamedTuple):
+    """Per-iteration diagnostics (iteration t maps q_{t-1} to q_t: q(z) from q_{t-1}(theta),
+    then q_t(theta) from q(z)).
+
+    Attributes:
+        log_likelihood: log p(X | plug-in params of q_{t-1}) per sample (E_q weights, m_k,
+            E_q precisions), by the shared density.
+        bound: the complete ELBO of (q(z), q_t(theta)) per sample: a lower bound on
+            log p(X) / N with every constant (docs/vb.md).
+        sklearn_lower_bound_total: scikit-learn's ``lower_bound_`` for the same q, a total
+            (it drops K- and N-dependent constants).
+
+    The driver's tolerance test watches ``bound``.
+    """
+
+    log_likelihood: jax.Array
+    bound: jax.Array
+    sklearn_lower_bound_total: jax.Array
+
+
+def _check_update(update):
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {list(UPDATES)}, got {update!r}")
+    return update == "exact"
+
+
+# Bounded like em_fitter: the same arguments give the same Fitter (the driver's compile
+# cache key), and an evicted one only costs a recompile.
+@functools.lru_cache(maxsize=64)
+def vb_fitter(spec, tol=1e-3, update="exact", block_size=None):
+    """The variational-Bayes `Fitter` for ``spec`` (its prior a resolved ``conjugate``
+    prior: see `fit_vb`, or `jaxgmm.priors.resolve_prior`). Its state is the `VBPosterior`.
+
+    Each step is one blocked pass over the data (q(z) from the current q(theta), the
+    counts, first moments and scatter of EM's `jaxgmm.model.blocked`, and the plug-in
+    log-likelihood from the same log-densities), then the closed-form update of q(theta)
+    and the ELBO from those statistics; no (n_samples, K, D) array is formed.
+
+    Args:
+        spec: `GMMSpec` with a resolved conjugate prior.
+        tol: convergence threshold on the change of the ELBO per sample (>= 0).
+            scikit-learn's ``tol`` is on its total lower bound: ours = theirs / n_samples.
+        update: "exact" (coordinate ascent, monotone ELBO) or "sklearn" (scikit-learn's
+            updates, differing for tied, diag and spherical; see docs/vb.md).
+        block_size: samples per block (default `jaxgmm.model.blocked.default_block_size`).
+
+    ``init(key, params, data)`` starts from `GMMParams`: q(z) is their EM responsibilities
+    and q(theta) the update from those (scikit-learn starts from the k-means
+    responsibilities the same way). To start from a `VBPosterior`, pass
+    ``init_state=RunState(fitter_state=posterior, ...)`` to `run_fitter` (`fit_vb`'s
+    ``init_posterior`` does).
+    """
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    exact = _check_update(update)
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
+        raise ValueError(f"block_size must be None or an int >= 1, got {block_size!r}")
+    get_vb_family(spec.covariance_type)
+    prepare = functools.partial(spec_blocks, spec=spec, block_size=block_size)
+
+    def hyper_for(data):
+        n_features = data.blocks.shape[1]
+        return vb_hyperparameters(spec, n_features, data.blocks.dtype)
+
+    def init(key, params, data):
+        del key  # deterministic from the parameters
+        stats = stats_from_moments(accumulate_moments_fm(data, params, spec), params, spec)[1]
+        return vb_m_step(stats, spec, hyper_for(data), exact)
+
+    def step(key, state, data):
+        del key  # coordinate ascent is deterministic
+        hyper = hyper_for(data)
+        moments = accumulate_vb_moments(data, state, spec, exact)
+        log_likelihood, stats = vb_stats(moments, state, spec, exact)
+        new_state = vb_m_step(stats, spec, hyper, exact)
+        info = VBInfo(
+            log_likelihood=log_likelihood,
+            bound=elbo(stats, new_state, spec, hyper),
+            sklearn_lower_bound_total=sklearn_lower_bound(
+                stats.sum_resp_log_resp, new_state, spec
+            ),
+        )
+        return new_state, info
+
+    return Fitter(
+        name="vb",
+        bound_name="elbo",
+        init=init,
+        step=step,
+        get_params=functools.partial(plugin_params, spec=spec),
+        tol=tol,
+        tol_on="bound",
+        hooks=DriverHooks(
+            prepare=prepare,
+            score_prepared=functools.partial(mean_log_likelihood_blocks, spec=spec),
+            compile_options=get_family(spec.covariance_type).em_step_compile_options,
+        ),
+    )
+
+
+def vb_spec(spec, x, prior=None):
+    """``spec`` with the prior VB uses, data defaults filled from ``x``: ``prior`` (a
+    `ConjugatePrior` or its config form) if given, else ``spec.prior``, else the
+    default `ConjugatePrior`."""
+    if prior is not None:
+        spec = dataclasses.replace(spec, prior=prior_from_config(prior))
+    elif spec.prior is None:
+        spec = dataclasses.replace(spec, prior=ConjugatePrior())
+    spec = resolve_prior(spec, np.asarray(x))
+    check_vb_prior(spec, x.shape[1])
+    return spec
+
+
+def _as_posterior(posterior, spec, n_features, dtype):
+    """``posterior`` (a `VBPosterior` or a 6-tuple of its fields in order) as arrays of
+    ``dtype``, its shapes checked against ``spec``."""
+    if not isinstance(posterior, VBPosterior):
+        try:
+            posterior = VBPosterior(*posterior)
+        except TypeError:
+            raise ValueError(
+                "init_posterior must be a VBPosterior or a tuple of its 6 fields "
+                f"{list(VBPosterior._fields)}, got {type(posterior).__name__}"
+            ) from None
+    posterior = VBPosterior(*(jnp.asarray(np.asarray(a), dtype) for a in posterior))
+    k = spec.n_components
+    family = get_family(spec.covariance_type)
+    process = weight_prior_type(spec.prior) == "dirichlet_process"
+    expected = {
+        "weight_concentration": (2, k) if process else (k,),
+        "mean_precision": (k,),
+        "means": (k, n_features),
+        "degrees_of_freedom": (k,) if get_vb_family(spec.covariance_type)
+        .dof_shape_is_per_component else (),
+        "covariances": family.prec_chol_shape(k, n_features),
+        "prec_chol": family.prec_chol_shape(k, n_features),
+    }
+    for name, shape in expected.items():
+        got = getattr(posterior, name).shape
+        if got != shape:
+            raise ValueError(
+                f"init_posterior.{name} must have shape {shape} for n_components={k}, "
+                f"n_features={n_features}, covariance_type={spec.covariance_type!r} and "
+                f"weight_prior_type={weight_prior_type(spec.prior)!r}, got {got}"
+            )
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in posterior):
+        raise ValueError("init_posterior contains NaN or infinity")
+    return posterior
+
+
+def fit_vb(
+    key,
+    x,
+    spec,
+    *,
+    prior=None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    n_init: int = 1,
+    init: str | GMMParams = "kmeans",
+    init_posterior: VBPosterior | None = None,
+    update: str = "exact",
+    block_size: int | None = None,
+    chunk_size: int | None = None,
+    callback: Callable | None = None,
+) -> FitResult:
+    """Fit the conjugate mixture to ``x`` by closed-form mean-field variational Bayes.
+
+    Args:
+        key: PRNG key (for the initialiser).
+        x: array of shape (n_samples, n_features).
+        spec: `GMMSpec`.
+        prior: a `jaxgmm.priors.ConjugatePrior` (or its config form, e.g.
+            ``{"name": "conjugate", "weight_prior_type": "dirichlet_process"}``);
+            None: ``spec.prior``, or the default conjugate prior. Data defaults are
+            filled from ``x``.
+        max_iter: maximum iterations per restart (>= 0).
+        tol: convergence threshold on the change of the ELBO per sample.
+        n_init: restarts when ``init`` is a name; the one with the highest final ELBO is
+            kept (as scikit-learn keeps the highest lower bound).
+        init: an initialiser name (see `jaxgmm.INITIALIZERS`) or initial `GMMParams`
+            (optionally with a leading restart axis): q starts from their responsibilities.
+        init_posterior: a `VBPosterior` to continue from (scikit-learn's fitted
+            attributes, or ``result.state.fitter_state`` of an earlier fit); ``init``
+            and ``n_init`` are then ignored.
+        update: "exact" or "sklearn" (see `vb_fitter`).
+        block_size, chunk_size, callback: as for `jaxgmm.fit_em`.
+
+    Returns:
+        `FitResult`: ``params`` the plug-in `GMMParams` of the final q (E_q weights,
+        m_k, E_q precisions), ``trace.bound`` the ELBO per sample each iteration
+        (``bound_name`` "elbo"), ``trace.extras["sklearn_lower_bound_total"]``, and
+        ``state.fitter_state`` the final `VBPosterior`.
+    """
+    x = check_data(x, "x", n_components=spec.n_components, dtype=getattr(x, "dtype", None))
+    tol = check_positive(tol, "tol", allow_zero=True)
+    n_init = check_int(n_init, "n_init", 1)
+    max_iter = check_int(max_iter, "max_iter", 0)
+    _check_update(update)
+    spec = vb_spec(spec, x, prior)
+    fitter = vb_fitter(spec, tol, update, block_size)
+    run = functools.partial(
+        run_fitter, fitter, x=x, spec=spec, max_iter=max_iter, chunk_size=chunk_size,
+        callback=callback,
+    )
+    key_init, key_run = jax.random.split(key)
+    if init_posterior is not None:
+        posterior = _as_posterior(init_posterior, spec, x.shape[1], x.dtype)
+        state = RunState(
+            fitter_state=posterior,
+            previous=jnp.asarray(-jnp.inf, x.dtype),
+            n_iter=jnp.zeros((), jnp.int32),
+        )
+        return run(key=key_run, init_params=None, init_state=state)
+    params = resolve_init(key_init, x, spec, init, n_init)
+    if params.means.ndim == 2:
+        return run(key=key_run, init_params=params)
+    return _best_by_elbo(run, key_run, params)
+
+
+def _best_by_elbo(run, key, params):
+    """One driver run per restart (the same executable each time), keeping the restart
+    with the highest final ELBO. The driver alone would keep the highest plug-in
+    log-likelihood, which favours the fit that keeps more components alive."""
+    n_restarts = params.means.shape[0]
+    results = [
+        run(key=k, init_params=jax.tree_util.tree_map(lambda a, r=r: a[r], params))
+        for r, k in enumerate(jax.random.split(key, n_restarts))
+    ]
+    final_elbo = np.array(
+        [r.trace.bound[-1] if r.trace.bound.size else -np.inf for r in results], dtype=float
+    )
+    score = np.where(np.isfinite(final_elbo), final_elbo, -np.inf)
+    if not np.any(np.isfinite(score)):
+        score = np.array([r.log_likelihood for r in results], dtype=float)
+        score = np.where(np.isfinite(score), score, -np.inf)
+    best = int(np.argmax(score))
+    summary = RestartSummary(
+        log_likelihood=np.array([r.log_likelihood for r in results]),
+        converged=np.array([r.converged for r in results]),
+        n_iter=np.array([r.n_iter for r in results]),
+    )
+    return results[best]._replace(
+        restarts=summary,
+        best_restart=best,
+        compile_s=sum(r.compile_s for r in results),
+        run_s=sum(r.run_s for r in results),
+    )

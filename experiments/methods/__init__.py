@@ -159,9 +159,9 @@ def result_from_fit(fit, point_estimate=True, extra=None, history=None):
 
 
 def _registry():
-    from experiments.methods import em, gradient, nuts, svi
+    from experiments.methods import em, gradient, nuts, svi, vb
 
-    return {m.name: m for m in (em.METHOD, gradient.METHOD, svi.METHOD, nuts.METHOD)}
+    return {m.name: m for m in (em.METHOD, gradient.METHOD, svi.METHOD, nuts.METHOD, vb.METHOD)}
 
 
 METHODS = _registry()

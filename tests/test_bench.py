@@ -185,3 +185,50 @@ def test_pomegranate_adapter_matches_sklearn(cov_type):
     assert abs(protocol.score_float64(x, *out["params"], cov_type) - ref.score(x)) < 1e-10
     out32 = peers.run_pomegranate(x, init, cov_type, np.dtype("float32"), 4)
     assert abs(protocol.score_float64(x, *out32["params"], cov_type) - ref.score(x)) < 1e-4
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_vb_adapters_agree_from_the_shared_start(cov_type):
+    # jaxgmm's VB and scikit-learn's BayesianGaussianMixture, both from the responsibilities
+    # of the shared initial parameters under the one prior (protocol.vb_prior), run the same
+    # iterations: two independent implementations, the same numbers.
+    x = protocol.make_data(2000, 3, 3)
+    init = protocol.initial_parameters(x, 3, cov_type)
+    ours = peers.run_jaxgmm_vb(x, init, cov_type, np.dtype("float64"), 4)
+    theirs = peers.run_sklearn_vb(x, init, cov_type, np.dtype("float64"), 4)
+    assert ours["n_iter"] == theirs["n_iter"] == 4
+    assert ours["s_per_iter"] > 0 and theirs["s_per_iter"] > 0
+    for got, want in zip(ours["params"], theirs["params"]):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    ll = protocol.score_float64(x, *ours["params"], cov_type)
+    # The iteration count matters (one fewer is distinguishable) and it is not EM.
+    fewer = peers.run_sklearn_vb(x, init, cov_type, np.dtype("float64"), 3)
+    assert abs(ll - protocol.score_float64(x, *fewer["params"], cov_type)) > 1e-6
+    em = _sklearn_fit(x, init, cov_type, 4, reg_covar=1e-6)
+    assert abs(ll - em.score(x)) > 1e-6
+
+
+def test_bench_vb_rows_and_ratios(tmp_path, monkeypatch, capsys):
+    tools = ("jaxgmm", "sklearn", "jaxgmm-vb", "sklearn-vb")
+    monkeypatch.setattr(cli, "TOOLS", {t: cli.TOOLS[t] for t in tools})
+    monkeypatch.setitem(cli.GRIDS, "small", [(2000, 3, 2, "full")])
+    assert cli.main(["--dtypes", "float64", "--iters", "3", "--accuracy-iters", "0",
+                       "--no-scaling", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    with open(tmp_path / "bench.csv") as f:
+        rows = {r["tool"]: r for r in csv.DictReader(f)}
+    assert set(rows) == set(tools)
+    s = {t: float(r["s_per_iter"]) for t, r in rows.items()}
+    # VB / EM within each library, and scikit-learn's VB over jaxgmm's.
+    assert float(rows["jaxgmm-vb"]["ratio_vb_over_em"]) == pytest.approx(s["jaxgmm-vb"] / s["jaxgmm"])
+    assert float(rows["sklearn-vb"]["ratio_vb_over_em"]) == pytest.approx(s["sklearn-vb"] / s["sklearn"])
+    assert float(rows["sklearn-vb"]["ratio_peer_over_jaxgmm_vb"]) == pytest.approx(
+        s["sklearn-vb"] / s["jaxgmm-vb"])
+    # A VB row is never set against another library's EM row.
+    assert rows["sklearn-vb"]["ratio_peer_over_jaxgmm"] == ""
+    assert "jaxgmm-vb / jaxgmm (VB / EM) at N=2000 D=3 K=2 full float64" in out
+    assert "target <= 1.5x" in out and "sklearn-vb / jaxgmm-vb at N=2000" in out
+    lls = {t: float(r["final_log_likelihood_f64"]) for t, r in rows.items()}
+    assert lls["jaxgmm-vb"] == pytest.approx(lls["sklearn-vb"], abs=1e-9)
+    assert lls["jaxgmm"] == pytest.approx(lls["sklearn"], abs=1e-9)
+    assert abs(lls["jaxgmm-vb"] - lls["jaxgmm"]) > 1e-6

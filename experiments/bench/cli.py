@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import experiments.bench
-from experiments.bench.peers import OPTIONAL_PEERS, TOOLS, UNSUPPORTED
+from experiments.bench.peers import OPTIONAL_PEERS, TOOLS, UNSUPPORTED, VB_TOOLS
 from experiments.bench.plots import plot_results
 from experiments.bench.protocol import cpu_cores, devices_for, float32_minus_float64, set_ratios
 from experiments.bench.workers import scaling_worker, spawn, worker
@@ -53,6 +53,8 @@ FIELDS = [
     "s_per_iter",
     "ratio_peer_over_jaxgmm",
     "ratio_peer_over_jaxgmm_cores",
+    "ratio_vb_over_em",
+    "ratio_peer_over_jaxgmm_vb",
     "compile_s",
     "time_to_first_result_s",
     "peak_mem_mb",
@@ -167,7 +169,7 @@ def main(argv=None):
                     f"ll {row['final_log_likelihood_f64']:.6f}",
                     flush=True,
                 )
-    set_ratios(rows)
+    set_ratios(rows, VB_TOOLS)
     accuracy = float32_minus_float64(rows)
     write_csv(out / "bench.csv", rows, FIELDS)
     scaling = (
@@ -182,11 +184,26 @@ def main(argv=None):
     )
     plot_results(out, rows, scaling)
     for row in rows:
-        if not row["tool"].startswith("jaxgmm"):
+        where = (
+            f"N={row['n_samples']} D={row['n_features']} K={row['n_components']} "
+            f"{row['covariance_type']} {row['dtype']}"
+        )
+        if row["tool"] in VB_TOOLS:
+            vb_em = row.get("ratio_vb_over_em")
+            if vb_em is not None:
+                target = " (target <= 1.5x)" if row["tool"] == "jaxgmm-vb" else ""
+                print(
+                    f"{row['tool']} / {VB_TOOLS[row['tool']]} (VB / EM) at {where}: "
+                    f"{vb_em:.2f}x{target}",
+                    flush=True,
+                )
+            peer = row.get("ratio_peer_over_jaxgmm_vb")
+            if row["tool"] != "jaxgmm-vb" and peer is not None:
+                print(f"{row['tool']} / jaxgmm-vb at {where}: {peer:.1f}x", flush=True)
+        elif not row["tool"].startswith("jaxgmm"):
             cores = row.get("ratio_peer_over_jaxgmm_cores")
             print(
-                f"{row['tool']} / jaxgmm at N={row['n_samples']} D={row['n_features']} "
-                f"K={row['n_components']} {row['covariance_type']} {row['dtype']}: "
+                f"{row['tool']} / jaxgmm at {where}: "
                 f"{row['ratio_peer_over_jaxgmm']:.1f}x (1 device)"
                 + (f", {cores:.1f}x (jaxgmm-cores)" if cores else ""),
                 flush=True,

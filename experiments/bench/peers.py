@@ -1,9 +1,10 @@
 """One adapter per benchmarked tool: ``run_<tool>(x, init, covariance_type, dtype, n_iter)``
 fits from the shared start and returns its seconds per iteration (the protocol's timing
 rule), compile time, time to first result, iteration count and final parameters as
-float64 (weights, means, covariances). ``TOOLS`` lists the tools this machine can run
-(the optional peers only when importable), ``UNSUPPORTED`` the (tool, dtype) pairs a peer
-cannot run. Each adapter imports its library itself, inside the worker, so the import is
+float64 (weights, means, covariances). Every tool runs EM except the VB rows
+(``VB_TOOLS``: ``jaxgmm-vb``, ``sklearn-vb``, closed-form variational Bayes under one
+conjugate prior). ``TOOLS`` lists the tools this machine can run (the optional peers only
+when importable), ``UNSUPPORTED`` the (tool, dtype) pairs a peer cannot run. Each adapter imports its library itself, inside the worker, so the import is
 part of the memory it is charged with."""
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ import time
 
 import numpy as np
 
-from experiments.bench.protocol import best_difference, covariances_float64
+from experiments.bench.protocol import (
+    best_difference,
+    covariances_float64,
+    responsibilities_float64,
+    vb_prior,
+)
 
 
-def run_jaxgmm(x, init, cov_type, dtype, n_iter, accuracy_iters=0, devices=1):
+def run_jaxgmm(x, init, cov_type, dtype, n_iter, accuracy_iters=0, devices=1, method="em"):
+    """jaxgmm's EM (``method="em"``) or closed-form VB (``"vb"``: `jaxgmm.vb.vb_fitter`
+    under `vb_prior`, scikit-learn's update rule so that it runs what scikit-learn's
+    `BayesianGaussianMixture` runs; for full covariances it is also the exact update),
+    both through `jaxgmm.run_fitter` from the shared start."""
     import jax
     import jax.numpy as jnp
 
@@ -26,6 +36,13 @@ def run_jaxgmm(x, init, cov_type, dtype, n_iter, accuracy_iters=0, devices=1):
     spec = jaxgmm.GMMSpec(k, cov_type)
     xj = jnp.asarray(x, dtype)
     params = jaxgmm.params_from_covariances(*[jnp.asarray(a, dtype) for a in init], cov_type)
+    if method == "vb":
+        if devices > 1:
+            raise RuntimeError("jaxgmm's VB runs on one device (no data mesh)")
+        spec = jaxgmm.vb.vb_spec(spec, xj, prior=_jaxgmm_vb_prior(x, k, cov_type))
+        fitter = jaxgmm.vb.vb_fitter(spec, 0.0, "sklearn")
+    elif method != "em":
+        raise ValueError(f"method must be 'em' or 'vb', got {method!r}")
     mesh = None
     if devices > 1:
         # Data-parallel EM over one XLA CPU device per core (the subprocess was started
@@ -34,7 +51,8 @@ def run_jaxgmm(x, init, cov_type, dtype, n_iter, accuracy_iters=0, devices=1):
             raise RuntimeError(f"jaxgmm-cores needs {devices} CPU devices, JAX has {jax.devices()}")
         mesh = jaxgmm.em.data_mesh(jax.devices()[:devices])
         xj = jaxgmm.em.shard_data(xj, mesh)
-    fitter = jaxgmm.em.em_fitter(spec, 0.0, mesh=mesh)
+    if method == "em":
+        fitter = jaxgmm.em.em_fitter(spec, 0.0, mesh=mesh)
 
     def fit(iters):
         # One iteration per dispatched chunk, so a 1-iteration fit does one iteration's
@@ -73,6 +91,64 @@ def run_jaxgmm(x, init, cov_type, dtype, n_iter, accuracy_iters=0, devices=1):
         )
         out["accuracy_params"] = as_float64(long.params)
     return out
+
+
+def _jaxgmm_vb_prior(x, n_components, cov_type):
+    """`vb_prior` as jaxgmm's conjugate prior config (the same numbers, jaxgmm's names)."""
+    sk = vb_prior(x, n_components, cov_type)
+    return {
+        "name": "conjugate",
+        "weight_prior_type": sk["weight_concentration_prior_type"],
+        "weight_concentration": sk["weight_concentration_prior"],
+        "mean_prior": sk["mean_prior"],
+        "mean_precision": sk["mean_precision_prior"],
+        "degrees_of_freedom": sk["degrees_of_freedom_prior"],
+        "covariance_prior": sk["covariance_prior"],
+    }
+
+
+def run_jaxgmm_vb(x, init, cov_type, dtype, n_iter, accuracy_iters=0, devices=1):
+    return run_jaxgmm(x, init, cov_type, dtype, n_iter, accuracy_iters, devices, method="vb")
+
+
+def run_sklearn_vb(x, init, cov_type, dtype, n_iter):
+    """scikit-learn's `BayesianGaussianMixture` under `vb_prior`, started where jaxgmm's VB
+    starts: its own initialisation step (``_initialize``: q(theta) from responsibilities)
+    fed the responsibilities of the shared initial parameters instead of k-means'."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import BayesianGaussianMixture
+
+    class FromResponsibilities(BayesianGaussianMixture):
+        # scikit-learn takes no initial parameters for VB, only an init_params name; this
+        # replaces the one method that turns that name into responsibilities.
+        def _initialize_parameters(self, X, random_state, xp=None):
+            self._initialize(X, start.astype(X.dtype))
+
+    start = responsibilities_float64(x, *init, cov_type)
+    xs = np.asarray(x, dtype)
+    prior = vb_prior(x, len(init[0]), cov_type)
+
+    def fit(iters):
+        bgm = FromResponsibilities(
+            n_components=len(init[0]), covariance_type=cov_type, max_iter=iters, tol=0.0,
+            reg_covar=1e-6, **prior,
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            begin = time.perf_counter()
+            bgm.fit(xs)
+        return bgm, time.perf_counter() - begin
+
+    bgm, per_iter, t_one = best_difference(fit, n_iter)
+    return {
+        "s_per_iter": per_iter,
+        "compile_s": 0.0,
+        "time_to_first_result_s": t_one,
+        "n_iter": int(bgm.n_iter_),
+        "params": (bgm.weights_, bgm.means_, bgm.covariances_),
+    }
 
 
 def run_sklearn(x, init, cov_type, dtype, n_iter):
@@ -271,7 +347,16 @@ OPTIONAL_PEERS = {"gmmx": run_gmmx, "pomegranate": run_pomegranate}
 # jaxgmm runs twice: on one XLA device, and ("jaxgmm-cores") with the samples split over
 # one CPU device per core. XLA:CPU runs most of a step's element-wise work on one core,
 # so the second uses a 2-core machine fully (1.4-2x faster, same result to rounding).
-TOOLS = {"jaxgmm": run_jaxgmm, "jaxgmm-cores": run_jaxgmm, "sklearn": run_sklearn}
+TOOLS = {
+    "jaxgmm": run_jaxgmm,
+    "jaxgmm-cores": run_jaxgmm,
+    "sklearn": run_sklearn,
+    "jaxgmm-vb": run_jaxgmm_vb,
+    "sklearn-vb": run_sklearn_vb,
+}
+# What each VB row is compared with: the EM row of the same library (the VB / EM ratio)
+# and, for a peer, jaxgmm's VB row. Every other tool runs EM.
+VB_TOOLS = {"jaxgmm-vb": "jaxgmm", "sklearn-vb": "sklearn"}
 TOOLS.update(
     {
         name: run

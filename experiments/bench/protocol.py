@@ -1,6 +1,7 @@
 """The benchmark's protocol, the same for every tool: the seeded data and the shared
-start (``make_data``, ``initial_parameters``), one float64 NumPy scorer of every tool's
-parameters (``score_float64``, ``covariances_float64``), the timing rule
+start (``make_data``, ``initial_parameters``; for the VB rows their responsibilities,
+``responsibilities_float64``, and one conjugate prior, ``vb_prior``), one float64 NumPy
+scorer of every tool's parameters (``score_float64``, ``covariances_float64``), the timing rule
 (``best_difference``: a difference of best-of-repeats), peak memory (``rss_mb``), the
 device count of the ``jaxgmm-cores`` row, the peer / jaxgmm ratios and the float32
 accuracy check (``float32_minus_float64``)."""
@@ -44,18 +45,17 @@ def initial_parameters(x, n_components, covariance_type, seed=1):
     return weights, means, covs
 
 
-def score_float64(x, weights, means, covs, covariance_type, block=65536):
-    """Log-likelihood per sample in float64 NumPy (independent of every tool)."""
+def _weighted_log_prob_blocks(x, weights, means, covs, covariance_type, block):
+    """Yield (n_block, K) log w_k + log N(x | mu_k, Sigma_k) in float64 NumPy, per block."""
     x = np.asarray(x, np.float64)
-    n, d = x.shape
+    d = x.shape[1]
     k = len(weights)
     covs = np.asarray(covs, np.float64)
     if covariance_type == "diag":
         covs = np.stack([np.diag(c) for c in covs])
     chols = np.linalg.cholesky(covs)
     log_det = 2 * np.sum(np.log(np.diagonal(chols, axis1=1, axis2=2)), axis=1)
-    total = 0.0
-    for start in range(0, n, block):
+    for start in range(0, x.shape[0], block):
         xb = x[start : start + block]
         wlp = np.empty((xb.shape[0], k))
         for j in range(k):
@@ -63,9 +63,47 @@ def score_float64(x, weights, means, covs, covariance_type, block=65536):
             wlp[:, j] = np.log(weights[j]) - 0.5 * (
                 d * np.log(2 * np.pi) + log_det[j] + np.sum(z * z, 0)
             )
+        yield wlp
+
+
+def vb_prior(x, n_components, covariance_type):
+    """The one prior of every VB row: scikit-learn's `BayesianGaussianMixture` defaults,
+    given explicitly to each tool so that neither tool's own defaults decide. Stick-breaking
+    weights with concentration 1/K, mean_prior the data mean, mean_precision 1,
+    degrees_of_freedom D, covariance_prior the data covariance (its diagonal for diag),
+    as keyword arguments of scikit-learn's names."""
+    x = np.asarray(x, np.float64)
+    cov = np.atleast_2d(np.cov(x[: min(x.shape[0], 100_000)].T))
+    if covariance_type not in ("full", "diag"):
+        raise ValueError(f"covariance_type must be 'full' or 'diag' here, got {covariance_type!r}")
+    return dict(
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=1.0 / n_components,
+        mean_prior=x.mean(0),
+        mean_precision_prior=1.0,
+        degrees_of_freedom_prior=float(x.shape[1]),
+        covariance_prior=cov if covariance_type == "full" else np.diag(cov).copy(),
+    )
+
+
+def score_float64(x, weights, means, covs, covariance_type, block=65536):
+    """Log-likelihood per sample in float64 NumPy (independent of every tool)."""
+    total = 0.0
+    for wlp in _weighted_log_prob_blocks(x, weights, means, covs, covariance_type, block):
         top = wlp.max(1, keepdims=True)
         total += np.sum(top[:, 0] + np.log(np.exp(wlp - top).sum(1)))
-    return total / n
+    return total / np.shape(x)[0]
+
+
+def responsibilities_float64(x, weights, means, covs, covariance_type, block=65536):
+    """(n_samples, K) EM responsibilities of the parameters, float64 NumPy: the shared
+    start of the VB rows (q(z) of the shared initial parameters, as `jaxgmm.vb` starts)."""
+    parts = []
+    for wlp in _weighted_log_prob_blocks(x, weights, means, covs, covariance_type, block):
+        wlp = wlp - wlp.max(1, keepdims=True)
+        resp = np.exp(wlp)
+        parts.append(resp / resp.sum(1, keepdims=True))
+    return np.concatenate(parts)
 
 
 def rss_mb():
@@ -116,18 +154,35 @@ def best_difference(fit, n_iter):
     return res, per_iter, t_one
 
 
-def set_ratios(rows):
-    """Set each row's ``ratio_peer_over_jaxgmm`` (and ``..._cores``): its seconds per
-    iteration over those of the jaxgmm (jaxgmm-cores) row of the same size and dtype."""
+def set_ratios(rows, vb_tools=None):
+    """Set the ratios of seconds per iteration between rows of the same size and dtype.
+
+    EM rows: ``ratio_peer_over_jaxgmm`` (and ``..._cores``), this row over the jaxgmm
+    (jaxgmm-cores) row. VB rows (``vb_tools``: {VB tool: the EM tool of its library}):
+    ``ratio_vb_over_em``, this row over its library's EM row (jaxgmm's target <= 1.5),
+    and ``ratio_peer_over_jaxgmm_vb``, this row over the jaxgmm-vb row; a VB row is never
+    set against an EM row of another library."""
+    vb_tools = vb_tools or {}
     size = ("n_samples", "n_features", "n_components", "covariance_type", "dtype")
+
+    def find(tool, row):
+        return next(
+            (r for r in rows if r["tool"] == tool and all(r[f] == row[f] for f in size)), None
+        )
+
     for row in rows:
-        for tool, field in (
-            ("jaxgmm", "ratio_peer_over_jaxgmm"),
-            ("jaxgmm-cores", "ratio_peer_over_jaxgmm_cores"),
-        ):
-            ours = next(
-                (r for r in rows if r["tool"] == tool and all(r[f] == row[f] for f in size)), None
+        if row["tool"] in vb_tools:
+            pairs = (
+                (vb_tools[row["tool"]], "ratio_vb_over_em"),
+                ("jaxgmm-vb", "ratio_peer_over_jaxgmm_vb"),
             )
+        else:
+            pairs = (
+                ("jaxgmm", "ratio_peer_over_jaxgmm"),
+                ("jaxgmm-cores", "ratio_peer_over_jaxgmm_cores"),
+            )
+        for tool, field in pairs:
+            ours = find(tool, row)
             if ours is not None:
                 row[field] = row["s_per_iter"] / ours["s_per_iter"]
 

@@ -213,7 +213,20 @@ SCHEMA = {
             one_of(lambda: jaxgmm.INITIALIZERS),
             "initialiser (a key of jaxgmm.INITIALIZERS); every method starts from its result",
         ),
-        "n_init": Field(1, "int", at_least(1), "number of initialisations; the best is kept"),
+        "n_init": Field(
+            1,
+            "int",
+            at_least(1),
+            "number of initialisations; every method runs all of them and keeps one (select)",
+        ),
+        "select": Field(
+            "non_degenerate",
+            "str",
+            one_of(lambda: jaxgmm.fit.results.SELECTIONS),
+            "restart kept by em, gradient and the model-selection grid: non_degenerate (the "
+            "best log-likelihood among restarts with no degenerate component, else the best) "
+            "or likelihood (the best, degenerate or not)",
+        ),
     },
     "model_selection": {
         "n_components": Field(
@@ -302,6 +315,20 @@ def _check_data_options(config):
 # check(resolved_config) -> [(key_path, message)]. A check may fill defaults that depend on
 # other keys; it runs only when its block has no per-key errors, so it can trust types.
 CROSS_CHECKS = [("data", _check_data_options), ("model", _check_prior_registry)]
+
+
+def _block_check(name, check):
+    def run(config):
+        return [(f"{name}.{key}", message) for key, message in check(config[name])]
+
+    return run
+
+
+# Every method's rules between keys of its own block (``Method.config_check``), checked for
+# every block whether or not the method is listed: a config is valid or not as a whole.
+for _method in METHODS.values():
+    if _method.config_check is not None:
+        CROSS_CHECKS.append((_method.name, _block_check(_method.name, _method.config_check)))
 
 
 def validate(raw, source="<config>", overridden=()):

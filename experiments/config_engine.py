@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,7 @@ class Field:
 
 
 class _Invalid(Exception):
-    pass
+    """A value of the wrong type; its message, if any, replaces the generic one."""
 
 
 def _as_int(value):
@@ -74,10 +75,16 @@ _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 def _as_float(value):
     if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        converted = float(value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Invalid
-    return float(value)
+    else:
+        converted = float(value)
+    # No key means anything by .inf or .nan (an infinite tolerance stops EM at once, an
+    # infinite reg_covar or learning rate gives NaN), and 1e999 overflows to inf.
+    if not math.isfinite(converted):
+        raise _Invalid(f"expected a finite number, got {value!r}")
+    return converted
 
 
 def _exact(kind):
@@ -208,9 +215,10 @@ def _validate_block(schema, raw, prefix, errors):
             continue
         try:
             value = TYPES[spec.type](value)
-        except _Invalid:
+        except _Invalid as invalid:
             expected = spec.type + (" or null" if spec.nullable else "")
-            errors.append((path, f"expected {expected}, got {yaml_name(value)} {value!r}"))
+            message = str(invalid) or f"expected {expected}, got {yaml_name(value)} {value!r}"
+            errors.append((path, message))
             resolved[key] = value
             continue
         message = spec.check(value) if spec.check else None

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,15 @@ DATASET_OPTIONS = {
 
 # Cells read as missing values, which are an error in a used column.
 _MISSING = {"", "na", "nan", "null", "none", "n/a"}
+
+# A column of distinct integers with at least this many rows looks like a row id.
+_ID_MIN_ROWS = 10
+
+
+class DataWarning(UserWarning):
+    """Something in a data file that is probably a mistake but not an error (a column
+    left out, an id-like feature, a guessed encoding); the runner lists these under its
+    table and in ``metrics.json["warnings"]``."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,15 +106,102 @@ def _label_codes(values):
     return np.array([code[v] for v in values], dtype=np.int64), names
 
 
+def _decode(path, data):
+    """The text of a file's bytes: UTF-8 (a byte-order mark dropped), else Latin-1 with a
+    `DataWarning` (numbers are ASCII either way; only names and labels can differ)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        warnings.warn(
+            f"{path}: not UTF-8 (byte 0x{data[error.start]:02x} on line {line}); read as "
+            "Latin-1, so check the column names and labels (save the file as UTF-8 to "
+            "silence this)",
+            DataWarning,
+            stacklevel=3,
+        )
+        return data.decode("latin-1")
+
+
+def _delimiter(text):
+    """',' unless the header line has none and has ';' or a tab (a semicolon-separated
+    file, as spreadsheets write where ',' is the decimal mark, or a TSV)."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    if "," not in header:
+        for candidate in (";", "\t"):
+            if candidate in header:
+                return candidate
+    return ","
+
+
+def _bad_cell_message(path, column, line, cell, delimiter):
+    message = f"{path}: column {column!r}, line {line}: expected a finite number, got {cell!r}"
+    stripped = cell.strip()
+    if "," in stripped and _parse_float(stripped.replace(",", ".")) is not None:
+        message += (
+            f" (a decimal comma? the file is {'semicolon' if delimiter == ';' else 'tab'}"
+            "-separated; write decimals with '.')"
+            if delimiter != ","
+            else " (a decimal comma? write decimals with '.')"
+        )
+    return message
+
+
+def _column_label(header, j):
+    return repr(header[j]) if header[j] else f"{j + 1} (unnamed)"
+
+
+def _default_columns(path, header, body, index, label_column):
+    """(columns, notes): the default feature columns, every column but the label holding
+    at least one number, and a sentence for each column left out (all text, or every cell
+    missing) and each kept column that looks like a row id."""
+    columns, notes = [], []
+    for j, h in enumerate(header):
+        if h == label_column:
+            continue
+        cells = [row[index[h]] for _, row in body]
+        values = [_parse_float(c) for c in cells]
+        numbers = [v for v in values if v is not None]
+        if not numbers:
+            if all(c.strip().lower() in _MISSING for c in cells):
+                why = "every cell is blank or NA"
+            else:
+                why = "it holds text, no numbers"
+                if label_column is None:
+                    why += " (set data.label_column to use it as class labels)"
+            notes.append(
+                f"{path}: column {_column_label(header, j)} is not used as a feature: {why}"
+            )
+            continue
+        columns.append(h)
+        if (
+            len(numbers) == len(cells) >= _ID_MIN_ROWS
+            and all(float(v).is_integer() for v in numbers)
+            and len(set(numbers)) == len(numbers)
+        ):
+            notes.append(
+                f"{path}: column {_column_label(header, j)} holds distinct integers, one per "
+                "row, like a row id, and is used as a feature; if it is an identifier, list "
+                "the feature columns in data.columns without it"
+            )
+    return columns, notes
+
+
 def read_csv(path, columns=None, label_column=None, name=None):
     """Read a numeric CSV file with a header row.
+
+    The file is read as UTF-8 (a byte-order mark is dropped), or as Latin-1 with a
+    `DataWarning` when it is not UTF-8. Fields are separated by ',' unless the header
+    line has no ',' but a ';' (spreadsheets' CSV where ',' is the decimal mark) or a tab.
 
     Args:
         path: str or Path of the file.
         columns: list of column names to use as features, in that order. By default every
-            column except ``label_column`` that holds at least one number; a column of text
-            (e.g. species names) is skipped, while a number column with a bad cell is kept
-            and reported, so a typo never silently drops a feature.
+            column except ``label_column`` that holds at least one number; a number column
+            with a bad cell is kept and reported, so a typo never silently drops a feature.
+            A column left out by default (text only, e.g. species names, or every cell
+            blank or NA) gets a `DataWarning` naming it, as does a kept column of distinct
+            integers (one per row, at least 10 rows: a row id, probably not a feature).
         label_column: optional column of class labels (any strings), mapped to ints in
             sorted order (numerically when all labels are numbers).
         name: the Dataset's name; the file's stem by default.
@@ -113,14 +211,21 @@ def read_csv(path, columns=None, label_column=None, name=None):
 
     Raises:
         ValueError naming the file (and the column and line where it applies) for a missing
-        file, an empty file, a missing column, a row of the wrong length, or a used cell
-        that is not a finite number. Line numbers count the header as line 1.
+        file, a folder, an empty file, a missing column, a row of the wrong length, or a
+        used cell that is not a finite number. Line numbers count the header as line 1.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a CSV file")
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read file: {error.strerror}") from None
+    text = _decode(path, data)
+    delimiter = _delimiter(text)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     # Skip blank lines, keeping the file's line numbers for messages.
     rows = [(i + 1, row) for i, row in enumerate(rows) if any(c.strip() for c in row)]
     if not rows:
@@ -144,13 +249,11 @@ def read_csv(path, columns=None, label_column=None, name=None):
         if column not in index:
             raise ValueError(f"{path}: no column {column!r}; columns present: {header}")
     if columns is None:
-        columns = [
-            h
-            for h in header
-            if h != label_column and any(_parse_float(row[index[h]]) is not None for _, row in body)
-        ]
+        columns, notes = _default_columns(path, header, body, index, label_column)
         if not columns:
             raise ValueError(f"{path}: no numeric columns; columns present: {header}")
+        for note in notes:
+            warnings.warn(note, DataWarning, stacklevel=2)
     elif not columns:
         raise ValueError(f"{path}: columns is empty; columns present: {header}")
 
@@ -160,8 +263,7 @@ def read_csv(path, columns=None, label_column=None, name=None):
             value = _parse_float(row[index[column]])
             if value is None:
                 raise ValueError(
-                    f"{path}: column {column!r}, line {line}: expected a finite number, "
-                    f"got {row[index[column]]!r}"
+                    _bad_cell_message(path, column, line, row[index[column]], delimiter)
                 )
             x[i, j] = value
 

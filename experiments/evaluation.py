@@ -55,7 +55,9 @@ def evaluate(result, spec, train, test, x_train, x_test, dtype):
         "compile_s": result.compile_s,
         "fit_s": result.fit_s,
         "converged": result.converged,
+        "status": result.status,
         "degeneracies": result.degeneracies,
+        "restarts": result.restarts,
         "point_estimate": result.point_estimate,
         "extra": result.extra,
     }
@@ -76,6 +78,12 @@ def evaluate(result, spec, train, test, x_train, x_test, dtype):
     if result.point_estimate:
         row["bic"] = jaxgmm.bic(train_ll, n_samples, n_features, spec)
         row["aic"] = jaxgmm.aic(train_ll, n_samples, n_features, spec)
+        # Every restart's BIC too, so a degenerate optimum's can be set beside the one kept.
+        if result.restarts:
+            row["restarts"] = [dict(r) for r in result.restarts]
+            for r in row["restarts"]:
+                ll = r["log_likelihood"]
+                r["bic"] = None if ll is None else jaxgmm.bic(ll, n_samples, n_features, spec)
     if train.labels is not None:
         row["ari"] = adjusted_rand_index(train.labels, labels_train)
         if test is not None:
@@ -120,6 +128,7 @@ def model_selection(config, x_train, x_test, key, progress):
             fit = jaxgmm.run_fitter(
                 jaxgmm.em.em_fitter(spec, float(config["em"]["tol"])), jax.random.fold_in(key, 1),
                 x_train, init, spec, max_iter=config["em"]["max_iter"],
+                select=config["init"]["select"],
             )  # fmt: skip
         except ValueError as error:
             row["error"] = str(error)

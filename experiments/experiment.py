@@ -25,6 +25,7 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import warnings
 import zlib
 from pathlib import Path
 
@@ -36,9 +37,15 @@ import jaxgmm
 from experiments import results_io
 from experiments.config import ConfigError, apply_overrides, dump_config, load_config, validate
 from experiments.evaluation import covariances, evaluate, model_selection, model_selection_summary
-from experiments.methods import DEFAULT_PRIOR, METHODS, MethodContext, MethodResult
+from experiments.methods import (
+    DEFAULT_PRIOR,
+    METHODS,
+    MethodContext,
+    MethodResult,
+    SettingError,
+)
 from experiments.progress import progress_factory
-from experiments.report import format_table
+from experiments.report import format_table, method_warnings
 
 PACKAGES = (
     "jax", "jaxlib", "numpy", "optax", "numpyro", "scipy", "matplotlib", "pyyaml", "tqdm",
@@ -53,7 +60,9 @@ class ExperimentResult:
         config: the resolved config (every default filled in).
         metrics: the ``metrics.json`` dict: run facts (name, seed, dtype, JAX backend,
             versions, data, spec, init), ``methods`` (one row of metrics per method, see
-            ``rows``) and ``model_selection`` (None, or its rows and best cells).
+            ``rows``), ``model_selection`` (None, or its rows and best cells) and
+            ``warnings`` (sentences: data problems, non-finite, stalled or degenerate
+            fits, a reported restart that is not the best overall).
         results: {method: `experiments.methods.MethodResult`}, in config order: final
             parameters (host NumPy), per-iteration trace, timings, diagnostics, posterior
             draws.
@@ -73,7 +82,8 @@ class ExperimentResult:
     @property
     def rows(self):
         """{method: metrics row}: train_log_likelihood, test_log_likelihood (per sample),
-        bound_final, bic/aic (point estimates), ari, recovery, n_iter, fit_s, ..."""
+        bound_final, bic/aic (point estimates), ari, recovery, n_iter, fit_s, converged,
+        status, degeneracies, restarts (one dict per restart), ..."""
         return self.metrics["methods"]
 
     def table(self):
@@ -137,6 +147,8 @@ def run_experiment(
         ConfigError: an invalid config, or one that does not fit the data (each line
             names the file and the key).
         results_io.RunFolderExists: ``output`` holds results and not ``overwrite``.
+        results_io.RunFolderUnwritable: ``output`` could not be written (checked before
+            fitting).
     """
     if isinstance(config, (str, os.PathLike)):
         source = str(config) if source is None else source
@@ -147,8 +159,10 @@ def run_experiment(
         config = validate(raw, source, overridden)
     if config["dtype"] == "float64" and not jax.config.jax_enable_x64:
         jax.config.update("jax_enable_x64", True)
-    if output is not None and results_io.is_nonempty_dir(output) and not overwrite:
-        raise results_io.RunFolderExists(str(output))
+    if output is not None:
+        if results_io.is_nonempty_dir(output) and not overwrite:
+            raise results_io.RunFolderExists(str(output))
+        results_io.check_writable(output, overwrite=overwrite)
     animate = config["plot"]["animate"] if animate is None else bool(animate)
     result = _run(config, source, progress_factory(progress), animate, progress)
     if output is not None:
@@ -226,6 +240,8 @@ def method_specs(config, spec, x_train, source):
         if method.check is not None:
             try:
                 method.check(method_spec, config[name], x_train)
+            except SettingError as error:
+                errors.append(f"{source}: {name}.{error.key}: {error}")
             except ValueError as error:
                 errors.append(
                     f"{source}: methods: {name} cannot fit this model "
@@ -247,19 +263,47 @@ def _versions():
     return versions
 
 
+def _check_csv_path(data_config, source):
+    """data.path of a csv dataset names a readable file (a ConfigError naming the key)."""
+    if data_config["dataset"] != "csv" or data_config.get("path") is None:
+        return
+    path = Path(data_config["path"])
+    problem = None
+    if path.is_dir():
+        problem = "is a folder, not a CSV file"
+    elif not path.exists():
+        problem = f"file not found (relative paths start at {Path.cwd()})"
+    elif not os.access(path, os.R_OK):
+        problem = "cannot be read (permission denied)"
+    if problem:
+        raise ConfigError([f"{source}: data.path: {path}: {problem}"])
+
+
 def _load_data(config, source):
-    """(train, test, scaling) of the config's data block; ConfigError on bad data or
+    """(train, test, scaling, data_warnings) of the config's data block: data_warnings lists
+    the loader's `experiments.datasets.DataWarning` messages. ConfigError on bad data or
     plot.features that name no feature."""
-    from experiments.datasets import load_dataset, prepare
+    from experiments.datasets import DataWarning, load_dataset, prepare
 
     data_config = config["data"]
-    try:
-        dataset = load_dataset(data_config, config["seed"])
-        train, test, scaling = prepare(
-            dataset, config["seed"], data_config["standardize"], data_config["test_fraction"]
-        )
-    except ValueError as error:
-        raise ConfigError([f"{source}: data: {error}"]) from None
+    _check_csv_path(data_config, source)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        try:
+            dataset = load_dataset(data_config, config["seed"])
+            train, test, scaling = prepare(
+                dataset, config["seed"], data_config["standardize"], data_config["test_fraction"]
+            )
+        except ValueError as error:
+            raise ConfigError([f"{source}: data: {error}"]) from None
+    data_warnings = []
+    for warning in caught:
+        if issubclass(warning.category, DataWarning):
+            data_warnings.append(f"data: {warning.message}")
+        else:  # not ours to swallow
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     features = config["plot"]["features"]
     if features is not None:
         missing = [f for f in features if f not in train.feature_names]
@@ -270,26 +314,40 @@ def _load_data(config, source):
                     f"features are {list(train.feature_names)}"
                 ]
             )
-    return train, test, scaling
+    return train, test, scaling, data_warnings
+
+
+def _check_sizes(config, n_train, source):
+    """Every number of components the run fits is at most the training sample count."""
+    errors = []
+    n_components = config["model"]["n_components"]
+    if n_train < n_components:
+        errors.append(
+            f"{source}: model.n_components: {n_components} components but only "
+            f"{n_train} training samples"
+        )
+    grid = config["model_selection"]["n_components"] or []
+    too_many = sorted(k for k in set(grid) if k > n_train)
+    if too_many:
+        errors.append(
+            f"{source}: model_selection.n_components: {too_many} exceed the {n_train} "
+            "training samples (each component needs at least one)"
+        )
+    if errors:
+        raise ConfigError(errors)
 
 
 def _run(config, source, progress, animate, show_progress):
     """Fit a resolved config; the `ExperimentResult` with nothing written."""
     dtype = jnp.float64 if config["dtype"] == "float64" else jnp.float32
     seed = config["seed"]
-    train, test, scaling = _load_data(config, source)
+    train, test, scaling, data_warnings = _load_data(config, source)
+    _check_sizes(config, train.n_samples, source)
     model = config["model"]
     spec = jaxgmm.GMMSpec(
         model["n_components"], model["covariance_type"], model["reg_covar"],
         build_prior(model["prior"], source),
     )  # fmt: skip
-    if train.n_samples < spec.n_components:
-        raise ConfigError(
-            [
-                f"{source}: model.n_components: {spec.n_components} components but only "
-                f"{train.n_samples} training samples"
-            ]
-        )
     x_train = jnp.asarray(train.x, dtype)
     x_test = None if test is None else jnp.asarray(test.x, dtype)
     specs = method_specs(config, spec, x_train, source)
@@ -317,6 +375,7 @@ def _run(config, source, progress, animate, show_progress):
             record_history=animate,
             x_test=x_test,
             show_progress=show_progress,
+            select=config["init"]["select"],
         )
         result: MethodResult = METHODS[name].run(context)
         results[name] = result
@@ -387,6 +446,8 @@ def _run(config, source, progress, animate, show_progress):
         "init": dict(config["init"]),
         "methods": rows,
         "model_selection": None,
+        "warnings": data_warnings
+        + [w for name, row in rows.items() for w in method_warnings(name, row, config[name])],
     }
     files = {
         "config.yaml": ("text", dump_config(config)),

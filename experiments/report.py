@@ -1,9 +1,13 @@
 """The comparison table a run prints: one row per method (log-likelihoods, bound, prior,
 BIC/AIC, ARI, recovery, timings, convergence, degeneracies), the methods' posterior and
-variational diagnostics under it, and the model-selection grid; all read from the
-``metrics.json`` dict, so a table can be re-printed from a run folder."""
+variational diagnostics under it, the restarts when the one returned is not the best
+overall, the model-selection grid, and the run's warnings; all read from the
+``metrics.json`` dict, so a table can be re-printed from a run folder.
+``method_warnings`` writes the warnings of one method's row."""
 
 from __future__ import annotations
+
+import math
 
 
 def _fmt(value, spec):
@@ -12,6 +16,21 @@ def _fmt(value, spec):
     if isinstance(value, bool):
         return "yes" if value else "no"
     return format(value, spec)
+
+
+def _converged_text(row):
+    """yes, or no and why: "no (max_iter)", "no (stalled)", "no (nonfinite@3)"."""
+    converged, status = row.get("converged"), row.get("status")
+    if converged is None and status is None:
+        return None
+    if converged:
+        return "yes"
+    if status is None or status == "converged":
+        return "no"
+    if status == "nonfinite":
+        at = (row.get("extra") or {}).get("nonfinite_iteration")
+        status = "nonfinite" if at is None else f"nonfinite@{at}"
+    return f"no ({status})"
 
 
 TABLE_COLUMNS = (
@@ -30,7 +49,7 @@ TABLE_COLUMNS = (
     ("iters", 6, lambda m, r: r.get("n_iter"), "d"),
     ("compile s", 9, lambda m, r: r.get("compile_s"), ".2f"),
     ("fit s", 8, lambda m, r: r.get("fit_s"), ".3f"),
-    ("conv", 4, lambda m, r: r.get("converged"), ""),
+    ("converged", 9, lambda m, r: _converged_text(r), ""),
     ("degenerate", 10, lambda m, r: _degeneracy_text(r.get("degeneracies")), ""),
 )
 
@@ -58,21 +77,144 @@ def _degeneracy_text(degeneracies):
     return ",".join(f"{d['kind'].split('_')[0]}:{d['component']}" for d in degeneracies)
 
 
+def _degeneracy_words(degeneracies):
+    return ", ".join(
+        f"component {d['component']} "
+        + (
+            f"collapsed (smallest covariance eigenvalue {d['value']:.3g})"
+            if d["kind"] == "collapsed_covariance"
+            else f"empty (weight {d['value']:.3g})"
+            if d["kind"] == "empty_component"
+            else d["kind"]
+        )
+        + f" from iteration {d['first_iteration']}"
+        for d in degeneracies
+    )
+
+
+def restart_choice(row):
+    """(best_non_degenerate, best_overall) restart dicts of a metrics row when they differ
+    (the highest log-likelihood is degenerate, and a non-degenerate restart exists),
+    else None. Each dict is a ``row["restarts"]`` entry; ``selected`` marks the one
+    reported."""
+    restarts = [r for r in row.get("restarts") or [] if r.get("log_likelihood") is not None]
+    best = next((r for r in restarts if r.get("best_overall")), None)
+    clean = [r for r in restarts if r.get("degenerate") is False]
+    if best is None or not clean or not best.get("degenerate"):
+        return None
+    return max(clean, key=lambda r: r["log_likelihood"]), best
+
+
+def _restart_text(restart):
+    ll = restart.get("log_likelihood")
+    parts = ["ll -" if ll is None else f"ll {ll:.5f} per sample"]
+    if restart.get("bic") is not None:
+        parts.append(f"BIC {restart['bic']:.2f}")
+    if restart.get("degenerate"):
+        parts.append(f"degenerate: {_degeneracy_words(restart.get('degeneracies') or [])}")
+    return f"restart {restart['restart']} ({', '.join(parts)})"
+
+
+def method_warnings(name, row, settings=None):
+    """The warnings of one method's metrics row, as sentences starting with its name.
+
+    Args:
+        name: the method.
+        row: its ``metrics.json["methods"]`` row (``status``, ``extra``,
+            ``degeneracies``, ``restarts``, ``n_iter``).
+        settings: its config block (a tolerance in it makes stopping at the iteration
+            limit worth a warning), or None.
+    """
+    found = []
+    status = row.get("status")
+    extra = row.get("extra") or {}
+    if status == "nonfinite":
+        at = extra.get("nonfinite_iteration")
+        kept = (
+            "its initial parameters"
+            if not row.get("n_iter")
+            else f"the parameters of iteration {row['n_iter']}, the last finite ones"
+        )
+        found.append(
+            f"{name}: non-finite values at iteration {at}: the fit stopped there and "
+            f"reports {kept}, not an optimum; lower the learning rate, standardise the "
+            "data (data.standardize: true) or use dtype: float64"
+        )
+    elif status == "stalled":
+        found.append(
+            f"{name}: the optimiser stopped moving at iteration {row.get('n_iter')} before "
+            "meeting its tolerance (stalled): not converged; check the learning rate and "
+            "schedule"
+        )
+    elif status == "max_iter" and settings and settings.get("tol"):
+        found.append(
+            f"{name}: stopped at the iteration limit ({row.get('n_iter')}) before the "
+            f"change fell below {name}.tol={settings['tol']:g}"
+        )
+    elif status == "r_hat":
+        found.append(
+            f"{name}: chains have not mixed (r-hat max {extra.get('r_hat_max', math.nan):.3f}"
+            " >= 1.05): the posterior summaries are not reliable; run longer or more chains"
+        )
+    if row.get("degeneracies"):
+        found.append(f"{name}: degenerate result: {_degeneracy_words(row['degeneracies'])}")
+    choice = restart_choice(row)
+    selection = extra.get("selection")
+    if choice is not None:
+        clean, best = choice
+        if clean.get("selected"):
+            found.append(
+                f"{name}: restart {best['restart']} has a higher log-likelihood "
+                f"({best['log_likelihood']:.5f}) than the one reported, restart "
+                f"{clean['restart']} ({clean['log_likelihood']:.5f}), but is degenerate "
+                "(a collapsed component's likelihood grows without bound: a spurious "
+                f"optimum); selection: {selection or 'non_degenerate'}"
+            )
+        else:
+            found.append(
+                f"{name}: the reported restart {best['restart']} is degenerate; the best "
+                f"non-degenerate one, restart {clean['restart']}, reaches "
+                f"{clean['log_likelihood']:.5f} (init.select: non_degenerate reports it)"
+            )
+    elif row.get("restarts") and row.get("degeneracies"):
+        if all(r.get("degenerate") for r in row["restarts"]):
+            n = len(row["restarts"])
+            which = f"every one of the {n} restarts is" if n > 1 else "the only restart is"
+            found.append(
+                f"{name}: {which} degenerate; more restarts (init.n_init), a larger "
+                "model.reg_covar or fewer components may give a non-degenerate fit"
+            )
+    return found
+
+
 def format_table(metrics):
     """The comparison table of a run's ``metrics`` (the ``metrics.json`` dict), as text."""
+    table = [
+        [_fmt(get(method, row), spec) for _, _, get, spec in TABLE_COLUMNS]
+        for method, row in metrics["methods"].items()
+    ]
+    # A column is as wide as its widest cell ("no (nonfinite@12)" is wider than "yes").
+    widths = [
+        max([width, len(header)] + [len(cells[i]) for cells in table])
+        for i, (header, width, _, _) in enumerate(TABLE_COLUMNS)
+    ]
     lines = [
         f"{metrics['name']}: {metrics['data']['dataset']}, n_train={metrics['data']['n_train']}, "
         f"n_test={metrics['data']['n_test']}, K={metrics['spec']['n_components']} "
         f"{metrics['spec']['covariance_type']}, {metrics['dtype']} on {metrics['jax_backend']}"
         "  (ll, bound: nats per sample)",
-        "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w, _, _) in enumerate(TABLE_COLUMNS)),
+        "  ".join(
+            h.rjust(w) if i else h.ljust(w)
+            for i, ((h, _, _, _), w) in enumerate(zip(TABLE_COLUMNS, widths))
+        ),
     ]
-    for method, row in metrics["methods"].items():
-        cells = []
-        for i, (_, width, get, spec) in enumerate(TABLE_COLUMNS):
-            text = _fmt(get(method, row), spec)
-            cells.append(text.rjust(width) if i else text.ljust(width))
-        lines.append("  ".join(cells))
+    for cells in table:
+        lines.append(
+            "  ".join(
+                text.rjust(w) if i else text.ljust(w)
+                for i, (text, w) in enumerate(zip(cells, widths))
+            )
+        )
     details = [
         f"  {method}: "
         + ", ".join(
@@ -95,6 +237,19 @@ def format_table(metrics):
             "  (default) prior: model.prior is null, so methods that need a prior use "
             "conjugate with data defaults; set model.prior to choose"
         )
+    choices = {m: restart_choice(r) for m, r in metrics["methods"].items()}
+    choices = {m: c for m, c in choices.items() if c is not None}
+    if choices:
+        lines.append("")
+        lines.append("restarts (the highest log-likelihood is degenerate):")
+        for method, (clean, best) in choices.items():
+            pad = " " * len(method)
+            for i, (label, restart) in enumerate(
+                (("best non-degenerate", clean), ("best overall       ", best))
+            ):
+                mark = "  <- reported" if restart.get("selected") else ""
+                lead = f"{method}:" if i == 0 else f"{pad} "
+                lines.append(f"  {lead} {label} {_restart_text(restart)}{mark}")
     grid = metrics.get("model_selection")
     if grid:
         lines.append("")
@@ -125,4 +280,8 @@ def format_table(metrics):
                 lines.append(
                     f"best by {label}: {best['covariance_type']}, K={best['n_components']}"
                 )
+    if metrics.get("warnings"):
+        lines.append("")
+        lines.append("warnings:")
+        lines.extend(f"  {w}" for w in metrics["warnings"])
     return "\n".join(lines)

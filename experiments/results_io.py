@@ -19,6 +19,11 @@ Every file is written atomically: to a temporary file in the same folder, then
 ``os.replace``, so an interrupt never leaves a half-written file. A whole run is written
 into a staging folder (``staging_folder``) that replaces the run folder only once every
 file is in it (``write_run``), so an interrupted run leaves the previous results intact.
+``check_writable`` refuses, before anything is fitted, a run folder that cannot be written
+or (with overwrite) whose old results cannot be removed. Staging and old-results folders
+(``.NAME.partial-PID``, ``.NAME.old-PID``) are removed on every exit Python sees (the
+command line turns SIGTERM into one); those of a killed process are removed by the next
+run into the same folder, or named in a `LeftoverWarning` when they cannot be.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -203,30 +210,144 @@ class RunFolderExists(Exception):
     """The run folder holds results and overwriting was not asked for."""
 
 
+class RunFolderUnwritable(OSError):
+    """The run folder cannot be written (or its old results cannot be replaced)."""
+
+
+class LeftoverWarning(UserWarning):
+    """A staging or old-results folder could not be removed; the message names it."""
+
+
+def _blocking_ancestor(path):
+    """The nearest existing ancestor of ``path`` (``path`` itself if it exists)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _unremovable(folder):
+    """The first folder inside ``folder`` (itself included) whose entries cannot be
+    deleted, or None."""
+    for root, _, _ in os.walk(folder):
+        if not os.access(root, os.W_OK | os.X_OK):
+            return Path(root)
+    return None
+
+
+def check_writable(target, overwrite=False):
+    """Refuse, before any fitting, a run folder that could not be written at the end.
+
+    The run is staged in a sibling folder of ``target`` that then replaces it, so the
+    parent must let a folder be created and renamed, and with ``overwrite`` every folder
+    of the old run must let its entries be deleted. Missing parent folders are created
+    (as writing would). Nothing else is left behind.
+
+    Raises:
+        RunFolderUnwritable whose message names the folder and the reason.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise RunFolderUnwritable(f"{target} exists and is not a folder")
+    ancestor = _blocking_ancestor(target.parent)
+    if not ancestor.is_dir():
+        raise RunFolderUnwritable(f"cannot create {target}: {ancestor} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=target.parent)
+        os.rmdir(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise RunFolderUnwritable(
+            f"cannot write the run folder {target}: {target.parent}: {reason}"
+        ) from None
+    if overwrite and target.is_dir():
+        blocked = _unremovable(target)
+        if blocked is not None:
+            raise RunFolderUnwritable(
+                f"cannot replace the old results in {target}: {blocked} is read-only "
+                "(make it writable, or write elsewhere with --output)"
+            )
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)$")
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove(folder):
+    """Delete a staging or old-results folder; a `LeftoverWarning` names it if it stays."""
+    errors = []
+    shutil.rmtree(folder, onerror=lambda func, path, info: errors.append(info[1]))
+    if Path(folder).exists():
+        reason = errors[0].strerror if errors and errors[0].strerror else "not removable"
+        warnings.warn(
+            f"could not remove {folder} ({reason}); delete it by hand",
+            LeftoverWarning,
+            stacklevel=3,
+        )
+
+
+def remove_stale_leftovers(target):
+    """Remove the ``.NAME.partial-PID`` / ``.NAME.old-PID`` siblings of ``target`` left by
+    runs whose process no longer exists (killed before they could clean up).
+
+    Returns:
+        The list of folders removed.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for path in target.parent.iterdir():
+        match = _LEFTOVER.match(path.name)
+        if not match or match["name"] != target.name or not path.is_dir():
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        _remove(path)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def staging_folder(target, overwrite=False):
     """A fresh sibling folder; on success it replaces ``target`` (old contents removed).
 
-    Raises RunFolderExists at the end, keeping ``target``, if ``target`` is a non-empty
-    folder and ``overwrite`` is false (checked again in case another run wrote it)."""
+    Stale staging folders of killed runs into ``target`` are removed first. Raises
+    RunFolderExists at the end, keeping ``target``, if ``target`` is a non-empty folder
+    and ``overwrite`` is false (checked again in case another run wrote it). An old run
+    that cannot be deleted once replaced is named in a `LeftoverWarning`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_leftovers(target)
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
+    old = None
     try:
         yield staging
+        if is_nonempty_dir(target) and not overwrite:
+            raise RunFolderExists(str(target))
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and old.exists() and not target.exists():
+            os.replace(old, target)  # interrupted between the two renames: put it back
         raise
-    if is_nonempty_dir(target) and not overwrite:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RunFolderExists(str(target))
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.replace(target, old)
-    os.replace(staging, target)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)

@@ -8,20 +8,54 @@ the comparison table (`experiments.report`).
 A run directory is never overwritten silently: if ``results/<name>/`` (or ``--output``)
 exists and is not empty the runner refuses unless ``--overwrite``. The run is written into
 a temporary sibling folder that replaces the target only once everything is written, so
-an interrupted run leaves the previous results intact.
+an interrupted run leaves the previous results intact. A run folder that could not be
+written is refused before anything is fitted (exit 2), and SIGTERM, like Ctrl-C, ends the
+run through Python so that its staging folder is removed.
+
+Exit codes: 0 done, 2 invalid config or unwritable run folder, 3 the run folder holds
+results (no ``--overwrite``), 128 + signal number when terminated.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import warnings
 from pathlib import Path
 
 import jax
 
 from experiments.config import ConfigError, load_config
 from experiments.experiment import run_experiment
-from experiments.results_io import RunFolderExists, is_nonempty_dir
+from experiments.results_io import (
+    LeftoverWarning,
+    RunFolderExists,
+    RunFolderUnwritable,
+    check_writable,
+    is_nonempty_dir,
+)
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM raises SystemExit(128 + SIGTERM) in the main thread while the run lasts, so
+    cleanup code (the staging folder's) runs, as it does for Ctrl-C; the default action
+    would kill the process and leave the folder behind."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser():
@@ -52,6 +86,11 @@ def build_parser():
 
 
 def main(argv=None):
+    with _terminate_as_exit():
+        return _main(argv)
+
+
+def _main(argv):
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
     if args.methods is not None:
@@ -82,6 +121,11 @@ def main(argv=None):
     if output.exists() and not output.is_dir():
         print(f"error: {output} exists and is not a folder", file=sys.stderr)
         return 3
+    try:
+        check_writable(output, overwrite=args.overwrite)
+    except RunFolderUnwritable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     show_progress = not args.quiet and sys.stdout.isatty()
     animate = args.animate or config["plot"]["animate"]
@@ -90,16 +134,26 @@ def main(argv=None):
     except ConfigError as error:
         print(f"error: invalid config\n{error}", file=sys.stderr)
         return 2
-    try:
-        result.write(output, overwrite=args.overwrite, plots=not args.no_plots)
-    except RunFolderExists:
-        print(
-            f"error: {output} was written by another run meanwhile; not replaced", file=sys.stderr
-        )
-        return 3
+    with warnings.catch_warnings(record=True) as leftovers:
+        warnings.simplefilter("always", LeftoverWarning)
+        try:
+            result.write(output, overwrite=args.overwrite, plots=not args.no_plots)
+        except RunFolderExists:
+            print(
+                f"error: {output} was written by another run meanwhile; not replaced",
+                file=sys.stderr,
+            )
+            return 3
     if not args.quiet:
         print(result.table())
         print(f"\nresults written to {output}/")
+    elif result.metrics["warnings"]:
+        print("warnings:", *result.metrics["warnings"], sep="\n  ", file=sys.stderr)
+    for caught in leftovers:
+        if issubclass(caught.category, LeftoverWarning):
+            print(f"warning: {caught.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
     return 0
 
 

@@ -15,9 +15,14 @@ plus a line in ``_registry`` below.
 
 Priors: a method whose `Method.needs_prior` is set (SVI, NUTS: a posterior needs a
 prior) gets ``DEFAULT_PRIOR`` (conjugate, data defaults) when ``model.prior`` is null;
-the runner records which prior every method used. A method may refuse a spec up front
-with ``Method.check(spec, settings, x)`` raising ValueError (EM without a closed-form
-M-step for the prior); the runner reports that as a config error before fitting.
+the runner records which prior every method used.
+
+Checks before fitting: ``Method.config_check(settings)`` returns the rules broken among
+the keys of the method's block (they are config errors when the config is loaded, e.g.
+minibatches with L-BFGS); ``Method.check(spec, settings, x)`` may refuse the spec or the
+data once they are known, raising ValueError (EM without a closed-form M-step for the
+prior) or `SettingError` naming its key (a batch larger than the data). The runner
+reports both as config errors before any method runs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,19 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+
+class SettingError(ValueError):
+    """A ``Method.check`` failure caused by one key of the method's block.
+
+    Attributes:
+        key: the key within the block (e.g. ``"batch_size"``); the runner reports it as
+            ``<method>.<key>``.
+    """
+
+    def __init__(self, key, message):
+        self.key = key
+        super().__init__(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +62,8 @@ class MethodContext:
         record_history: whether to return per-iteration parameters (for the animation).
         x_test: jax array of the held-out rows, or None (for held-out predictive densities).
         show_progress: whether progress is shown (for libraries with their own bars).
+        select: the config's ``init.select``, the rule that picks the restart reported
+            (``run_fitter(select=...)``): "non_degenerate" or "likelihood".
     """
 
     key: Any
@@ -55,6 +75,7 @@ class MethodContext:
     record_history: bool = False
     x_test: Any = None
     show_progress: bool = False
+    select: str = "non_degenerate"
 
 
 @dataclasses.dataclass
@@ -71,7 +92,15 @@ class MethodResult:
         bound_name: what ``bound`` is ("em_bound", "elbo", "log_joint", ...).
         compile_s, fit_s: seconds compiling and running.
         n_iter: iterations (or samples) performed; converged: bool or None.
-        degeneracies: list of dicts (component, kind, first_iteration, value).
+        status: why the run stopped, or None: "converged", "max_iter", "stalled" (the
+            optimiser stopped moving), "nonfinite" (a step gave non-finite values; the
+            fit kept the last finite parameters), or a method's own word (NUTS:
+            "r_hat" when chains have not mixed). ``converged`` is True iff "converged".
+        degeneracies: list of dicts (component, kind, first_iteration, value) of the
+            returned restart.
+        restarts: None, or one dict per restart (restart, log_likelihood per sample,
+            n_iter, converged, status, degenerate, degeneracies, selected,
+            best_overall) when the method ran the shared restarts.
         extra: further scalar metrics (e.g. r_hat_max, is_log_marginal), JSON-able.
         posterior: None or a dict of draws, e.g. ``weights`` (S, K), ``means`` (S, K, D),
             ``log_likelihood`` (S,) per sample.
@@ -90,7 +119,9 @@ class MethodResult:
     fit_s: float
     n_iter: int
     converged: bool | None
+    status: str | None = None
     degeneracies: list = dataclasses.field(default_factory=list)
+    restarts: list | None = None
     extra: dict = dataclasses.field(default_factory=dict)
     posterior: dict | None = None
     history: dict | None = None
@@ -106,9 +137,13 @@ class Method:
         doc: one line.
         needs_prior: whether the method needs a prior (it gets `DEFAULT_PRIOR` when the
             config has none).
-        check: optional ``check(spec, settings, x)`` raising ValueError when the method
-            cannot fit ``spec`` (``settings``: its resolved config block; ``x``: the
-            training data, for shapes); run before anything is fitted.
+        check: optional ``check(spec, settings, x)`` raising ValueError (or
+            `SettingError`, naming the key) when the method cannot fit ``spec`` on ``x``
+            (``settings``: its resolved config block; ``x``: the training data, for
+            shapes); run before anything is fitted.
+        config_check: optional ``config_check(settings) -> [(key, message)]``, the
+            rules tying keys of the block together, run when the config is loaded
+            (``settings``: the block, types already checked).
         config: the method's config block, key -> `experiments.config_engine.Field`
             (nested dicts make sub-blocks); registered under ``name`` by
             `experiments.config`.
@@ -120,6 +155,7 @@ class Method:
     needs_prior: bool = False
     check: Callable | None = None
     config: dict = dataclasses.field(default_factory=dict, hash=False)
+    config_check: Callable | None = None
 
 
 # The prior of methods that need one when ``model.prior`` is null: the conjugate
@@ -128,11 +164,63 @@ class Method:
 DEFAULT_PRIOR = {"name": "conjugate"}
 
 
+def fit_status(fit):
+    """Why a `jaxgmm.FitResult` stopped: its ``status``, or for a result without one
+    (an older core) the same words derived from ``converged`` and
+    ``nonfinite_iteration``."""
+    status = getattr(fit, "status", None)
+    if status is not None:
+        return str(status)
+    if fit.nonfinite_iteration is not None:
+        return "nonfinite"
+    return "converged" if fit.converged else "max_iter"
+
+
+def restart_rows(fit):
+    """One dict per restart of a `jaxgmm.FitResult`: restart, log_likelihood (per sample,
+    None when not finite), n_iter, converged, status, degenerate, degeneracies (dicts),
+    selected (the restart returned) and best_overall (the highest log-likelihood,
+    degenerate or not)."""
+    summary = fit.restarts
+    lls = np.asarray(summary.log_likelihood, dtype=np.float64).reshape(-1)
+    n_init = lls.size
+    degenerate = getattr(summary, "degenerate", None)
+    per_restart = getattr(summary, "degeneracies", None)
+    statuses = getattr(summary, "status", None)
+    best_overall = getattr(fit, "best_overall_restart", None)
+    if best_overall is None and np.isfinite(lls).any():
+        best_overall = int(np.nanargmax(np.where(np.isfinite(lls), lls, np.nan)))
+    rows = []
+    for r in range(n_init):
+        found = None if per_restart is None else [d._asdict() for d in per_restart[r]]
+        if r == fit.best_restart and found is None:
+            found = [d._asdict() for d in fit.degeneracies]
+        flag = None if degenerate is None else bool(np.asarray(degenerate)[r])
+        if flag is None and found is not None:
+            flag = bool(found)
+        rows.append(
+            {
+                "restart": r,
+                "log_likelihood": float(lls[r]) if np.isfinite(lls[r]) else None,
+                "n_iter": int(np.asarray(summary.n_iter).reshape(-1)[r]),
+                "converged": bool(np.asarray(summary.converged).reshape(-1)[r]),
+                "status": None if statuses is None else str(np.asarray(statuses)[r]),
+                "degenerate": flag,
+                "degeneracies": found,
+                "selected": r == int(fit.best_restart),
+                "best_overall": best_overall is not None and r == int(best_overall),
+            }
+        )
+    return rows
+
+
 def result_from_fit(fit, point_estimate=True, extra=None, history=None):
     """`MethodResult` from a `jaxgmm.FitResult` of the driver (any fitter)."""
     import jax
 
     trace = fit.trace
+    status = fit_status(fit)
+    selection = getattr(fit, "selection", None)
     return MethodResult(
         params=jax.tree_util.tree_map(np.asarray, fit.params),
         point_estimate=point_estimate,
@@ -144,14 +232,17 @@ def result_from_fit(fit, point_estimate=True, extra=None, history=None):
         compile_s=float(fit.compile_s),
         fit_s=float(fit.run_s),
         n_iter=int(fit.n_iter),
-        converged=bool(fit.converged),
+        converged=status == "converged",
+        status=status,
         degeneracies=[d._asdict() for d in fit.degeneracies],
+        restarts=restart_rows(fit),
         extra={
             **(
                 {}
                 if fit.nonfinite_iteration is None
                 else {"nonfinite_iteration": fit.nonfinite_iteration}
             ),
+            **({} if selection is None else {"selection": selection}),
             **(extra or {}),
         },
         history=history,

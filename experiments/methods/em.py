@@ -67,6 +67,7 @@ def run(context):
             context.spec,
             max_iter=settings["max_iter"],
             callback=callback,
+            select=context.select,
         )
     finally:
         bar.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jaxgmm
 from experiments.config_engine import Field, at_least, greater_than, one_of
-from experiments.methods import Method, result_from_fit
+from experiments.methods import Method, SettingError, result_from_fit
 
 
 def run(context):
@@ -33,6 +33,7 @@ def run(context):
             context.spec,
             max_iter=settings["max_steps"],
             callback=lambda done, infos: bar.update_to(done),
+            select=context.select,
         )
     finally:
         bar.close()
@@ -41,6 +42,67 @@ def run(context):
     if grad_norm is not None and len(grad_norm):
         extra["final_grad_norm"] = float(grad_norm[-1])
     return result_from_fit(fit, point_estimate=True, extra=extra)
+
+
+def config_check(settings):
+    """The rules between keys of the ``gradient`` block that `jaxgmm.gradient` enforces only
+    when the fitter is built, checked when the config is loaded instead."""
+    optimizer = settings["optimizer"]
+    entry = jaxgmm.gradient.OPTIMIZERS[optimizer]
+    stochastic = sorted(k for k, v in jaxgmm.gradient.OPTIMIZERS.items() if not v.line_search)
+    errors = []
+    if settings["batch_size"] is not None and entry.line_search:
+        errors.append(
+            (
+                "batch_size",
+                f"optimizer {optimizer!r} uses a line search and needs full-batch gradients; "
+                f"set gradient.batch_size: null, or gradient.optimizer to one of {stochastic}",
+            )
+        )
+    if (
+        settings["schedule"] is not None
+        and settings["learning_rate"] is None
+        and entry.default_learning_rate is None
+    ):
+        errors.append(
+            (
+                "schedule",
+                f"schedule {settings['schedule']!r} scales a learning rate, and optimizer "
+                f"{optimizer!r} has none by default (its line search sets the step); "
+                "set gradient.learning_rate, or gradient.schedule: null",
+            )
+        )
+    if settings["batch_size"] is None and settings["eval_every"] != 1:
+        errors.append(
+            (
+                "eval_every",
+                f"{settings['eval_every']} minibatch updates per iteration need "
+                "gradient.batch_size (full-batch iterations make one update each)",
+            )
+        )
+    return errors
+
+
+def check(spec, settings, x):
+    """The data-dependent rule (a minibatch no larger than the data), then the fitter's own
+    argument checks, before anything is fitted."""
+    n_samples = x.shape[0]
+    if settings["batch_size"] is not None and settings["batch_size"] > n_samples:
+        raise SettingError(
+            "batch_size",
+            f"{settings['batch_size']} exceeds the {n_samples} training samples",
+        )
+    jaxgmm.gradient.gradient_fitter(
+        spec,
+        settings["optimizer"],
+        learning_rate=settings["learning_rate"],
+        schedule=settings["schedule"],
+        schedule_steps=settings["max_steps"] * settings["eval_every"],
+        batch_size=settings["batch_size"],
+        eval_every=settings["eval_every"],
+        tol=settings["tol"],
+        grad_tol=settings["grad_tol"],
+    )
 
 
 CONFIG = {
@@ -76,5 +138,7 @@ METHOD = Method(
     name="gradient",
     run=run,
     doc="optax on softmax / log-Cholesky parameters (ML, or MAP with a prior)",
+    check=check,
     config=CONFIG,
+    config_check=config_check,
 )

@@ -115,6 +115,7 @@ def run(context):
         fit_s=total_s,
         n_iter=n_total,
         converged=None if r_hat is None else bool(r_hat < 1.05),
+        status=None if r_hat is None else ("converged" if r_hat < 1.05 else "r_hat"),
         extra=extra,
         posterior={
             "weights": np.asarray(flat.weights),

@@ -51,7 +51,7 @@ def test_defaults_filled(tmp_path):
         "reg_covar": 1e-6,
         "prior": None,
     }
-    assert config["init"] == {"method": "kmeans", "n_init": 1}
+    assert config["init"] == {"method": "kmeans", "n_init": 1, "select": "non_degenerate"}
     assert config["methods"] == ["em"]
     assert config["em"] == {"max_iter": 500, "tol": 1e-6}
     # Dataset options of other datasets stay null.

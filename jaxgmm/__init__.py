@@ -32,9 +32,10 @@ from jaxgmm.model import (
 )
 from jaxgmm.priors import log_prior
 from jaxgmm.scale import fit_em_online, fit_em_out_of_core
-from jaxgmm.vb import fit_vb
+from jaxgmm.vb import BayesianGaussianMixture, fit_vb
 
 __all__ = [
+    "BayesianGaussianMixture",
     "COVARIANCE_TYPES",
     "ConvergenceWarning",
     "Degeneracy",

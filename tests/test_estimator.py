@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import blobs, iris
+from _helpers import blobs, dense_covariances, iris
 
 import jaxgmm
 from jaxgmm import GaussianMixture
@@ -221,3 +221,97 @@ def test_bad_verbose_settings_raise(kwargs):
     x, _ = blobs(0)
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         GaussianMixture(2, **kwargs).fit(x)
+
+
+# -- issue 16: no wrong answer that looks fine -------------------------------------------
+
+
+def test_float32_data_whose_squares_overflow_raise_instead_of_nan():
+    # Defect 3: iris x 1e20 in float32 gave NaN covariances_, a warning claiming finite
+    # parameters were kept, and predict() == 0 everywhere. Now: a ValueError saying why
+    # and what to do, and an estimator fitted before keeps its (finite) attributes.
+    x = iris()
+    gm = GaussianMixture(3, random_state=0).fit(x.astype(np.float32))
+    means = gm.means_.copy()
+    with pytest.raises(ValueError, match=r"(?s)overflow float32.*standardise X.*float64"):
+        gm.fit((x * 1e20).astype(np.float32))
+    np.testing.assert_array_equal(gm.means_, means)
+    _assert_finite(gm)
+
+
+def test_float32_overflow_from_given_starting_parameters_raises():
+    # Finite starting parameters (no initialiser involved) on the same data: EM's first
+    # step overflows, and the starting point itself has no finite log-likelihood.
+    x = (iris() * 1e20).astype(np.float32)
+    start = dict(
+        weights_init=[1 / 3] * 3,
+        means_init=np.zeros((3, 4)),
+        precisions_init=np.stack([np.eye(4)] * 3),
+    )
+    with pytest.raises(ValueError, match="GaussianMixture.*float32.*standardise X"):
+        GaussianMixture(3, **start).fit(x)
+
+
+def test_finite_float64_data_overflowing_float32_say_so_with_x64_off():
+    # Defect 4: with x64 off, finite float64 X * 1e39 was cast to float32 (inf) and the
+    # message said "X contains NaN or infinity", which is false.
+    x = iris() * 1e39
+    assert np.all(np.isfinite(x))
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="overflow float32") as caught:
+            GaussianMixture(3).fit(x)
+    assert "NaN" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"init_params": ["kmeans"]}, r"init_params must be one of \[.*'kmeans'.*\], got \['kmeans'\]"),
+        ({"covariance_type": ["full"]}, r"covariance_type must be one of \[.*'full'.*\]"),
+    ],
+)
+def test_unhashable_choices_get_a_message_naming_the_argument(kwargs, match):
+    # Defect 14: init_params=['kmeans'] gave "unhashable type: 'list'".
+    with pytest.raises(ValueError, match=match):
+        GaussianMixture(3, **kwargs).fit(blobs(0)[0])
+
+
+def _min_covariance_eigenvalue(gm):
+    k, d = gm.means_.shape
+    dense = dense_covariances(gm.covariances_, gm.covariance_type, k, d)
+    return min(np.linalg.eigvalsh(c).min() for c in dense)
+
+
+def test_default_selection_skips_the_degenerate_optimum_and_reports_every_restart():
+    # Defect 2 (issue 16's case): one of 8 random_from_data restarts on iris reaches a
+    # spurious -99.17 (total) with a component pinned at the reg_covar floor; it used to be
+    # returned. Degeneracy is judged here from covariances_ by NumPy, independently.
+    x = iris()
+    settings = dict(init_params="random_from_data", n_init=8, random_state=3, max_iter=1000,
+                    tol=1e-8)
+    by_likelihood = GaussianMixture(3, select="likelihood", **settings)
+    quiet_fit(by_likelihood, x)
+    gm = GaussianMixture(3, **settings)
+    caught = quiet_fit(gm, x)
+
+    restarts = gm.restarts_
+    assert restarts.log_likelihood.shape == restarts.degenerate.shape == (8,)
+    assert len(restarts.degeneracies) == 8
+    assert restarts.degenerate.any() and not restarts.degenerate.all()
+    # The degenerate restart is the most likely one: "likelihood" keeps it...
+    assert by_likelihood.best_restart_ == by_likelihood.best_overall_restart_
+    assert restarts.degenerate[by_likelihood.best_restart_]
+    assert _min_covariance_eigenvalue(by_likelihood) < 2 * by_likelihood.reg_covar
+    # ...and the default keeps the best restart without a degenerate component.
+    assert gm.best_overall_restart_ == by_likelihood.best_restart_ != gm.best_restart_
+    assert not restarts.degenerate[gm.best_restart_]
+    assert gm.log_likelihood_ == pytest.approx(restarts.log_likelihood[~restarts.degenerate].max())
+    assert gm.log_likelihood_ == pytest.approx(gm.score(x), rel=1e-10)
+    assert _min_covariance_eigenvalue(gm) > 100 * gm.reg_covar
+    assert gm.degeneracies_ == ()
+    assert not any(issubclass(w.category, jaxgmm.DegeneracyWarning) for w in caught)
+
+
+def test_bad_select_is_named():
+    with pytest.raises(ValueError, match=r"select must be one of \['likelihood', 'non_degenerate'\]"):
+        GaussianMixture(3, select="best").fit(blobs(0)[0])

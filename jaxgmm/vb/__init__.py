@@ -20,6 +20,7 @@ Public API:
   (scikit-learn's updates, the same as exact for full covariances; see docs/vb.md).
 """
 
+from jaxgmm.vb.estimator import BayesianGaussianMixture
 from jaxgmm.vb.families import VB_FAMILIES
 from jaxgmm.vb.fitter import VBInfo, fit_vb, vb_fitter, vb_spec
 from jaxgmm.vb.predictive import (
@@ -43,6 +44,7 @@ from jaxgmm.vb.steps import (
 )
 
 __all__ = [
+    "BayesianGaussianMixture",
     "UPDATES",
     "VBHyper",
     "VBInfo",

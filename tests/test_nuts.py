@@ -196,3 +196,30 @@ def test_nuts_old_faithful_lkj():
     )
     print(f"held-out log predictive density {lpd:.4f}, plug-in {plug_in:.4f}")
     assert np.isfinite(lpd) and abs(lpd - plug_in) < 0.1
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("means", np.zeros((2, 3)), r"reference\.means .*shape \(2, 1\)"),
+        ("means", np.zeros((4, 2, 1)), r"reference must be one solution"),
+        ("weights", np.array([0.7, 0.7]), r"reference\.weights must sum to 1"),
+        ("prec_chol", np.zeros((2, 1)), r"reference\.prec_chol .*positive"),
+    ],
+)
+def test_bad_reference_names_the_argument(field, value, match):
+    """Issue 16 defect 14: a wrong-shaped reference gave a broadcasting error."""
+    x = np.concatenate([np.linspace(-3, -1, 20), np.linspace(1, 3, 20)])[:, None]
+    spec = jaxgmm.GMMSpec(2, "diag", prior=make_prior("conjugate"))
+    good = jaxgmm.params_from_covariances(
+        np.array([0.5, 0.5]), np.array([[2.0], [-2.0]]), np.full((2, 1), 0.25), "diag"
+    )
+    if field == "means" and value.ndim == 3:
+        bad = jax.tree_util.tree_map(lambda a: np.stack([np.asarray(a)] * 4), good)
+    else:
+        bad = good._replace(**{field: value})
+    for argument in ("reference", "init"):
+        given = {"reference": good, argument: bad}
+        with pytest.raises(ValueError, match=match.replace("reference", argument)):
+            fit_nuts(jax.random.key(0), x, spec, num_warmup=1, num_samples=1, num_chains=1,
+                     **given)

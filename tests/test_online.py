@@ -366,3 +366,64 @@ def test_exported():
     assert jaxgmm.fit_em_online is fit_em_online
     assert "fit_em_online" in jaxgmm.__all__
     assert list(jaxgmm.__all__) == sorted(jaxgmm.__all__)
+
+
+# --- issue 16: no non-finite result, clear errors --------------------------------------
+
+
+def _iris_scaled(scale):
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    return (data.data * scale).astype(np.float32), data.target
+
+
+def test_no_finite_state_raises_instead_of_returning_nan():
+    """Issue 16 defect 3: iris x 1e20 in float32 returned NaN parameters."""
+    x, _ = _iris_scaled(1e20)
+    spec = jaxgmm.GMMSpec(3, "full")
+    with pytest.raises(ValueError, match=r"init='kmeans' are not finite in float32.*standardise"):
+        fit_em_online(jax.random.key(0), x, spec, batch_size=50)
+
+
+def test_a_nonfinite_step_keeps_the_last_finite_state_and_says_so():
+    x, labels = _iris_scaled(1e19)
+    x64 = x.astype(np.float64)
+    means = np.stack([x64[labels == k].mean(0) for k in range(3)])
+    covs = np.stack([np.cov(x64[labels == k].T) for k in range(3)]) + 1e-3 * np.eye(4) * (
+        x64.std() ** 2
+    )
+    prec_chol = np.swapaxes(np.linalg.inv(np.linalg.cholesky(covs)), -1, -2)
+    init = jaxgmm.GMMParams(
+        np.full(3, 1 / 3, np.float32), means.astype(np.float32), prec_chol.astype(np.float32)
+    )
+    res = fit_em_online(jax.random.key(0), x, jaxgmm.GMMSpec(3, "full"), init=init,
+                        batch_size=50)
+    assert all(np.all(np.isfinite(np.asarray(a))) for a in res.params)
+    assert np.isfinite(res.log_likelihood)
+    assert np.all(np.isfinite(res.trace.bound)) and np.all(np.isfinite(res.trace.log_likelihood))
+    if res.nonfinite_iteration is not None:  # where float32 overflowed: said, and stopped
+        assert res.n_iter == res.nonfinite_iteration - 1
+
+
+def test_online_float64_values_overflowing_float32_are_named():
+    """Issue 16 defect 4."""
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    x[37, 1] = 1e39
+    for kwargs in ({}, {"shuffle": False, "init_subsample": 2}):
+        with pytest.raises(ValueError, match=r"x has values that overflow float32.*row 37"):
+            _fit(x, dtype=np.float32, **kwargs)
+    batches = [x[:30], x[30:]]
+    with pytest.raises(ValueError, match=r"overflow float32 .*row 7, column 1 of stream batch 1"):
+        _fit(iter(batches), dtype=np.float32, init_subsample=2)
+
+
+def test_online_checks_the_initial_parameters():
+    """Issue 16 defect 8."""
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    bad = jaxgmm.GMMParams(np.array([-0.5, 1.5]), x[:2], np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"init\.weights must be >= 0"):
+        _fit(x, init=bad)
+    bad = jaxgmm.GMMParams(np.array([0.5, 0.5]), x[:2], np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match=r"init\.prec_chol must be finite"):
+        _fit(iter([x]), init=bad)

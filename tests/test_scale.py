@@ -243,3 +243,82 @@ def test_blocked_log_prob_and_gradient_equal_unblocked(cov, monkeypatch):
     np.testing.assert_allclose(blocked, whole, rtol=1e-12)
     for a, b in zip(g_blocked, g_whole):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+# --- issue 16: no non-finite result, clear errors --------------------------------------
+
+
+def _iris_scaled(scale):
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    return (data.data * scale).astype(np.float32), data.target
+
+
+def _class_params(x, labels, cov):
+    """Per-class float64 moments as float32 `GMMParams` (built in NumPy, so that the
+    float32 cast is the only rounding even with x64 off)."""
+    x64 = x.astype(np.float64)
+    means = np.stack([x64[labels == k].mean(0) for k in range(3)])
+    covs = np.stack([np.cov(x64[labels == k].T) for k in range(3)]) + 1e-3 * np.eye(4) * (
+        x64.std() ** 2
+    )
+    chol = np.linalg.cholesky(covs)
+    prec_chol = np.swapaxes(np.linalg.inv(chol), -1, -2)  # upper: precision = P P^T
+    diag = np.sqrt(1 / np.einsum("kdd->kd", covs))
+    factor = {"full": prec_chol, "diag": diag}[cov]
+    return jaxgmm.GMMParams(
+        np.full(3, 1 / 3, np.float32), means.astype(np.float32), factor.astype(np.float32)
+    )
+
+
+def test_out_of_core_max_iter_zero_returns_the_initial_parameters(require_x64):
+    """Issue 16 defect 7: max_iter=0 is accepted, so it must return the start."""
+    from scipy.stats import multivariate_normal
+
+    x = _data(n=200, d=2)
+    spec = jaxgmm.GMMSpec(2, "full")
+    params = jaxgmm.params_from_covariances(
+        np.array([0.4, 0.6]), x[:2], np.stack([np.eye(2)] * 2), "full"
+    )
+    res = jaxgmm.fit_em_out_of_core(jax.random.key(0), x, spec, init=params, max_iter=0)
+    assert res.n_iter == 0 and res.trace.iteration.size == 0 and not res.converged
+    np.testing.assert_array_equal(np.asarray(res.params.means), np.asarray(params.means))
+    dens = sum(w * multivariate_normal(m, np.eye(2)).pdf(x) for w, m in zip([0.4, 0.6], x[:2]))
+    np.testing.assert_allclose(res.log_likelihood, np.mean(np.log(dens)), rtol=1e-10)
+
+
+def test_out_of_core_without_a_finite_state_raises():
+    """Issue 16 defects 3 and 7: iris x 1e20 in float32 (squares overflow) returned NaN
+    parameters and log-likelihood; now a ValueError says why and what to do."""
+    x, labels = _iris_scaled(1e20)
+    spec = jaxgmm.GMMSpec(3, "full")
+    with pytest.raises(ValueError, match=r"init='kmeans' are not finite in float32.*standardise"):
+        jaxgmm.fit_em_out_of_core(jax.random.key(0), x, spec, max_iter=5)
+    # Finite initial parameters whose log-likelihood already overflows (diag, 1e19).
+    x, labels = _iris_scaled(1e19)
+    init = _class_params(x, labels, "diag")
+    with pytest.raises(ValueError, match=r"fit_em_out_of_core: .*not finite in float32"):
+        jaxgmm.fit_em_out_of_core(jax.random.key(0), x, jaxgmm.GMMSpec(3, "diag"), init=init)
+
+
+def test_out_of_core_float64_values_overflowing_float32_are_named():
+    """Issue 16 defect 4: finite float64 data beyond float32's range were cast to inf."""
+    x = _data(n=60, d=2)
+    x[41, 1] = 1e39
+    with pytest.raises(ValueError, match=r"x has values that overflow float32 .*row 41, column 1"):
+        jaxgmm.fit_em_out_of_core(
+            jax.random.key(0), x, jaxgmm.GMMSpec(2, "diag"), dtype=np.float32, max_iter=1
+        )
+
+
+def test_out_of_core_checks_the_initial_parameters():
+    """Issue 16 defect 8: invalid given parameters get the argument's name."""
+    x = _data(n=60, d=2)
+    spec = jaxgmm.GMMSpec(2, "diag")
+    bad = jaxgmm.GMMParams(np.array([0.5, 0.6]), x[:2], np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"init\.weights must sum to 1"):
+        jaxgmm.fit_em_out_of_core(jax.random.key(0), x, spec, init=bad)
+    bad = jaxgmm.GMMParams(np.array([0.5, 0.5]), x[:2], np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"init\.prec_chol .*positive"):
+        jaxgmm.fit_em_out_of_core(jax.random.key(0), x, spec, init=bad)

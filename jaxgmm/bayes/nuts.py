@@ -23,7 +23,7 @@ from jaxgmm.bayes.posterior import (
     summarize_params,
 )
 from jaxgmm.em.fitter import fit_em
-from jaxgmm.fit.validation import check_data, check_int, check_positive
+from jaxgmm.fit.validation import check_data, check_init_params, check_int, check_positive
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors import resolve_prior
@@ -112,8 +112,10 @@ def fit_nuts(
     if reference is None:
         ml_spec = dataclasses.replace(spec, prior=None)
         reference = fit_em(key_ref, x, ml_spec, n_init=5, tol=1e-6, max_iter=500).params
+    else:
+        reference = _check_unbatched(reference, spec, x, "reference")
     reference = jax.tree_util.tree_map(lambda a: jnp.asarray(a, x.dtype), GMMParams(*reference))
-    init = reference if init is None else GMMParams(*init)
+    init = reference if init is None else _check_unbatched(init, spec, x, "init")
     init_values = prior.site_values(
         jax.tree_util.tree_map(lambda a: jnp.asarray(a, x.dtype), init), spec
     )
@@ -157,6 +159,17 @@ def fit_nuts(
         spec=spec,
         mcmc=mcmc,
     )
+
+
+def _check_unbatched(params, spec, x, name):
+    """``params`` checked as one `GMMParams` for ``x`` (no restart axis: one solution)."""
+    params = check_init_params(params, spec, x.shape[1], name=name, dtype=x.dtype)
+    if np.ndim(params.means) != 2:
+        raise ValueError(
+            f"{name} must be one solution: means of shape ({spec.n_components}, "
+            f"{x.shape[1]}), got {np.shape(params.means)} (no leading restart axis)"
+        )
+    return params
 
 
 def _params_of_samples(prior, spec, n_features, samples):

@@ -33,7 +33,14 @@ from jaxgmm._registry import lookup
 from jaxgmm.bayes.model import gmm_model, model_prior
 from jaxgmm.fit.driver import FitResult, run_fitter
 from jaxgmm.fit.fitter import Fitter
-from jaxgmm.fit.validation import check_data, check_int, check_positive
+from jaxgmm.fit.results import all_finite
+from jaxgmm.fit.validation import (
+    check_data,
+    check_init_params,
+    check_int,
+    check_positive,
+    no_finite_state_error,
+)
 from jaxgmm.gradient.fitter import OPTIMIZERS, make_optimizer
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.init import resolve_init
@@ -65,6 +72,7 @@ class SVIFitState(NamedTuple):
 
     optim_state: object  # numpyro/optax optimiser state of the guide's parameters
     mutable_state: object  # None for these models
+    log_likelihood: jax.Array  # scalar: log p(X | this state's point estimate) per sample
 
 
 class SVIInfo(NamedTuple):
@@ -181,20 +189,32 @@ def svi_fitter(
     handle = _svi_handle(spec, n_features, dtype_name, guide, optimizer, num_particles, init_scale)
     svi = handle.svi
 
+    def point_log_likelihood(svi_state, x):
+        return mean_log_likelihood(x, point_estimate(handle, svi.get_params(svi_state)), spec)
+
     @jax.jit
     def init(key, params, x):
         state = svi.init(key, x, init_params=guide_init_params(handle, params))
-        return SVIFitState(optim_state=state.optim_state, mutable_state=state.mutable_state)
+        return SVIFitState(
+            optim_state=state.optim_state,
+            mutable_state=state.mutable_state,
+            log_likelihood=point_log_likelihood(state, x),
+        )
 
     def step(key, state, x):
         svi_state = SVIState(state.optim_state, state.mutable_state, key)
-        log_likelihood = mean_log_likelihood(
-            x, point_estimate(handle, svi.get_params(svi_state)), spec
-        )
         new_state, loss = svi.update(svi_state, x)
-        bound = (-loss / x.shape[0]).astype(x.dtype)
-        info = SVIInfo(log_likelihood=log_likelihood, bound=bound)
-        return SVIFitState(new_state.optim_state, new_state.mutable_state), info
+        new_point = point_estimate(handle, svi.get_params(new_state))
+        # The new point's log-likelihood is evaluated here (and carried to the next step's
+        # Info) rather than at the start of the next step, so that a step to a point whose
+        # log-likelihood or log prior is not finite (weights underflowing to 0 after a
+        # diverging update) is itself refused by the driver's finite test: the state the
+        # driver keeps then has finite values, not just finite parameters.
+        new_ll = mean_log_likelihood(x, new_point, spec)
+        new_ok = jnp.isfinite(new_ll) & jnp.isfinite(log_prior(new_point, spec))
+        bound = jnp.where(new_ok, -loss / x.shape[0], jnp.nan).astype(x.dtype)
+        info = SVIInfo(log_likelihood=state.log_likelihood, bound=bound)
+        return SVIFitState(new_state.optim_state, new_state.mutable_state, new_ll), info
 
     @jax.jit
     def get_params(state):
@@ -337,7 +357,11 @@ def fit_svi(
         )
     optimizer = _default_adam() if optimizer is None else optimizer
     key_init, key_run, key_eval = jax.random.split(key, 3)
+    if not isinstance(init, str):
+        check_init_params(init, spec, x.shape[1], name="init", dtype=x.dtype)
     params = resolve_init(key_init, x, spec, init, n_init)
+    if not bool(all_finite(params)):
+        raise no_finite_state_error(f"fit_svi: the initial parameters from init={init!r}", x.dtype)
     fitter, handle = svi_fitter(
         spec, x.shape[1], str(x.dtype), guide, optimizer, num_particles, tol, init_scale
     )
@@ -351,6 +375,12 @@ def fit_svi(
         chunk_size=chunk_size,
         callback=callback,
     )
+    if not (np.isfinite(result.log_likelihood) and bool(all_finite(result.params))):
+        raise no_finite_state_error(
+            "fit_svi: the point estimate's parameters and log-likelihood of every restart",
+            x.dtype,
+            advice="if the trace diverged, lower the optimizer's learning rate",
+        )
     final_state = handle.svi.get_params(
         SVIState(result.state.fitter_state.optim_state, None, None)
     )
@@ -360,6 +390,13 @@ def fit_svi(
     else:
         elbo, stderr, is_estimate = elbo_and_is_estimate(
             key_eval, handle, final_state, x, n_eval_samples
+        )
+    if not (np.isfinite(log_post) and np.isfinite(elbo) and np.isfinite(stderr)):
+        raise no_finite_state_error(
+            f"fit_svi: the final log posterior ({log_post}) and ELBO estimate ({elbo}, from "
+            f"{n_eval_samples} draws of the guide)",
+            x.dtype,
+            advice="if the trace diverged, lower the optimizer's learning rate",
         )
     return SVIResult(
         fit=result,

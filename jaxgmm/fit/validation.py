@@ -80,19 +80,22 @@ def compute_dtype(data_dtype, dtype=None):
     return np.dtype(dtype)
 
 
-def check_fits_dtype(arr, dtype, name, where=""):
+def check_fits_dtype(arr, dtype, name, where="", rows=None):
     """``arr`` (finite NumPy values) cast to ``dtype``; a ValueError naming ``name`` and
     the first entry if the cast overflows (finite float64 beyond float32's ~3.4e38 become
     infinite: checking finiteness before the cast is not enough). ``where`` is added to
-    the position in the message (e.g. " of stream batch 3")."""
+    the position in the message (e.g. " of stream batch 3"); ``rows`` (optional) maps a
+    2D ``arr``'s rows to the row numbers the message reports (a block of a larger array)."""
     arr = np.asarray(arr)
     with np.errstate(over="ignore"):  # the overflow is reported below, by name
         cast = arr.astype(dtype, copy=False)
     if cast is not arr and not np.all(np.isfinite(cast)):
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(cast))[0])
-        position = (
-            f"row {bad[0]}, column {bad[1]}" if len(bad) == 2 else f"index {bad}"
-        )
+        if len(bad) == 2:
+            row = bad[0] if rows is None else int(rows[bad[0]])
+            position = f"row {row}, column {bad[1]}"
+        else:
+            position = f"index {bad}"
         raise ValueError(
             f"{name} has values that overflow {np.dtype(dtype).name} (largest finite "
             f"{float(np.finfo(dtype).max):.3g}; first at {position}{where}: "
@@ -101,6 +104,40 @@ def check_fits_dtype(arr, dtype, name, where=""):
             "(jax.config.update('jax_enable_x64', True))"
         )
     return cast
+
+
+def check_finite_rows(arr, name, rows=None, where=""):
+    """Raise the NaN/infinity ValueError of `check_data` for a 2D NumPy block ``arr``
+    whose rows are rows ``rows`` (default 0..n-1) of the data ``name``."""
+    if not np.all(np.isfinite(arr)):
+        r, c = (int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        row = r if rows is None else int(rows[r])
+        raise ValueError(
+            f"{name} contains NaN or infinity (first at row {row}, column {c}{where}); "
+            "remove or impute these values first"
+        )
+
+
+def no_finite_state_error(what, dtype, advice=None):
+    """The ValueError a fitter raises when it has no finite state to return: ``what``
+    (e.g. "fit_em_online: the initial parameters") says what was not finite; ``advice``
+    (optional) is a fitter-specific remedy put first."""
+    dtype = np.dtype(dtype)
+    remedies = [advice] if advice else []
+    remedies.append(
+        "standardise the data (subtract each feature's mean and divide by its standard "
+        "deviation)"
+    )
+    if dtype.itemsize < 8:
+        remedies.append("compute in float64 (jax.config.update('jax_enable_x64', True))")
+    else:
+        remedies.append("raise reg_covar")
+    return ValueError(
+        f"{what} are not finite in {dtype.name}: the data's values, their squares or "
+        f"the likelihood overflow {dtype.name} (largest finite "
+        f"{float(np.finfo(dtype).max):.3g}), or the data are degenerate; "
+        + "; or ".join(remedies)
+    )
 
 
 def check_positive(value, name, allow_zero=False):

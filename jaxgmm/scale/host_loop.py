@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jaxgmm.fit.results import Trace, make_trace
+from jaxgmm.fit.results import Trace, all_finite, make_trace
 
 
 class HostLoopResult(NamedTuple):
@@ -33,6 +33,11 @@ class HostLoopResult(NamedTuple):
     trace: Trace
     converged: bool
     nonfinite_iteration: int | None
+
+
+def params_are_finite(params):
+    """Whether every value of ``params`` (a pytree) is finite (a host bool)."""
+    return bool(all_finite(params))
 
 
 def run_host_loop(

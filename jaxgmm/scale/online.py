@@ -37,14 +37,21 @@ from jaxgmm.fit.results import (
     single_run_result,
     step_is_finite,
 )
-from jaxgmm.fit.validation import check_int, check_positive, default_dtype
+from jaxgmm.fit.validation import (
+    check_fits_dtype,
+    check_init_params,
+    check_int,
+    check_positive,
+    default_dtype,
+    no_finite_state_error,
+)
 from jaxgmm.model.blocked import block_moments, stats_from_moments
 from jaxgmm.model.covariance import get_family
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
 from jaxgmm.model.stats import SufficientStats, in_data_coordinates
-from jaxgmm.scale.host_loop import run_host_loop
+from jaxgmm.scale.host_loop import params_are_finite, run_host_loop
 from jaxgmm.scale.out_of_core import host_blocks, open_data
 
 
@@ -271,7 +278,9 @@ def _data_log_likelihood(x, params, spec, dtype, block_size=65536):
     n_samples = x.shape[0]
     total = 0.0
     for start in range(0, n_samples, block_size):
-        block = jnp.asarray(np.asarray(x[start : start + block_size], dtype=dtype))
+        rows = np.arange(start, min(start + block_size, n_samples))
+        block = jnp.asarray(check_fits_dtype(np.asarray(x[start : start + block_size]), dtype,
+                                             "x", rows=rows))
         total += float(_mean_ll_jit(block, params, spec)) * block.shape[0]
     return total / n_samples
 
@@ -282,10 +291,11 @@ def _shuffled_blocks(x, order, block_size, dtype, sort_rows):
         rows = order[start : start + block_size]
         if sort_rows:  # memmaps: read in file order (the rows' order in a batch is irrelevant)
             rows = np.sort(rows)
-        block = np.asarray(x[rows], dtype=dtype)
+        block = np.asarray(x[rows])
         if not np.all(np.isfinite(block)):
             bad = int(rows[np.argwhere(~np.isfinite(block))[0, 0]])
             raise ValueError(f"x contains NaN or infinity (first at row {bad})")
+        block = check_fits_dtype(block, dtype, "x", rows=rows)
         n = block.shape[0]
         weight = np.ones((block_size,), dtype)
         if n < block_size:
@@ -323,14 +333,13 @@ def _checked_stream(iterator, dtype, n_features=None):
             continue
         if dtype is None:
             dtype = _resolve_dtype(arr.dtype if np.issubdtype(arr.dtype, np.floating) else None)
-        arr = arr.astype(dtype, copy=False)
         if not np.all(np.isfinite(arr)):
             row, col = np.argwhere(~np.isfinite(arr))[0]
             raise ValueError(
                 f"x: stream batch {index} contains NaN or infinity (first at row {row}, "
                 f"column {col} of that batch)"
             )
-        yield arr
+        yield check_fits_dtype(arr, dtype, "x", where=f" of stream batch {index}")
 
 
 def _rebatch(batches, batch_size, dtype):
@@ -364,13 +373,20 @@ def _check_optional_int(value, name, minimum):
     return None if value is None else check_int(value, name, minimum)
 
 
-def _initial_params(key, rows, spec, init, dtype):
+def _initial_params(key, rows, spec, init, dtype, n_features):
     """One restart's initial parameters: a named initialiser run on the host ``rows``
-    (None when ``init`` is given), or the given `GMMParams` cast to ``dtype``."""
+    (None when ``init`` is given), or the given `GMMParams` (checked) cast to ``dtype``.
+    Raises the no-finite-state ValueError if they are not finite."""
     if not isinstance(init, str):
+        check_init_params(init, spec, n_features, name="init", dtype=dtype)
         return resolve_init(key, None, spec, init, dtype=dtype)
     params = resolve_init(key, jnp.asarray(rows), spec, init)
-    return jax.tree_util.tree_map(lambda a: a[0], params)
+    params = jax.tree_util.tree_map(lambda a: a[0], params)
+    if not params_are_finite(params):
+        raise no_finite_state_error(
+            f"fit_em_online: the initial parameters from init={init!r}", dtype
+        )
+    return params
 
 
 def fit_em_online(
@@ -492,13 +508,14 @@ def fit_em_online(
             rows = np.sort(np.asarray(jax.random.choice(
                 key_rows, n_total, (min(init_subsample, n_total),), replace=False
             )))
-            subset = np.asarray(x[rows], dtype)
+            subset = np.asarray(x[rows])
             if not np.all(np.isfinite(subset)):
                 bad = int(rows[np.argwhere(~np.isfinite(subset))[0, 0]])
                 raise ValueError(f"x contains NaN or infinity (first at row {bad})")
-            params = _initial_params(key_init, subset, spec, init, dtype)
+            subset = check_fits_dtype(subset, dtype, "x", rows=rows)
+            params = _initial_params(key_init, subset, spec, init, dtype, n_features)
         else:
-            params = _initial_params(key_init, None, spec, init, dtype)
+            params = _initial_params(key_init, None, spec, init, dtype, n_features)
         steps_per_epoch = -(-n_total // batch_size)
 
         def batches():
@@ -560,9 +577,9 @@ def fit_em_online(
                     f"x: the stream yielded {first.shape[0]} samples, fewer than "
                     f"n_components={spec.n_components}"
                 )
-            params = _initial_params(key_init, first, spec, init, dtype)
+            params = _initial_params(key_init, first, spec, init, dtype, n_features)
         else:
-            params = _initial_params(key_init, None, spec, init, dtype)
+            params = _initial_params(key_init, None, spec, init, dtype, n_features)
 
         def batches():
             return _rebatch(itertools.chain(head, stream), batch_size, dtype)
@@ -617,10 +634,20 @@ def _run_online(batches, params, spec, hyper, *, batch_size, dtype, scale, max_s
         after_step=evaluate, callback=callback,
     )
     state = loop.state
+    if loop.trace.iteration.size == 0 and not score_final:
+        # No step was accepted: the averaged minibatch log-likelihood is still its zero
+        # start, not an estimate of anything.
+        raise no_finite_state_error("fit_em_online: the first step's values", dtype)
     if score_final:
         final_ll = _data_log_likelihood(data, state.params, spec, dtype)
     else:
         final_ll = float(state.log_likelihood)
+    if not np.isfinite(final_ll):
+        raise no_finite_state_error(
+            "fit_em_online: the log-likelihood of the "
+            + ("initial parameters" if loop.trace.iteration.size == 0 else "final parameters"),
+            dtype,
+        )
     run_s = time.perf_counter() - start
     n_for_degeneracy = data.shape[0] if data is not None else float(state.n_seen)
     return single_run_result(

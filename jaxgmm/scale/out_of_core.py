@@ -16,11 +16,18 @@ import numpy as np
 from jaxgmm.em.fitter import EMInfo
 from jaxgmm.em.steps import em_bound_from_stats, params_from_stats
 from jaxgmm.fit.results import component_diagnostics, single_run_result, step_is_finite
-from jaxgmm.fit.validation import check_int, check_positive
+from jaxgmm.fit.validation import (
+    check_fits_dtype,
+    check_init_params,
+    check_int,
+    check_positive,
+    compute_dtype,
+    no_finite_state_error,
+)
 from jaxgmm.model.blocked import add_moments, block_moments, spec_block_size, stats_from_moments
 from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
-from jaxgmm.scale.host_loop import run_host_loop
+from jaxgmm.scale.host_loop import params_are_finite, run_host_loop
 
 
 def open_data(x, dtype=None):
@@ -57,11 +64,12 @@ def host_blocks(x, block_size, dtype):
     the last block is zero-padded with weight 0 so one compiled function serves all."""
     n_samples = x.shape[0]
     for start in range(0, n_samples, block_size):
-        block = np.asarray(x[start : start + block_size], dtype=dtype)
+        block = np.asarray(x[start : start + block_size])
         n = block.shape[0]
         if not np.all(np.isfinite(block)):
             bad = start + int(np.argwhere(~np.isfinite(block))[0, 0])
             raise ValueError(f"x contains NaN or infinity (first at row {bad})")
+        block = check_fits_dtype(block, dtype, "x", rows=np.arange(start, start + n))
         weight = np.ones((block_size,), dtype)
         if n < block_size:
             block = np.concatenate([block, np.zeros((block_size - n, block.shape[1]), dtype)])
@@ -114,7 +122,7 @@ def fit_em_out_of_core(
         `FitResult` (one restart) with the per-iteration trace.
     """
     x = open_data(x, dtype)
-    dtype = np.dtype(dtype or x.dtype)
+    dtype = compute_dtype(x.dtype, dtype)
     tol = check_positive(tol, "tol", allow_zero=True)
     max_iter = check_int(max_iter, "max_iter", 0)
     if block_size is not None:
@@ -129,9 +137,18 @@ def fit_em_out_of_core(
         rows = np.sort(np.asarray(jax.random.choice(
             key_rows, x.shape[0], (min(n_sub, x.shape[0]),), replace=False
         )))
-        subset = jnp.asarray(np.asarray(x[rows], dtype=dtype))
+        subset = np.asarray(x[rows])
+        if not np.all(np.isfinite(subset)):
+            bad = int(rows[np.argwhere(~np.isfinite(subset))[0, 0]])
+            raise ValueError(f"x contains NaN or infinity (first at row {bad})")
+        subset = jnp.asarray(check_fits_dtype(subset, dtype, "x", rows=rows))
         params = jax.tree_util.tree_map(lambda a: a[0], resolve_init(key_init, subset, spec, init))
+        if not params_are_finite(params):
+            raise no_finite_state_error(
+                f"fit_em_out_of_core: the initial parameters from init={init!r}", dtype
+            )
     else:
+        check_init_params(init, spec, x.shape[1], name="init", dtype=dtype)
         params = resolve_init(key_init, x, spec, init, dtype=dtype)
     return run_em_out_of_core(
         x, params, spec, max_iter=max_iter, tol=tol, block_size=block_size, dtype=dtype
@@ -160,11 +177,21 @@ def run_em_out_of_core(x, params, spec, *, max_iter, tol, block_size=None, dtype
         return _em_update_jit(moments, params, spec)
 
     start = time.perf_counter()
+    if not params_are_finite(params):
+        raise no_finite_state_error("fit_em_out_of_core: the initial parameters", dtype)
     loop = run_host_loop(
         step, params, range(max_iter), spec.n_components, tol=tol, tol_on="log_likelihood"
     )
     moments = moments_from_host(x, loop.state, spec, block_size, dtype)
     final_ll = float(moments.log_likelihood / moments.n_samples)
+    if not np.isfinite(final_ll):
+        what = (
+            "fit_em_out_of_core: the log-likelihood of the initial parameters and of every "
+            "EM step"
+            if loop.trace.iteration.size == 0
+            else "fit_em_out_of_core: the final log-likelihood"
+        )
+        raise no_finite_state_error(what, dtype)
     run_s = time.perf_counter() - start
     steps = np.diff(np.concatenate([[0.0], loop.trace.elapsed_s]))
     compile_s = float(max(steps[0] - np.median(steps[1:]), 0.0)) if steps.size > 1 else 0.0

@@ -100,3 +100,31 @@ def test_faithful_model_runs_in_float32_without_nan():
     rebuilt = spec.prior.params_from_sites(sites, spec, 2, jnp.float32)
     assert all(leaf.dtype == jnp.float32 for leaf in rebuilt)
     assert trace["log_likelihood"]["fn"].log_factor.dtype == jnp.float32
+
+
+def test_dirichlet_process_weights_site_in_the_model(x):
+    """The stick-breaking prior keeps the one ``weights`` site: the model's log joint is
+    the core log-likelihood plus log_density (Jacobian included), the site is on the
+    simplex (so NumPyro's unconstrained transform applies), and seeded draws of the model
+    are stick-breaking weights."""
+    from numpyro import handlers
+    from numpyro.distributions import constraints
+
+    params, _ = _params("diag", k=4)
+    prior = make_prior("conjugate", weight_concentration=0.5, weight_prior_type="dirichlet_process")
+    spec = resolve_prior(jaxgmm.GMMSpec(4, "diag", prior=prior), x)
+    sites = spec.prior.site_values(params, spec)
+    log_joint, trace = log_density(gmm_model, (x, spec), {}, sites)
+    expected = jnp.sum(jaxgmm.log_prob(x, params, spec)) + spec.prior.log_density(params, spec)
+    np.testing.assert_allclose(float(log_joint), float(expected), rtol=1e-12)
+    assert trace["weights"]["fn"].support is constraints.simplex
+
+    @jax.jit
+    @jax.vmap
+    def draw(key):
+        trace = handlers.trace(handlers.seed(gmm_model, rng_seed=key)).get_trace(x, spec)
+        return trace["weights"]["value"]
+
+    weights = draw(jax.random.split(jax.random.key(0), 3))
+    assert weights.shape == (3, 4) and bool(jnp.all(weights >= 0))
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)

@@ -229,3 +229,195 @@ def test_priors_factorise_through_the_linalg_wrapper(ml_fits):
     np.testing.assert_allclose(
         sites["corr_cholesky"], jnp.linalg.cholesky(cov) / scales[..., :, None], rtol=1e-12
     )
+
+
+# -- Dirichlet-process (stick-breaking) weights ----------------------------------------
+
+
+def _naive_weights(sticks):
+    """w_k = v_k prod_{j<k} (1 - v_j), w_K = prod_{j<K} (1 - v_j), by a plain loop."""
+    weights, left = [], 1.0
+    for v in sticks:
+        weights.append(v * left)
+        left = left * (1 - v)
+    return jnp.stack(weights + [left])
+
+
+def test_weight_prior_type_is_validated():
+    with pytest.raises(ValueError, match="weight_prior_type must be one of.*dirichlet_process"):
+        make_prior("conjugate", weight_prior_type="dirichlet_proces")
+    with pytest.raises(ValueError, match="weight_prior_type"):
+        prior_from_config({"name": "conjugate", "weight_prior_type": ["dirichlet_process"]})
+    assert make_prior("conjugate").weight_prior_type == "dirichlet_distribution"
+    assert make_prior("sparse_dirichlet", weight_prior_type="dirichlet_process")
+
+
+@pytest.mark.parametrize("n_components,gamma", [(2, 0.7), (3, 2.0), (5, 0.3), (6, 4.5)])
+def test_stick_breaking_density_is_beta_sticks_times_jacobian(n_components, gamma, require_x64):
+    """log p(w) = sum_k log Beta(v_k; 1, gamma) - log|det dw_{1..K-1}/dv|, with SciPy's
+    Beta and the Jacobian of a naive loop taken by autodiff (change of variables)."""
+    from jaxgmm.priors.stick_breaking import StickBreakingWeights, sticks_from_weights
+
+    rng = np.random.default_rng(n_components)
+    distribution = StickBreakingWeights(jnp.asarray(gamma), n_components)
+    for _ in range(3):
+        sticks = rng.beta(1.0, gamma, size=n_components - 1)
+        weights = _naive_weights(jnp.asarray(sticks))
+        jac = jax.jacobian(lambda v: _naive_weights(v)[:-1])(jnp.asarray(sticks))
+        expected = np.sum(stats.beta.logpdf(sticks, 1.0, gamma))
+        expected -= np.linalg.slogdet(np.asarray(jac))[1]
+        np.testing.assert_allclose(float(distribution.log_prob(weights)), expected, rtol=1e-10)
+        np.testing.assert_allclose(sticks_from_weights(weights), sticks, rtol=1e-10)
+
+
+def test_stick_breaking_density_normalises_and_sampler_matches(require_x64):
+    """Importance sampling from the uniform Dirichlet: E[p(w) / 2] = 1 on the 2-simplex;
+    draws have E[w_k] = gamma^(k-1) / (1 + gamma)^k and Beta(1, gamma) sticks (KS test)."""
+    from jaxgmm.priors.stick_breaking import StickBreakingWeights, sticks_from_weights
+
+    gamma, n = 1.5, 50_000
+    distribution = StickBreakingWeights(jnp.asarray(gamma), 3)
+    uniform = jax.random.dirichlet(jax.random.key(0), jnp.ones(3), (n,))
+    ratio = np.exp(np.asarray(distribution.log_prob(uniform))) / 2.0
+    assert abs(ratio.mean() - 1) < 5 * ratio.std() / np.sqrt(n)
+    draws = np.asarray(StickBreakingWeights(jnp.asarray(0.8), 4).sample(jax.random.key(1), (n,)))
+    np.testing.assert_allclose(draws.sum(-1), 1.0, rtol=1e-12)
+    expected = [0.8 ** (k - 1) / 1.8**k for k in (1, 2, 3)] + [(0.8 / 1.8) ** 3]
+    np.testing.assert_allclose(draws.mean(0), expected, atol=5 * draws.std(0).max() / np.sqrt(n))
+    np.testing.assert_allclose(StickBreakingWeights(0.8, 4).mean, expected, rtol=1e-12)
+    sticks = np.asarray(sticks_from_weights(jnp.asarray(draws[:5000])))
+    for column in sticks.T:
+        assert stats.kstest(column, stats.beta(1.0, 0.8).cdf).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_dirichlet_process_prior_changes_only_the_weights_term(cov_type, data, require_x64):
+    """The conjugate prior's two weight types differ by exactly the weights' log-density
+    (SciPy's Dirichlet vs Beta sticks with the change of variables); K = 4."""
+    weights = np.array([0.4, 0.3, 0.2, 0.1])
+    means = np.array([[2.0, 55.0], [3.0, 65.0], [4.0, 75.0], [4.5, 85.0]])
+    cov = np.array([[[0.1, 0.4], [0.4, 30.0]]] * 4)
+    cov = {
+        "full": cov,
+        "tied": cov[0],
+        "diag": np.diagonal(cov, axis1=1, axis2=2),
+        "spherical": np.diagonal(cov, axis1=1, axis2=2).mean(1),
+    }[cov_type]
+    params = jaxgmm.params_from_covariances(weights, means, cov, cov_type)
+    common = {"weight_concentration": 0.6}
+    finite = resolve_prior(
+        jaxgmm.GMMSpec(4, cov_type, prior=make_prior("conjugate", **common)), data
+    )
+    dp = dict(common, weight_prior_type="dirichlet_process")
+    process = resolve_prior(jaxgmm.GMMSpec(4, cov_type, prior=make_prior("conjugate", **dp)), data)
+    sticks = weights[:-1] / np.cumsum(weights[::-1])[::-1][:-1]
+    jac = jax.jacobian(lambda v: _naive_weights(v)[:-1])(jnp.asarray(sticks))
+    log_dp = np.sum(stats.beta.logpdf(sticks, 1.0, 0.6)) - np.linalg.slogdet(np.asarray(jac))[1]
+    expected = log_dp - stats.dirichlet.logpdf(weights, [0.6] * 4)
+    difference = process.prior.log_density(params, process) - finite.prior.log_density(
+        params, finite
+    )
+    np.testing.assert_allclose(float(difference), expected, rtol=1e-10)
+
+
+def test_dirichlet_process_map_weights_maximise_the_posterior(require_x64):
+    """EM's closed-form stick-breaking weights against a numerical maximisation (SciPy) of
+    sum_k nk log w_k + log p(w), for gamma >= K - 1."""
+    from scipy import optimize
+
+    from jaxgmm.model.stats import SufficientStats
+
+    nk = np.array([30.0, 0.5, 12.0, 4.0, 0.0])
+    gamma = 4.2
+    prior = make_prior(
+        "conjugate", weight_concentration=gamma, weight_prior_type="dirichlet_process"
+    )
+    spec = jaxgmm.GMMSpec(5, "spherical", prior=prior.with_data_defaults(np.eye(5)[:, :2] * 3, 5))
+    dist_ = jaxgmm.priors.stick_breaking.StickBreakingWeights(jnp.asarray(gamma), 5)
+
+    @jax.jit
+    def negative(logits):
+        w = jax.nn.softmax(logits)
+        return -(jnp.sum(jax.scipy.special.xlogy(nk, w)) + dist_.log_prob(w))
+
+    value_and_grad = jax.jit(jax.value_and_grad(negative))
+    best = optimize.minimize(
+        lambda u: tuple(np.asarray(a, np.float64) for a in value_and_grad(jnp.asarray(u))),
+        np.zeros(5),
+        jac=True,
+        method="BFGS",
+        options={"gtol": 1e-10},
+    )
+    stats_ = SufficientStats(
+        nk=jnp.asarray(nk),
+        means=jnp.zeros((5, 2)),
+        scatter=jnp.ones((5, 2)),
+        sum_resp_log_resp=jnp.zeros(()),
+        n_samples=jnp.asarray(nk.sum()),
+    )
+    got = spec.prior.em_m_step(stats_, spec).weights
+    np.testing.assert_allclose(got, jax.nn.softmax(jnp.asarray(best.x)), atol=2e-4)
+    assert float(negative(jnp.log(got))) <= best.fun + 1e-9
+
+
+def test_em_refuses_dirichlet_process_without_a_map(data):
+    prior = make_prior("conjugate", weight_concentration=1.0, weight_prior_type="dirichlet_process")
+    spec = resolve_prior(jaxgmm.GMMSpec(3, "full", prior=prior), data)
+    with pytest.raises(
+        ValueError, match="weight_prior_type='dirichlet_process'.*n_components - 1 = 2.*vb"
+    ):
+        jaxgmm.fit_em(jax.random.key(0), data, spec)
+    assert spec.prior.no_map_reason(jaxgmm.GMMSpec(2, "full", prior=prior)) is None
+
+
+# -- data-default hyperparameters on singular data (issue 16, defect 5) ------------------
+
+
+def _singular_data():
+    rng = np.random.default_rng(0)
+    constant_column = rng.normal(size=(40, 3))
+    constant_column[:, 1] = 2.5
+    return {"constant_column": constant_column, "3_points_in_4d": rng.normal(size=(3, 4))}
+
+
+@pytest.mark.parametrize("case", ["constant_column", "3_points_in_4d"])
+@pytest.mark.parametrize("name", ["conjugate", "lkj"])
+def test_data_defaults_are_proper_on_singular_data(case, name, require_x64):
+    """A constant column, or fewer points than n_features + 1, made the data-default
+    covariance_prior singular (log_prior -inf / NaN; SVI and NUTS failed): the defaults
+    are floored to a positive-definite Psi / positive scales and log_prior is finite."""
+    from jaxgmm.priors._base import DATA_DEFAULT_FLOOR
+
+    x = _singular_data()[case]
+    floor = DATA_DEFAULT_FLOOR * np.mean(np.var(x, axis=0))
+    params_cov = 0.5 * np.eye(x.shape[1]) + 0.1
+    for cov_type in COV_TYPES:
+        spec = resolve_prior(jaxgmm.GMMSpec(2, cov_type, prior=make_prior(name)), x)
+        if name == "conjugate":
+            psi = np.asarray(spec.prior.covariance_prior)
+            assert np.linalg.eigvalsh(psi)[0] >= 0.999 * floor / 2 ** (2 / x.shape[1])
+            # the floor acts only below it: the data's well-spread directions are kept
+            top = np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True))[-1]
+            np.testing.assert_allclose(np.linalg.eigvalsh(psi)[-1], top / 2 ** (2 / x.shape[1]))
+        else:
+            assert np.min(spec.prior.scale_scale) >= 0.999 * np.sqrt(floor)
+            assert np.min(spec.prior.mean_scale) >= 0.999 * np.sqrt(floor)
+        cov = {
+            "full": np.stack([params_cov] * 2),
+            "tied": params_cov,
+            "diag": np.full((2, x.shape[1]), 0.5),
+            "spherical": np.full(2, 0.5),
+        }[cov_type]
+        params = jaxgmm.params_from_covariances(np.array([0.5, 0.5]), x[:2], cov, cov_type)
+        assert np.isfinite(float(jaxgmm.log_prior(params, spec))), cov_type
+
+
+def test_data_defaults_refuse_all_constant_data_and_bad_explicit_scales():
+    with pytest.raises(ValueError, match="every feature of x is constant.*covariance_prior"):
+        resolve_prior(jaxgmm.GMMSpec(2, "full", prior=make_prior("conjugate")), np.ones((5, 2)))
+    with pytest.raises(ValueError, match="covariance_prior must be positive definite"):
+        make_prior("conjugate", covariance_prior=[[1.0, 1.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match="covariance_prior .* must be > 0"):
+        make_prior("conjugate", covariance_prior=[1.0, 0.0])
+    with pytest.raises(ValueError, match="scale_scale must be finite and > 0"):
+        make_prior("lkj", scale_scale=[1.0, 0.0])

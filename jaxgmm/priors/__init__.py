@@ -12,7 +12,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from jaxgmm._registry import lookup
-from jaxgmm.priors._base import Prior, freeze
+from jaxgmm.priors._base import DATA_DEFAULT_FLOOR, Prior, freeze
 from jaxgmm.priors.conjugate import ConjugatePrior
 from jaxgmm.priors.flat import FlatPrior
 from jaxgmm.priors.lkj import LKJPrior
@@ -104,6 +104,7 @@ def resolve_prior(spec, x):
 
 
 __all__ = [
+    "DATA_DEFAULT_FLOOR",
     "log_prior",
     "PRIORS",
     "ConjugatePrior",

@@ -40,7 +40,13 @@ def freeze(value):
         return value
     if isinstance(value, numbers.Real):
         return float(value)
-    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        # Not numbers: left for the prior's own checks to name (tuples stay hashable).
+        if isinstance(value, (list, tuple)):
+            return tuple(freeze(v) for v in value)
+        return value
     if arr.ndim == 0:
         return float(arr)
     return tuple(freeze(v) for v in arr)
@@ -144,8 +150,22 @@ def matrix_hyperparameter(prior, name, n_features, dtype):
     return jnp.asarray(value, dtype)
 
 
+#: Data-default scales are floored at this fraction of the data's mean variance
+#: (tr(cov) / D): the relative size of scikit-learn's default reg_covar (1e-6) on
+#: standardised data. It only acts where the data show (almost) no spread: a constant
+#: column, collinear columns, fewer distinct points than n_features + 1.
+DATA_DEFAULT_FLOOR = 1e-6
+
+
 def data_mean_std_cov(x):
-    """Mean (D,), standard deviation (D,) and covariance (D, D) of x, in float64 numpy."""
+    """Mean (D,), standard deviation (D,) and covariance (D, D) of x, in float64 numpy,
+    floored so that every default built from them is a proper prior.
+
+    The covariance's eigenvalues and the variances are raised to at least
+    ``DATA_DEFAULT_FLOOR * tr(cov) / D`` (eigenvalues above it are left exactly as they
+    are: well-spread data give the plain biased covariance). ValueError when every
+    feature is constant: then the data give no scale at all.
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(
@@ -153,7 +173,24 @@ def data_mean_std_cov(x):
             f"got shape {x.shape}"
         )
     cov = np.atleast_2d(np.cov(x, rowvar=False, bias=True))
-    return x.mean(axis=0), np.sqrt(np.diag(cov)), cov
+    variances = np.diag(cov)
+    floor = DATA_DEFAULT_FLOOR * float(np.mean(variances))
+    if not floor > 0:
+        raise ValueError(
+            "data-dependent prior defaults need spread in the data, but every feature of x "
+            f"is constant (all {x.shape[0]} samples are equal); give the prior's scale "
+            "hyperparameters (covariance_prior / mean_scale, scale_scale) explicitly"
+        )
+    return x.mean(axis=0), np.sqrt(np.maximum(variances, floor)), _floor_eigenvalues(cov, floor)
+
+
+def _floor_eigenvalues(cov, floor):
+    """cov with eigenvalues below ``floor`` raised to it (cov itself when none is)."""
+    eigenvalues, vectors = np.linalg.eigh(cov)
+    if eigenvalues[0] >= floor:
+        return cov
+    floored = (vectors * np.maximum(eigenvalues, floor)) @ vectors.T
+    return (floored + floored.T) / 2
 
 
 ALL_COVARIANCE_TYPES = COVARIANCE_TYPES

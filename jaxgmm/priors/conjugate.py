@@ -24,6 +24,7 @@ import math
 from typing import ClassVar
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax import lax
@@ -82,15 +83,17 @@ class ConjugatePrior(Prior):
     weight_prior_type: str = "dirichlet_distribution"
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, freeze(getattr(self, f.name)))
+        # Checked before freezing, which would turn a list into floats.
         lookup(
             WEIGHT_PRIOR_TYPES,
             self.weight_prior_type,
             "weight_prior_type",
             f"prior {self.name!r}: weight_prior_type must be one of {{valid}}, got {{name}}",
         )
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, freeze(getattr(self, f.name)))
         self._check_positive("weight_concentration", "mean_precision", "degrees_of_freedom")
+        _check_covariance_prior(self.name, self.covariance_prior)
 
     # hyperparameters that ``with_data_defaults`` fills; degrees_of_freedom's default
     # depends only on (D, covariance type) and is resolved at use time.
@@ -282,3 +285,31 @@ def _stick_breaking_map_weights(nk, gamma, tiny):
     a = nk[:-1] + tiny
     b = n_after + (gamma - k) + index + tiny
     return weights_from_sticks(a / (a + b))
+
+
+def _check_covariance_prior(name, value):
+    """ValueError unless ``value`` (None, scalar, (D,) or (D, D)) is positive definite:
+    a singular Psi makes the inverse-Wishart / inverse-Gamma prior improper."""
+    if value is None:
+        return
+    psi = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(psi)):
+        raise ValueError(f"prior {name!r}: covariance_prior must be finite, got {value!r}")
+    if psi.ndim <= 1:
+        if not np.all(psi > 0):
+            raise ValueError(
+                f"prior {name!r}: covariance_prior given as a scalar or a diagonal must be "
+                f"> 0, got {value!r}"
+            )
+        return
+    if psi.ndim != 2 or psi.shape[0] != psi.shape[1] or not np.allclose(psi, psi.T):
+        raise ValueError(
+            f"prior {name!r}: covariance_prior given as a matrix must be square and "
+            f"symmetric, got shape {psi.shape}"
+        )
+    smallest = float(np.linalg.eigvalsh(psi)[0])
+    if not smallest > 0:
+        raise ValueError(
+            f"prior {name!r}: covariance_prior must be positive definite, its smallest "
+            f"eigenvalue is {smallest:.6g}"
+        )

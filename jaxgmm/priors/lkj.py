@@ -18,6 +18,7 @@ import dataclasses
 from typing import ClassVar
 
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
@@ -67,6 +68,13 @@ class LKJPrior(Prior):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, freeze(getattr(self, f.name)))
         self._check_positive("weight_concentration", "eta")
+        for name in ("mean_scale", "scale_scale"):
+            value = getattr(self, name)
+            if value is not None and not np.all(np.isfinite(value) & (np.asarray(value) > 0)):
+                raise ValueError(
+                    f"prior 'lkj': {name} must be finite and > 0 (a scalar or one per feature), "
+                    f"got {value!r}"
+                )
         lookup(SCALE_DISTRIBUTIONS, self.scale_distribution, "prior 'lkj': scale_distribution")
 
     def with_data_defaults(self, x, n_components=None):

@@ -15,7 +15,7 @@ from jaxgmm.em.sharded import (
     sharded_moments_blocks,
 )
 from jaxgmm.em.steps import em_bound_from_stats, params_from_stats
-from jaxgmm.fit.driver import FitResult, run_fitter
+from jaxgmm.fit.driver import FitResult, checked_initial_params, run_fitter
 from jaxgmm.fit.fitter import DriverHooks, Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
 from jaxgmm.model.blocked import (
@@ -25,7 +25,6 @@ from jaxgmm.model.blocked import (
     stats_from_moments,
 )
 from jaxgmm.model.covariance import get_family
-from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
 
 
@@ -40,6 +39,7 @@ def fit_em(
     tol: float = 1e-3,
     chunk_size: int | None = None,
     callback: Callable | None = None,
+    select: str = "non_degenerate",
 ) -> FitResult:
     """Fit ``spec`` to ``x`` by EM.
 
@@ -54,16 +54,27 @@ def fit_em(
         tol: convergence threshold on the change of the log-likelihood per sample.
         chunk_size: iterations per jitted chunk (default chosen from the size).
         callback: progress hook, see `run_fitter`.
+        select: which restart to return: ``"non_degenerate"`` (default: the best restart
+            without a collapsed or empty component, when there is one) or
+            ``"likelihood"`` (the best overall); see `run_fitter`.
+
+    Returns:
+        `FitResult` (``restarts`` holds every restart's log-likelihood, status and
+        degeneracies).
+
+    Raises:
+        ValueError: bad arguments, or no finite state (e.g. data whose squares overflow
+        float32): the message says why and what to do.
     """
     x = check_data(x, "x", n_components=spec.n_components, dtype=getattr(x, "dtype", None))
     tol = check_positive(tol, "tol", allow_zero=True)
     n_init = check_int(n_init, "n_init", 1)
     max_iter = check_int(max_iter, "max_iter", 0)
     key_init, key_run = jax.random.split(key)
-    params = resolve_init(key_init, x, spec, init, n_init)
+    params = checked_initial_params(key_init, x, spec, init, n_init)
     return run_fitter(
         em_fitter(spec, tol), key_run, x, params, spec,
-        max_iter=max_iter, chunk_size=chunk_size, callback=callback,
+        max_iter=max_iter, chunk_size=chunk_size, callback=callback, select=select,
     )
 
 

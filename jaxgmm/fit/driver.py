@@ -23,6 +23,8 @@ from jax import lax
 from jaxgmm._cache import BoundedCache
 from jaxgmm.fit.fitter import DriverHooks, step_data
 from jaxgmm.fit.results import (
+    SELECTIONS,
+    STATUSES,
     FitResult,
     RestartSummary,
     component_diagnostics,
@@ -30,7 +32,9 @@ from jaxgmm.fit.results import (
     make_trace,
     step_is_finite,
 )
+from jaxgmm.fit.validation import check_init_params, no_finite_state_error
 from jaxgmm.model.density import mean_log_likelihood
+from jaxgmm.model.init import resolve_init
 
 
 class RunState(NamedTuple):
@@ -44,11 +48,20 @@ class RunState(NamedTuple):
         n_iter: int32 scalar, iterations accepted so far, over every run continued; step
             keys are ``fold_in(restart key, n_iter)``, so a continued stochastic fit
             draws what an uninterrupted one would.
+        unmoved_steps: int32 scalar, how many accepted steps in a row, up to the last,
+            left the parameters unchanged (`Fitter.stall_patience`); None (as 0) in a
+            state built by hand.
     """
 
     fitter_state: object
     previous: jax.Array
     n_iter: jax.Array
+    unmoved_steps: jax.Array | None = None
+
+
+# Codes of `jaxgmm.fit.results.STATUSES` in the carry; a restart still running (or
+# stopped by max_iter) holds the code of "max_iter".
+_STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
 
 
 class _Carry(NamedTuple):
@@ -56,6 +69,7 @@ class _Carry(NamedTuple):
     done: jax.Array  # bool
     n_iter: jax.Array  # int32, iterations of this call
     nonfinite_at: jax.Array  # int32, -1 if never
+    status: jax.Array  # int32, a code of _STATUS_CODE
 
 
 class _DriverInfo(NamedTuple):
@@ -63,40 +77,87 @@ class _DriverInfo(NamedTuple):
 
     converged: jax.Array  # bool: the tolerance test or-ed with the fitter's own
     change: jax.Array  # Info.<tol_on> minus its previous value (inf at the first)
+    moved: jax.Array  # bool: the step changed the parameters
 
 
-def _converged(fitter, info, change):
-    converged = jnp.asarray(getattr(info, "converged", False))
-    if fitter.tol is not None:
-        converged = converged | (jnp.abs(change) < fitter.tol)
-    return converged
+def _tolerance_passed(fitter, change, previous):
+    """The driver's tolerance test (a traced bool): ``|change| < max(tol, tol_ulps *
+    ulp(previous))``."""
+    if fitter.tol is None:
+        return jnp.asarray(False)
+    threshold = jnp.asarray(fitter.tol, previous.dtype)
+    if fitter.tol_ulps:
+        ulp = jnp.abs(jnp.spacing(jnp.where(jnp.isfinite(previous), previous, 0)))
+        threshold = jnp.maximum(threshold, fitter.tol_ulps * ulp)
+    return jnp.abs(change) < threshold
+
+
+def _rounded(value, previous):
+    """``value`` as stored, for the tolerance test to subtract from: ``value + 0`` with a
+    0 the compiler cannot see through (``previous`` is never NaN). XLA:CPU otherwise
+    copies the multiply that ends a mean into the subtraction's fusion and LLVM makes
+    them one FMA, so the change tested was not the difference of the values recorded
+    (in float32, 1e-8 from two identical bounds, and fits that stopped on tol said
+    converged=False). An optimization barrier does not help: XLA:CPU removes them
+    before fusion. Adding the 0 lets at most an FMA with 0 form, which rounds exactly
+    as the multiply alone does."""
+    return value + jnp.isnan(previous).astype(value.dtype)
+
+
+def _params_moved(old, new):
+    """Whether any parameter differs (a traced bool)."""
+    differs = jax.tree_util.tree_map(lambda a, b: jnp.any(a != b), old, new)
+    return jnp.any(jnp.stack(jax.tree_util.tree_leaves(differs)))
 
 
 def _chunk_function(fitter, spec, chunk_size, sequential):
+    stall = fitter.stall_patience is not None
+
     def one_restart(key, carry, data, max_iter):
         def body(c, _):
             run = c.run
             key_step = jax.random.fold_in(key, run.n_iter)
             new_state, info = fitter.step(key_step, run.fitter_state, data)
-            finite = step_is_finite(fitter.get_params(new_state), info)
-            quantity = getattr(info, fitter.tol_on)
+            quantity = _rounded(getattr(info, fitter.tol_on), run.previous)
+            info = info._replace(**{fitter.tol_on: quantity})
+            new_params = fitter.get_params(new_state)
+            finite = step_is_finite(new_params, info)
+            moved = _params_moved(fitter.get_params(run.fitter_state), new_params)
             change = quantity - run.previous
-            converged = _converged(fitter, info, change)
+            tol_passed = _tolerance_passed(fitter, change, run.previous)
+            if stall:
+                # The change is that of the previous step, which did not move: no
+                # evidence of convergence (a warm-up at learning rate 0 proceeds).
+                tol_passed = tol_passed & (run.unmoved_steps == 0)
+            converged = jnp.asarray(getattr(info, "converged", False)) | tol_passed
             active = ~c.done
             accept = active & finite
+            unmoved = jnp.where(moved, 0, run.unmoved_steps + 1).astype(jnp.int32)
+            stalled = accept & (unmoved >= fitter.stall_patience) if stall else jnp.asarray(False)
             run = RunState(
                 fitter_state=jax.tree_util.tree_map(
                     lambda a, b: jnp.where(accept, a, b), new_state, run.fitter_state
                 ),
                 previous=jnp.where(accept, quantity, run.previous).astype(run.previous.dtype),
                 n_iter=run.n_iter + accept.astype(jnp.int32),
+                unmoved_steps=jnp.where(accept, unmoved, run.unmoved_steps),
             )
             n_iter = c.n_iter + accept.astype(jnp.int32)
             nonfinite_at = jnp.where(active & ~finite, c.n_iter + 1, c.nonfinite_at)
-            done = c.done | (active & (converged | ~finite)) | (n_iter >= max_iter)
+            status = jnp.where(
+                active & ~finite,
+                _STATUS_CODE["nonfinite"],
+                jnp.where(
+                    accept & converged,
+                    _STATUS_CODE["converged"],
+                    jnp.where(stalled & ~converged, _STATUS_CODE["stalled"], c.status),
+                ),
+            ).astype(jnp.int32)
+            done = c.done | (active & (converged | ~finite | stalled)) | (n_iter >= max_iter)
             diagnostics = component_diagnostics(fitter.get_params(run.fitter_state), spec)
-            driver_info = _DriverInfo(converged=converged, change=change)
-            return _Carry(run, done, n_iter, nonfinite_at), (info, driver_info, diagnostics, accept)
+            driver_info = _DriverInfo(converged=converged, change=change, moved=moved)
+            carry = _Carry(run, done, n_iter, nonfinite_at, status)
+            return carry, (info, driver_info, diagnostics, accept)
 
         return lax.scan(body, carry, None, length=chunk_size)
 
@@ -156,12 +217,14 @@ def _start_function(fitter, resume):
                 fitter_state=jax.vmap(fitter.init, in_axes=(0, 0, None))(init_keys, source, data),
                 previous=jnp.full((n_restarts,), -jnp.inf, x.dtype),
                 n_iter=jnp.zeros((n_restarts,), jnp.int32),
+                unmoved_steps=jnp.zeros((n_restarts,), jnp.int32),
             )
         carry = _Carry(
             run=run,
             done=jnp.zeros((n_restarts,), bool),
             n_iter=jnp.zeros((n_restarts,), jnp.int32),
             nonfinite_at=jnp.full((n_restarts,), -1, jnp.int32),
+            status=jnp.full((n_restarts,), _STATUS_CODE["max_iter"], jnp.int32),
         )
         return carry, data
 
@@ -265,6 +328,7 @@ def run_fitter(
     chunk_size: int | None = None,
     callback: Callable[[int, object], None] | None = None,
     init_state: RunState | None = None,
+    select: str = "non_degenerate",
 ) -> FitResult:
     """Run ``fitter`` from one or several initial parameters, or continue a fit.
 
@@ -276,6 +340,7 @@ def run_fitter(
         x: array of shape (n_samples, n_features).
         init_params: `GMMParams`, or a batch of them with a leading restart axis
             (n_init, ...) to run restarts vectorised; None with ``init_state``.
+            Checked by `jaxgmm.fit.validation.check_init_params`.
         spec: `GMMSpec`.
         max_iter: maximum iterations per restart in this call (>= 0).
         chunk_size: iterations per jitted chunk (default: `default_chunk_size`).
@@ -285,16 +350,31 @@ def run_fitter(
             batch of them with a leading restart axis) instead of initialising: with the
             same ``key``, ``fitter`` and ``x``, 10 iterations then 10 more from the first
             result's state give the fit 20 iterations would have.
+        select: which restart to return, among those whose final parameters and
+            log-likelihood are finite: ``"non_degenerate"`` (default) the highest final
+            log-likelihood among restarts without a degenerate component (`Degeneracy`),
+            or the highest overall when every restart is degenerate (``selection`` then
+            says ``"likelihood"``); ``"likelihood"`` the highest overall. A collapsed
+            component's likelihood grows without bound as its covariance shrinks, so the
+            highest likelihood is often a spurious optimum.
 
     Returns:
-        `FitResult` of the restart with the highest final log-likelihood; its trace,
-        ``n_iter`` and timings cover this call's iterations.
+        `FitResult` of the selected restart; its trace, ``n_iter`` and timings cover this
+        call's iterations; ``restarts`` has every restart's final log-likelihood, status
+        and degeneracies.
+
+    Raises:
+        ValueError: bad arguments, or no restart has a finite final state (the message
+        says why, e.g. the data's scale overflowing its dtype, and what to do).
     """
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+    if not isinstance(select, str) or select not in SELECTIONS:
+        raise ValueError(f"select must be one of {list(SELECTIONS)}, got {select!r}")
     resume = init_state is not None
     if resume == (init_params is not None):
         raise ValueError("give exactly one of init_params and init_state")
+    n_samples, n_features = x.shape
     if resume:
         if not isinstance(init_state, RunState):
             raise ValueError(
@@ -305,12 +385,13 @@ def run_fitter(
         if np.ndim(source.n_iter) == 0:
             source = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], source)
         n_restarts = source.n_iter.shape[0]
+        if source.unmoved_steps is None:
+            source = source._replace(unmoved_steps=jnp.zeros((n_restarts,), jnp.int32))
     else:
-        source = init_params
+        source = check_init_params(init_params, spec, n_features, name="init_params")
         if source.means.ndim != 3:
             source = jax.tree_util.tree_map(lambda a: a[None], source)
         n_restarts = source.means.shape[0]
-    n_samples, n_features = x.shape
     chunk_size = chunk_size or default_chunk_size(n_samples, n_features, spec, max(max_iter, 1))
 
     keys = jax.random.split(key, n_restarts)
@@ -340,43 +421,100 @@ def run_fitter(
     run_s = time.perf_counter() - start
 
     n_iter = np.asarray(carry.n_iter)
-    converged = _converged_at_last(outputs, n_iter)
-    # A NaN final log-likelihood can only come from non-finite data; never pick it.
-    best = int(np.argmax(np.where(np.isfinite(final_ll), final_ll, -np.inf)))
-    trace = _trace_of(outputs, chunk_times, chunk_size, best, fitter.tol_on, spec.n_components)
+    status = np.asarray([STATUSES[code] for code in np.asarray(carry.status)])
+    traces = [
+        _trace_of(outputs, chunk_times, chunk_size, r, fitter, spec.n_components)
+        for r in range(n_restarts)
+    ]
+    degeneracies = tuple(find_degeneracies(t, spec, n_samples) for t in traces)
+    degenerate = np.asarray([bool(d) for d in degeneracies])
+    params_finite = np.all(
+        [
+            np.all(np.isfinite(np.asarray(leaf)).reshape(n_restarts, -1), axis=1)
+            for leaf in jax.tree_util.tree_leaves(final_params)
+        ],
+        axis=0,
+    )
+    finite = np.isfinite(final_ll) & params_finite
+    if not np.any(finite):
+        start = "the state they continued from" if resume else "their initial parameters"
+        raise no_finite_state_error(
+            f"no finite result: the final states of all {n_restarts} restart(s) of fitter "
+            f"{fitter.name!r} (kept from {start} on, at the last finite step)",
+            x.dtype,
+        )
+    best, best_overall, selection = select_restart(final_ll, finite, degenerate, select)
     nonfinite_at = int(np.asarray(carry.nonfinite_at)[best])
     return FitResult(
         params=jax.tree_util.tree_map(lambda a: a[best], final_params),
-        converged=bool(converged[best]),
+        converged=bool(status[best] == "converged"),
         n_iter=int(n_iter[best]),
         log_likelihood=float(final_ll[best]),
-        trace=trace,
+        trace=traces[best],
         fitter=fitter.name,
         bound_name=fitter.bound_name,
         compile_s=compile_s,
         run_s=run_s,
-        restarts=RestartSummary(log_likelihood=final_ll, converged=converged, n_iter=n_iter),
+        restarts=RestartSummary(
+            log_likelihood=final_ll,
+            converged=status == "converged",
+            n_iter=n_iter,
+            degenerate=degenerate,
+            degeneracies=degeneracies,
+            status=status,
+        ),
         best_restart=best,
-        degeneracies=find_degeneracies(trace, spec, n_samples),
+        degeneracies=degeneracies[best],
         nonfinite_iteration=None if nonfinite_at < 0 else nonfinite_at,
         state=jax.tree_util.tree_map(lambda a: a[best], carry.run),
+        status=str(status[best]),
+        selection=selection,
+        best_overall_restart=best_overall,
     )
 
 
-def _converged_at_last(outputs, n_iter):
-    """Whether the last accepted step of each restart reported convergence."""
-    if not outputs:
-        return np.zeros_like(n_iter, dtype=bool)
-    converged = np.concatenate([np.asarray(o[1].converged) for o in outputs], axis=1)
-    accepted = np.concatenate([np.asarray(o[3]) for o in outputs], axis=1)
-    result = np.zeros(converged.shape[0], dtype=bool)
-    for r in range(converged.shape[0]):
-        rows = np.flatnonzero(accepted[r])
-        result[r] = bool(rows.size) and bool(converged[r, rows[-1]])
-    return result
+def checked_initial_params(key, x, spec, init, n_init=1):
+    """`jaxgmm.model.resolve_init`, checked: given parameters by
+    `jaxgmm.fit.validation.check_init_params` (named ``init``), an initialiser's output for
+    finiteness (data whose squares overflow their dtype overflow in the initialiser).
+
+    Args: as `jaxgmm.model.resolve_init` (``x`` of shape (n_samples, n_features)).
+
+    Returns:
+        `GMMParams` (leading (n_init,) axis for a named initialiser).
+    """
+    if not isinstance(init, str):
+        init = check_init_params(init, spec, x.shape[1], name="init", dtype=x.dtype)
+    params = resolve_init(key, x, spec, init, n_init)
+    if isinstance(init, str):
+        finite = [np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.device_get(params)]
+        if not all(finite):
+            raise no_finite_state_error(f"the initial parameters from init={init!r}", x.dtype)
+    return params
 
 
-def _trace_of(outputs, chunk_times, chunk_size, restart, tol_on, n_components):
+def select_restart(log_likelihood, finite, degenerate, select="non_degenerate"):
+    """The restart `run_fitter` returns.
+
+    Args:
+        log_likelihood: (n_init,) final log-likelihoods per sample.
+        finite: (n_init,) bool, whether a restart's final state is finite (at least one).
+        degenerate: (n_init,) bool, whether a restart ended with a degenerate component.
+        select: a key of `jaxgmm.fit.results.SELECTIONS`.
+
+    Returns:
+        ``(best, best_overall, selection)``: the index returned, the index of the highest
+        finite log-likelihood, and the rule that chose ``best``.
+    """
+    score = np.where(finite, np.asarray(log_likelihood, dtype=float), -np.inf)
+    best_overall = int(np.argmax(score))
+    eligible = np.asarray(finite) & ~np.asarray(degenerate)
+    if select == "non_degenerate" and np.any(eligible):
+        return int(np.argmax(np.where(eligible, score, -np.inf))), best_overall, select
+    return best_overall, best_overall, "likelihood"
+
+
+def _trace_of(outputs, chunk_times, chunk_size, restart, fitter, n_components):
     if not outputs:
         empty = np.zeros((0,))
         columns = {"log_likelihood": empty, "bound": empty}
@@ -389,7 +527,9 @@ def _trace_of(outputs, chunk_times, chunk_size, restart, tol_on, n_components):
     accepted = np.concatenate([pick(o[3]) for o in outputs]).astype(bool)
     columns = {name: join(name, 0)[accepted] for name in outputs[0][0]._fields}
     columns["converged"] = join("converged", 1)[accepted]
-    columns[f"{tol_on}_change"] = join("change", 1)[accepted]
+    columns[f"{fitter.tol_on}_change"] = join("change", 1)[accepted]
+    if fitter.stall_patience is not None:
+        columns["params_moved"] = join("moved", 1)[accepted]
     min_eig = np.concatenate([pick(o[2][0]) for o in outputs])[accepted]
     weights = np.concatenate([pick(o[2][1]) for o in outputs])[accepted]
     per_iteration = np.repeat(np.asarray(chunk_times) / chunk_size, chunk_size)

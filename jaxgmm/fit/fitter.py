@@ -48,10 +48,20 @@ class Fitter(NamedTuple):
             the trace's ``extras``.
         get_params: ``get_params(state) -> GMMParams`` for one restart.
         tol: the driver's tolerance test: converged when ``|Info.<tol_on> - its value at
-            the previous iteration| < tol``. None: no tolerance test.
+            the previous iteration| < max(tol, tol_ulps * ulp(previous value))``, with
+            ulp the spacing of its dtype at that value. None: no tolerance test.
         tol_on: the Info field that ``tol`` watches (``"log_likelihood"`` for EM,
             ``"bound"`` for an objective).
         hooks: optional `DriverHooks` (data layout, final scoring, XLA options).
+        tol_ulps: floor of the tolerance in ulps of the watched value, so that a
+            default tolerance is never finer than its dtype resolves (in float32 one ulp
+            of 1.2 is 1.2e-7, so 1e-9 could only mean "no change"). 0: ``tol`` alone.
+        stall_patience: for an optimiser, whose step of zero is not convergence (a
+            learning rate of 0 in a warm-up, a line search that found no decrease):
+            the tolerance test ignores a change across a step that left the parameters
+            (``get_params``) unchanged, and the fit ends as ``"stalled"`` after this many
+            such steps in a row. None (EM, whose unchanged parameters are its fixed
+            point): neither.
     """
 
     name: str
@@ -62,6 +72,8 @@ class Fitter(NamedTuple):
     tol: float | None = None
     tol_on: str = "bound"
     hooks: DriverHooks | None = None
+    tol_ulps: float = 0.0
+    stall_patience: int | None = None
 
 
 def step_data(fitter, x):

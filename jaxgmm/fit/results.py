@@ -35,12 +35,34 @@ class Trace(NamedTuple):
     extras: dict
 
 
+# What ended a restart: the tolerance test (or the fitter's own) passed; max_iter
+# iterations ran; an optimiser left its parameters unchanged for `Fitter.stall_patience`
+# steps in a row; a step produced non-finite values (the restart kept the last finite ones).
+STATUSES = ("converged", "max_iter", "stalled", "nonfinite")
+
+# How `run_fitter` picks the returned restart among those with a finite final state.
+SELECTIONS = ("non_degenerate", "likelihood")
+
+
 class RestartSummary(NamedTuple):
-    """Final values of every restart (arrays of shape (n_init,))."""
+    """Final values of every restart.
+
+    Attributes:
+        log_likelihood: (n_init,) final log-likelihood per sample.
+        converged: (n_init,) bool, ``status == "converged"``.
+        n_iter: (n_init,) iterations performed.
+        degenerate: (n_init,) bool, whether the restart ended with a degenerate component
+            (``degeneracies[r]`` not empty). None only from code that predates it.
+        degeneracies: tuple of n_init tuples of `Degeneracy`, each restart's at its end.
+        status: (n_init,) str, each restart's `FitResult.status`.
+    """
 
     log_likelihood: np.ndarray
     converged: np.ndarray
     n_iter: np.ndarray
+    degenerate: np.ndarray | None = None
+    degeneracies: tuple | None = None
+    status: np.ndarray | None = None
 
 
 class Degeneracy(NamedTuple):
@@ -63,17 +85,19 @@ class Degeneracy(NamedTuple):
 
 
 class FitResult(NamedTuple):
-    """Outcome of `run_fitter` for the best restart (highest final log-likelihood).
+    """Outcome of `run_fitter` for the selected restart (by default the non-degenerate
+    restart with the highest final log-likelihood; see ``selection``).
 
     Attributes:
-        params: final `GMMParams`.
-        converged: whether the fitter's convergence test passed.
+        params: final `GMMParams` (always finite: a fit with no finite state raises).
+        converged: ``status == "converged"``.
         n_iter: iterations performed.
         log_likelihood: log-likelihood per sample of ``params``.
         trace: `Trace` of the best restart.
         fitter: the fitter's name; ``bound_name``: what ``trace.bound`` is.
         compile_s: seconds spent compiling (0 when cached); ``run_s``: seconds running.
-        restarts: `RestartSummary` of all restarts; ``best_restart``: its index.
+        restarts: `RestartSummary` of all restarts; ``best_restart``: the index of the
+            restart returned.
         degeneracies: tuple of `Degeneracy` of the final parameters.
         nonfinite_iteration: iteration at which the fitter produced non-finite values
             (the fit stopped there and kept the last finite parameters), or None.
@@ -82,6 +106,17 @@ class FitResult(NamedTuple):
             optimiser state, in ``fitter_state``); pass it as ``init_state=`` to continue
             exactly. For the host loops of `jaxgmm.scale`, their own final state (the
             `OnlineEMState` of online EM; None out of core).
+        status: what ended the fit, one of `STATUSES`: ``"converged"`` (the tolerance
+            test or the fitter's own test passed), ``"max_iter"``, ``"stalled"`` (an
+            optimiser left the parameters unchanged for `Fitter.stall_patience` steps in
+            a row: not convergence) or ``"nonfinite"`` (see ``nonfinite_iteration``).
+        selection: the rule that picked ``best_restart``: ``"non_degenerate"`` (the best
+            restart without a degenerate component) or ``"likelihood"`` (the best
+            overall: asked for, or, under ``select="non_degenerate"``, every restart
+            with a finite state was degenerate).
+        best_overall_restart: index of the restart with the highest finite final
+            log-likelihood, degenerate or not (equals ``best_restart`` unless a
+            degenerate restart scored higher than the one returned).
     """
 
     params: object
@@ -98,6 +133,9 @@ class FitResult(NamedTuple):
     degeneracies: tuple
     nonfinite_iteration: int | None
     state: object = None
+    status: str | None = None
+    selection: str | None = None
+    best_overall_restart: int | None = None
 
 
 def all_finite(tree):
@@ -169,9 +207,21 @@ def find_degeneracies(trace, spec, n_samples):
 
 
 def single_run_result(params, trace, spec, *, fitter, bound_name, converged, log_likelihood,
-                      n_samples, compile_s, run_s, nonfinite_iteration, state=None):
-    """`FitResult` of a fit with one restart run by a host loop (out-of-core, online)."""
+                      n_samples, compile_s, run_s, nonfinite_iteration, state=None,
+                      status=None):
+    """`FitResult` of a fit with one restart run by a host loop (out-of-core, online).
+    ``status`` defaults to "nonfinite" (with a ``nonfinite_iteration``), else
+    "converged" or "max_iter" from ``converged``."""
     n_iter = len(trace.iteration)
+    if status is None:
+        status = (
+            "nonfinite" if nonfinite_iteration is not None
+            else "converged" if converged else "max_iter"
+        )  # fmt: skip
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {list(STATUSES)}, got {status!r}")
+    converged = status == "converged"
+    degeneracies = find_degeneracies(trace, spec, n_samples)
     return FitResult(
         params=params,
         converged=converged,
@@ -186,9 +236,16 @@ def single_run_result(params, trace, spec, *, fitter, bound_name, converged, log
             log_likelihood=np.asarray([log_likelihood]),
             converged=np.asarray([converged]),
             n_iter=np.asarray([n_iter]),
+            degenerate=np.asarray([bool(degeneracies)]),
+            degeneracies=(degeneracies,),
+            status=np.asarray([status]),
         ),
         best_restart=0,
-        degeneracies=find_degeneracies(trace, spec, n_samples),
+        degeneracies=degeneracies,
         nonfinite_iteration=nonfinite_iteration,
         state=state,
+        status=status,
+        # One restart: what the default rule would say of it.
+        selection="likelihood" if degeneracies else "non_degenerate",
+        best_overall_restart=0,
     )

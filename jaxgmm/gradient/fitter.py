@@ -32,12 +32,11 @@ import optax
 from jax import lax
 
 from jaxgmm._registry import lookup
-from jaxgmm.fit.driver import FitResult, run_fitter
+from jaxgmm.fit.driver import FitResult, checked_initial_params, run_fitter
 from jaxgmm.fit.fitter import Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
 from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
 from jaxgmm.model.density import mean_log_likelihood
-from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors import log_prior
 
@@ -165,6 +164,15 @@ def objective_and_grad(params, x, spec):
 
 # --------------------------------------------------------------------------- fitter
 
+# The default tolerance on the change of the objective per sample; the driver raises it
+# to one ulp of the objective where that is larger (float32).
+DEFAULT_TOL = 1e-9
+
+# Consecutive steps that leave the parameters unchanged before a fit is "stalled": more
+# than a warm-up's first step at learning rate 0, few enough that a line search failing
+# every time (20 evaluations per step) costs little.
+STALL_PATIENCE = 10
+
 
 class GradientState(NamedTuple):
     """Carried by the gradient fitter.
@@ -212,7 +220,7 @@ def gradient_fitter(
     optimizer_options=None,
     batch_size: int | None = None,
     eval_every: int = 1,
-    tol: float = 1e-9,
+    tol: float | None = None,
     grad_tol: float = 0.0,
 ) -> Fitter:
     """The gradient `Fitter` for ``spec`` (ML, or MAP when ``spec.prior`` is set).
@@ -230,9 +238,16 @@ def gradient_fitter(
             log-likelihood, objective and gradient norm are evaluated once per
             iteration, before its updates). Must be 1 in full-batch mode.
         tol: convergence when the full-data objective per sample changes by less than
-            ``tol`` between iterations (0 disables).
+            ``tol`` between iterations (0 disables). None (default): `DEFAULT_TOL`, but
+            never below one ulp of the objective in the data's dtype (in float32 one ulp
+            of 1.2 is 1.2e-7: a change under 1e-9 is no change at all).
         grad_tol: convergence when the full-data gradient norm is below ``grad_tol``
             (0 disables).
+
+    A step that leaves the parameters unchanged (a learning rate of 0 at the start of
+    ``"warmup_cosine"``, a line search that found no decrease) is not convergence: the
+    tolerance test skips the change across it, and `STALL_PATIENCE` such steps in a row
+    end the fit with status ``"stalled"``.
     """
     options = tuple(sorted(dict(optimizer_options or {}).items()))
     try:
@@ -265,7 +280,7 @@ def gradient_fitter(
         options,
         batch_size,
         eval_every,
-        check_positive(tol, "tol", allow_zero=True),
+        None if tol is None else check_positive(tol, "tol", allow_zero=True),
         check_positive(grad_tol, "grad_tol", allow_zero=True),
     )
 
@@ -354,14 +369,20 @@ def _gradient_fitter(
         info = make_info(state, x, value, grad, 0, total / eval_every)
         return GradientState(u=u, opt_state=opt_state), info
 
+    if tol is None:
+        tol, tol_ulps = DEFAULT_TOL, 1.0
+    else:
+        tol, tol_ulps = (tol if tol > 0 else None), 0.0  # tol=0 turns the test off
     return Fitter(
         name=f"gradient_{optimizer}",
         bound_name="log_likelihood" if spec.prior is None else "log_posterior",
         init=init,
         step=full_batch_step if batch_size is None else minibatch_step,
         get_params=lambda state: from_unconstrained(state.u, spec),
-        tol=tol if tol > 0 else None,  # tol=0 turns the test off
+        tol=tol,
         tol_on="bound",
+        tol_ulps=tol_ulps,
+        stall_patience=STALL_PATIENCE,
     )
 
 
@@ -380,12 +401,13 @@ def fit_gradient(
     schedule: str | None = None,
     optimizer_options=None,
     max_steps: int = 1000,
-    tol: float = 1e-9,
+    tol: float | None = None,
     grad_tol: float = 0.0,
     batch_size: int | None = None,
     eval_every: int | None = None,
     chunk_size: int | None = None,
     callback: Callable | None = None,
+    select: str = "non_degenerate",
 ) -> FitResult:
     """Fit ``spec`` to ``x`` by gradient ascent on the log-likelihood (or log-posterior
     when ``spec.prior`` is set), mirroring `jaxgmm.fit_em`.
@@ -404,13 +426,24 @@ def fit_gradient(
         optimizer_options: dict of extra builder options (see `make_optimizer`).
         max_steps: maximum iterations (the driver's ``max_iter``); an iteration is one
             update in full batch, ``eval_every`` updates in minibatch mode.
-        tol: stop when the objective per sample changes by less than ``tol`` (0: off).
+        tol: stop when the objective per sample changes by less than ``tol`` (0: off;
+            None: 1e-9, or one ulp of the objective where that is larger, as in
+            float32; see `gradient_fitter`).
         grad_tol: stop when the full-data gradient norm is below ``grad_tol`` (0: off).
         batch_size: None (full batch) or the minibatch size (<= n_samples).
         eval_every: minibatch updates per iteration (default: one pass over the data,
             ``ceil(n_samples / batch_size)``); the full-data log-likelihood is reported
             once per iteration.
-        chunk_size, callback: see `run_fitter`.
+        chunk_size, callback, select: see `run_fitter`.
+
+    Returns:
+        `FitResult`; ``status`` is ``"stalled"`` when the optimiser stopped moving the
+        parameters (not convergence; e.g. a learning rate too large for L-BFGS's line
+        search).
+
+    Raises:
+        ValueError: bad arguments, or no finite state (e.g. data whose squares overflow
+        float32): the message says why and what to do.
     """
     x = check_data(x, "x", n_components=spec.n_components, dtype=getattr(x, "dtype", None))
     n_init = check_int(n_init, "n_init", 1)
@@ -437,7 +470,7 @@ def fit_gradient(
         grad_tol=grad_tol,
     )
     key_init, key_run = jax.random.split(key)
-    params = resolve_init(key_init, x, spec, init, n_init)
+    params = checked_initial_params(key_init, x, spec, init, n_init)
     return run_fitter(
         fitter,
         key_run,
@@ -447,4 +480,5 @@ def fit_gradient(
         max_iter=max_steps,
         chunk_size=chunk_size,
         callback=callback,
+        select=select,
     )

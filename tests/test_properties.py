@@ -414,27 +414,32 @@ def _from_estimator(gm, x):
 
 KEY = jax.random.key(0)
 ITERS = 6
+
+
+def _or_kmeans(init):
+    return "kmeans" if init is None else init
+
 # Each fitter from given starting parameters (init=None: its own default initialiser).
 FITTERS = {
     "em": lambda x, init: _from_result(
-        jaxgmm.fit_em(KEY, x, SPEC, init=init or "kmeans", max_iter=ITERS, tol=0.0)
+        jaxgmm.fit_em(KEY, x, SPEC, init=_or_kmeans(init), max_iter=ITERS, tol=0.0)
     ),
     "gradient": lambda x, init: _from_result(
-        jaxgmm.fit_gradient(KEY, x, SPEC, init=init or "kmeans", max_steps=ITERS, tol=0.0)
+        jaxgmm.fit_gradient(KEY, x, SPEC, init=_or_kmeans(init), max_steps=ITERS, tol=0.0)
     ),
     "em_out_of_core": lambda x, init: _from_result(
         jaxgmm.fit_em_out_of_core(
-            KEY, np.asarray(x), SPEC, init=init or "kmeans", max_iter=ITERS, tol=0.0
+            KEY, np.asarray(x), SPEC, init=_or_kmeans(init), max_iter=ITERS, tol=0.0
         )
     ),
     # One batch of all N rows per step: a full-batch stepwise EM whose statistics are sums,
     # so the row order (and the per-epoch shuffle) cannot matter.
     "em_online": lambda x, init: _from_result(
-        jaxgmm.fit_em_online(KEY, x, SPEC, init=init or "kmeans", batch_size=N, n_epochs=ITERS)
+        jaxgmm.fit_em_online(KEY, x, SPEC, init=_or_kmeans(init), batch_size=N, n_epochs=ITERS)
     ),
     "svi_auto_delta": lambda x, init: _from_result(
         jaxgmm.fit_svi(
-            KEY, x, FLAT_SPEC, guide="auto_delta", init=init or "kmeans", num_steps=ITERS
+            KEY, x, FLAT_SPEC, guide="auto_delta", init=_or_kmeans(init), num_steps=ITERS
         ).fit
     ),
     "estimator": lambda x, init: _from_estimator(_estimator(x, init), x),

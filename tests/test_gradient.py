@@ -393,3 +393,57 @@ def test_float32_lbfgs_fit_is_finite_and_near_em(em_reference):
     assert np.all(np.isfinite(result.trace.log_likelihood))
     assert result.nonfinite_iteration is None
     assert abs(result.log_likelihood - em.log_likelihood) < 1e-3
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def test_warmup_from_learning_rate_zero_is_not_convergence(require_x64, em_reference):
+    # warmup_cosine starts at learning rate 0: the first step leaves the parameters where
+    # they are, so the next change is 0; the fit used to stop there "converged".
+    x, spec, start, em = em_reference("iris")
+    result = fit_gradient(
+        jax.random.key(0), x, spec, init=start, optimizer="adam", learning_rate=0.05,
+        schedule="warmup_cosine", max_steps=300,
+    )  # fmt: skip
+    moved = result.trace.extras["params_moved"]
+    assert not moved[0] and moved[1:].all()
+    assert result.status in ("converged", "max_iter")
+    assert result.n_iter > 50
+    assert abs(result.log_likelihood - em.log_likelihood) < 1e-3
+
+
+def test_lbfgs_whose_line_search_cannot_move_is_stalled(require_x64, em_reference):
+    x, spec, start, _ = em_reference("iris")
+    result = fit_gradient(
+        jax.random.key(0), x, spec, init=start, optimizer="lbfgs", learning_rate=1e30,
+        max_steps=300,
+    )  # fmt: skip
+    assert result.status == "stalled" and not result.converged
+    assert result.n_iter < 300
+    assert not result.trace.extras["params_moved"].any()
+    # Still the start (up to the unconstrained transform's round trip).
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12),
+        result.params, _unbatch(start),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_float32_fits_that_stop_on_tol_say_converged(optimizer):
+    # The change the tolerance test compares is the difference of the recorded bounds,
+    # and the default tol is not below one ulp of the objective.
+    x = np.asarray(load_iris().data, np.float32)
+    spec = jaxgmm.GMMSpec(3, "full")
+    starts = jaxgmm.initial_params(jax.random.key(0), jnp.asarray(x), spec, "kmeans", 4)
+    result = fit_gradient(
+        jax.random.key(0), x, spec, init=starts, optimizer=optimizer, max_steps=2000
+    )
+    assert result.trace.bound.dtype == np.float32
+    assert list(result.restarts.status) == ["converged"] * 4
+    change = result.trace.extras["bound_change"]
+    np.testing.assert_array_equal(change[1:], np.diff(result.trace.bound))
+    converged = result.trace.extras["converged"]
+    assert converged[-1] and not converged[:-1].any()
+    threshold = np.maximum(1e-9, np.abs(np.spacing(result.trace.bound[:-1])))
+    np.testing.assert_array_equal(converged[1:], np.abs(change[1:]) < threshold)

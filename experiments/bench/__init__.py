@@ -1,4 +1,4 @@
-"""EM speed benchmark: jaxgmm against scikit-learn (and gmmx / pomegranate when they
+"""EM and VB speed benchmark: jaxgmm against scikit-learn (and gmmx / pomegranate when they
 are importable) on the same data and the same initial parameters, in one run.
 
     python -m experiments.bench [--sizes small|all] [--dtypes float32,float64]
@@ -8,6 +8,10 @@ are importable) on the same data and the same initial parameters, in one run.
 jaxgmm runs twice: "jaxgmm" on one XLA device, and "jaxgmm-cores" with the samples split
 over one XLA CPU device per core (``--xla_force_host_platform_device_count``, a data mesh
 and `jaxgmm.em.shard_data`; skipped on one core). Every peer's ratio is reported against both.
+Closed-form variational Bayes runs beside EM: "jaxgmm-vb" (`jaxgmm.vb.vb_fitter`) and
+"sklearn-vb" (scikit-learn's `BayesianGaussianMixture`), from the responsibilities of the
+same initial parameters under one conjugate prior (`protocol.vb_prior`), with the VB / EM
+ratio of each library and scikit-learn's VB over jaxgmm's.
 Each (size, dtype, tool) runs in its own subprocess so that its peak resident memory
 (``ru_maxrss`` minus the resident size after the data are built) is its own. Reported per
 row: seconds per EM iteration (compile excluded), the ratio peer / jaxgmm, compile time,

@@ -1,5 +1,6 @@
-"""The benchmark's figures: ``bench.png`` (seconds per EM iteration per size, tool and
-dtype; "n/a" where a tool was skipped or failed) and ``scaling.png`` (jaxgmm over N, K, D)."""
+"""The benchmark's figures: ``bench.png`` (seconds per iteration, EM or for the ``-vb``
+tools VB, per size, tool and dtype; "n/a" where a tool was skipped or failed) and
+``scaling.png`` (jaxgmm over N, K, D)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def plot_results(out, rows, scaling):
     ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2)
     ax.set_xticklabels([f"N={n:.0e}\nD={d} K={k}\n{c}" for n, d, k, c in labels])
     ax.set_yscale("log")
-    ax.set_ylabel("seconds per EM iteration")
+    ax.set_ylabel("seconds per iteration (EM; VB for *-vb)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "bench.png", dpi=120)

@@ -8,6 +8,10 @@ ELBO sits beside their ELBO and log p(X) estimates under one prior. The weights'
 type (finite Dirichlet or truncated Dirichlet process) is the prior's
 ``weight_prior_type``, not a ``vb`` key, so that every method of a run fits one model.
 
+Restarts (``init.n_init`` > 1): every shared start is run and the one with the highest
+final ELBO is kept (scikit-learn keeps the highest lower bound); ``init.select`` is for
+the point-estimate methods and does not apply (``extra["selection"]`` is "elbo").
+
 What it reports:
 
 - ``params``: the plug-in `GMMParams` at the variational posterior (E_q[weights], the
@@ -19,7 +23,9 @@ What it reports:
   every constant, comparable with SVI's ELBO and its importance-sampling log p(X)).
 - ``extra``: ``elbo`` (final), ``n_active_components`` (components whose E_q[weight]
   exceeds ``vb.n_active_threshold``; ``active_components`` says it in words for the
-  table), ``largest_inactive_weight`` (None when all are active), and, with a test
+  table), ``largest_inactive_weight`` (None when all are active), ``inactive_components``
+  (those with fewer than one expected sample: reported here, not as degeneracies, since
+  emptying them is what a sparse weights prior is for), and, with a test
   split, ``log_predictive_density_test``: the held-out log posterior predictive density
   per sample (a mixture of Student-t distributions, Bishop 2006 eq. 10.81).
 """
@@ -71,12 +77,33 @@ def run(context):
         "weight_prior_type": context.spec.prior.weight_prior_type,
         "update": settings["update"],
         "params_summary": "plug-in at the variational posterior",
+        # fit_vb keeps the restart with the highest final ELBO (as scikit-learn keeps the
+        # highest lower bound), whatever init.select says for the point-estimate methods.
+        "selection": "elbo",
     }
     if context.x_test is not None:
         extra["log_predictive_density_test"] = float(
             jaxgmm.vb.mean_posterior_predictive_log_prob(posterior, context.x_test, context.spec)
         )
-    return result_from_fit(fit, point_estimate=False, extra=extra)
+    return _inactive_not_degenerate(result_from_fit(fit, point_estimate=False, extra=extra))
+
+
+def _inactive_not_degenerate(result):
+    """Emptying surplus components is what a sparse weights prior is for, so VB's empty
+    components are reported as inactive (``extra["inactive_components"]``, beside
+    ``n_active_components``), not as degeneracies; a collapsed covariance still is one."""
+
+    def keep(found):
+        return [d for d in found if d["kind"] != "empty_component"]
+
+    empty = sorted(d["component"] for d in result.degeneracies if d["kind"] == "empty_component")
+    result.degeneracies = keep(result.degeneracies)
+    for row in result.restarts or []:
+        if row.get("degeneracies") is not None:
+            row["degeneracies"] = keep(row["degeneracies"])
+            row["degenerate"] = bool(row["degeneracies"])
+    result.extra["inactive_components"] = empty
+    return result
 
 
 def check(spec, settings, x):

@@ -131,6 +131,9 @@ def test_sparse_dp_config_reports_three_active_components(tmp_path):
     assert extra["largest_inactive_weight"] == pytest.approx(weights[3])
     # The three that stay are the three true clusters.
     assert row["ari"] > 0.9
+    # Emptied components are inactive, the purpose of the prior, not a degenerate result.
+    assert len(extra["inactive_components"]) == 7 and row["degeneracies"] == []
+    assert not any(w.startswith("vb: degenerate") for w in result.metrics.get("warnings") or [])
     table = result.table()
     assert "active components 3 of 10" in table
     # The run folder: metrics.json and the trace file carry VB's ELBO.

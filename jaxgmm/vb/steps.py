@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.special import betaln, digamma, gammaln
+from jax.scipy.special import digamma, gammaln
 
 from jaxgmm.model.blocked import (
     FeatureMajorBlocks,
@@ -155,6 +155,12 @@ def expected_weights(weight_concentration, spec):
     rest = jnp.cumprod(b / (a + b))
     weights = a / (a + b) * jnp.concatenate([jnp.ones_like(a[:1]), rest[:-1]])
     return weights / jnp.sum(weights)
+
+
+def betaln(a, b):
+    """log B(a, b) as log-gammas: jax.scipy.special.betaln (jax 0.10) is off by 1.2e-7 at
+    (13, 0.7), enough to put a K = 1 ELBO above the exact evidence."""
+    return gammaln(a) + gammaln(b) - gammaln(a + b)
 
 
 def _update_weights(nk, hyper, spec):

@@ -555,25 +555,7 @@ def test_map_em_bound_and_objective(seed):
 # Data scales whose squares underflow or overflow float32 (1e-20, 1e20) or float64
 # (1e-160, 1e160); 1e160 does not fit in float32 at all.
 SCALES = st.sampled_from([1e-160, 1e-20, 1.0, 1e20, 1e160])
-_SPREAD_OVERFLOW = (
-    "issue 16 defect 3: the no-finite-state error squares the data's spread as a Python "
-    "float (spread**2 in jaxgmm/fit/driver.py no_finite_state_error and "
-    "jaxgmm/em/estimator.py _nonfinite_error): OverflowError at scale 1e160, not ValueError"
-)
-FINITE_XFAIL = {"em": _SPREAD_OVERFLOW, "gradient": _SPREAD_OVERFLOW,
-                "estimator": _SPREAD_OVERFLOW}
-
-
-def _finite_cases():
-    cases = []
-    for fitter in sorted(FITTERS):
-        reason = FINITE_XFAIL.get(fitter)
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        cases.append(pytest.param(fitter, marks=marks, id=fitter))
-    return cases
-
-
-@pytest.mark.parametrize("fitter", _finite_cases())
+@pytest.mark.parametrize("fitter", sorted(FITTERS))
 @FITS
 @example(seed=0, scale=1e-160)
 @example(seed=0, scale=1e-20)

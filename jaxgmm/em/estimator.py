@@ -144,7 +144,8 @@ def _nonfinite_error(estimator, x, what):
     dtype = np.dtype(x.dtype)
     largest = float(np.finfo(dtype).max)
     # Covariances are sums of squared deviations over samples: that is what overflows.
-    if spread**2 * values.shape[0] > largest:
+    # Compared in log space: spread**2 itself overflows a Python float beyond ~1e154.
+    if spread > 0 and 2 * np.log(spread) + np.log(values.shape[0]) > np.log(largest):
         reason = (
             f"X ({dtype}) has values {spread:.3g} away from the feature means, so the "
             f"summed squared deviations in the covariance estimates overflow {dtype} "

@@ -214,6 +214,16 @@ def restart_rows(fit):
     return rows
 
 
+def refuse_without_map(spec, method):
+    """Raise ValueError when ``spec.prior`` has no maximum (its ``no_map_reason``, e.g.
+    Dirichlet alpha < 1 or stick-breaking gamma < K - 1): a MAP fitter would climb an
+    unbounded density and return emptied components that look like a fit."""
+    no_map_reason = getattr(spec.prior, "no_map_reason", None)
+    reason = None if no_map_reason is None else no_map_reason(spec)
+    if reason:
+        raise ValueError(f"{method} is a MAP estimate here, and {reason}")
+
+
 def result_from_fit(fit, point_estimate=True, extra=None, history=None):
     """`MethodResult` from a `jaxgmm.FitResult` of the driver (any fitter)."""
     import jax

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jaxgmm
 from experiments.config_engine import Field, at_least, greater_than, one_of
-from experiments.methods import Method, SettingError, result_from_fit
+from experiments.methods import Method, SettingError, refuse_without_map, result_from_fit
 
 
 def run(context):
@@ -86,6 +86,7 @@ def config_check(settings):
 def check(spec, settings, x):
     """The data-dependent rule (a minibatch no larger than the data), then the fitter's own
     argument checks, before anything is fitted."""
+    refuse_without_map(spec, "gradient")
     n_samples = x.shape[0]
     if settings["batch_size"] is not None and settings["batch_size"] > n_samples:
         raise SettingError(

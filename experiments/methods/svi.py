@@ -19,7 +19,7 @@ import numpy as np
 
 import jaxgmm
 from experiments.config_engine import Field, at_least, greater_than, one_of
-from experiments.methods import Method, result_from_fit
+from experiments.methods import Method, refuse_without_map, result_from_fit
 
 
 def _postfix(infos):
@@ -68,13 +68,8 @@ def run(context):
 
 def _check(spec, settings, x):
     del x
-    weights_alpha = getattr(spec.prior, "weight_concentration", 1.0)
-    if settings["guide"] == "auto_delta" and weights_alpha is not None and weights_alpha < 1:
-        raise ValueError(
-            f"svi.guide: auto_delta is MAP, and the prior {spec.prior.name!r} with "
-            f"weight_concentration {weights_alpha} < 1 has no MAP (its density is unbounded "
-            "as a weight goes to 0); use guide auto_normal or auto_multivariate_normal"
-        )
+    if settings["guide"] == "auto_delta":
+        refuse_without_map(spec, "svi.guide auto_delta")
 
 
 def _svi_optimizers():

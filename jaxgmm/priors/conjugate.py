@@ -216,10 +216,10 @@ class ConjugatePrior(Prior):
                 )
         elif gamma < 1:
             return (
-                f"EM's MAP M-step for prior {self.name!r} needs weight_concentration >= 1 "
-                f"(got {gamma}): below 1 the posterior density is "
-                "unbounded as a weight goes to 0, so there is no MAP. Fit it with SVI "
-                "(auto_normal / auto_multivariate_normal) or NUTS instead."
+                f"prior {self.name!r} has no MAP for weight_concentration {gamma} < 1: a MAP "
+                "(EM, gradient, auto_delta) needs weight_concentration >= 1, because below 1 "
+                "the posterior density is unbounded as a weight goes to 0. Fit it with vb, "
+                "or SVI (auto_normal / auto_multivariate_normal) or NUTS instead."
             )
         return None
 

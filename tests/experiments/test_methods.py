@@ -47,3 +47,25 @@ def test_gradient_schedule_spans_every_minibatch_update(schedule, monkeypatch):
     if schedule == "cosine":
         # Every iteration still moves the parameters (a cosine at its floor steps by 0).
         assert np.all(np.diff(result.log_likelihood) != 0)
+
+
+@pytest.mark.parametrize(
+    ("prior", "k"),
+    [
+        ({"weight_concentration": 0.5}, 2),
+        ({"weight_prior_type": "dirichlet_process", "weight_concentration": 0.01}, 3),
+    ],
+)
+@pytest.mark.parametrize(("method", "settings"), [("gradient", {}), ("svi", {"guide": "auto_delta"})])
+def test_map_methods_refuse_a_prior_without_a_maximum(prior, k, method, settings):
+    # Under these weight priors the posterior density is unbounded (a weight -> 0), so a
+    # MAP fitter would return emptied components that look like a fit: refused up front.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(30, 2)))
+    spec = jaxgmm.GMMSpec(k, "full", prior=jaxgmm.priors.make_prior("conjugate", **prior))
+    spec = jaxgmm.priors.resolve_prior(spec, x)
+    resolved = {key: v.default for key, v in METHODS[method].config.items()}
+    resolved.update(settings)
+    with pytest.raises(ValueError, match="no MAP"):
+        METHODS[method].check(spec, resolved, x)
+    # the same prior is fine for a posterior method
+    METHODS["svi"].check(spec, {**resolved, "guide": "auto_normal"}, x)

@@ -259,6 +259,9 @@ def test_restarts_keep_the_highest_final_elbo():
     assert both.best_restart == int(np.argmax(one))
     np.testing.assert_allclose(both.trace.bound[-1], max(one), rtol=1e-12)
     assert both.restarts.n_iter.shape == (3,)
+    assert both.selection == "elbo"
+    assert both.restarts.degenerate.shape == (3,) and len(both.restarts.degeneracies) == 3
+    assert set(both.restarts.status) <= set(jaxgmm.fit.results.STATUSES)
 
 
 def test_float32_full_matches_float64():

@@ -113,7 +113,8 @@ class FitResult(NamedTuple):
         selection: the rule that picked ``best_restart``: ``"non_degenerate"`` (the best
             restart without a degenerate component) or ``"likelihood"`` (the best
             overall: asked for, or, under ``select="non_degenerate"``, every restart
-            with a finite state was degenerate).
+            with a finite state was degenerate); ``"elbo"`` for `jaxgmm.fit_vb`, which
+            keeps the restart with the highest final ELBO.
         best_overall_restart: index of the restart with the highest finite final
             log-likelihood, degenerate or not (equals ``best_restart`` unless a
             degenerate restart scored higher than the one returned).

@@ -286,10 +286,16 @@ def _best_by_elbo(run, key, params):
         log_likelihood=np.array([r.log_likelihood for r in results]),
         converged=np.array([r.converged for r in results]),
         n_iter=np.array([r.n_iter for r in results]),
+        degenerate=np.array([bool(r.degeneracies) for r in results]),
+        degeneracies=tuple(r.degeneracies for r in results),
+        status=np.array([r.status for r in results]),
     )
+    ll = np.array([r.log_likelihood for r in results], dtype=float)
     return results[best]._replace(
         restarts=summary,
         best_restart=best,
+        best_overall_restart=int(np.argmax(np.where(np.isfinite(ll), ll, -np.inf))),
+        selection="elbo",
         compile_s=sum(r.compile_s for r in results),
         run_s=sum(r.run_s for r in results),
     )

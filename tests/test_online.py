@@ -404,6 +404,10 @@ def test_a_nonfinite_step_keeps_the_last_finite_state_and_says_so():
     assert np.all(np.isfinite(res.trace.bound)) and np.all(np.isfinite(res.trace.log_likelihood))
     if res.nonfinite_iteration is not None:  # where float32 overflowed: said, and stopped
         assert res.n_iter == res.nonfinite_iteration - 1
+        assert res.status == "nonfinite" and not res.converged
+        assert res.restarts.status.tolist() == ["nonfinite"]
+    else:
+        assert res.status == "max_iter"
 
 
 def test_online_float64_values_overflowing_float32_are_named():

@@ -283,6 +283,8 @@ def test_out_of_core_max_iter_zero_returns_the_initial_parameters(require_x64):
     )
     res = jaxgmm.fit_em_out_of_core(jax.random.key(0), x, spec, init=params, max_iter=0)
     assert res.n_iter == 0 and res.trace.iteration.size == 0 and not res.converged
+    assert res.status == "max_iter" and res.nonfinite_iteration is None
+    assert res.restarts.status.tolist() == ["max_iter"] and res.best_overall_restart == 0
     np.testing.assert_array_equal(np.asarray(res.params.means), np.asarray(params.means))
     dens = sum(w * multivariate_normal(m, np.eye(2)).pdf(x) for w, m in zip([0.4, 0.6], x[:2]))
     np.testing.assert_allclose(res.log_likelihood, np.mean(np.log(dens)), rtol=1e-10)

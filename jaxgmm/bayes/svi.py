@@ -210,7 +210,7 @@ def svi_fitter(
         # log-likelihood or log prior is not finite (weights underflowing to 0 after a
         # diverging update) is itself refused by the driver's finite test: the state the
         # driver keeps then has finite values, not just finite parameters.
-        new_ll = mean_log_likelihood(x, new_point, spec)
+        new_ll = mean_log_likelihood(x, new_point, spec).astype(x.dtype)
         new_ok = jnp.isfinite(new_ll) & jnp.isfinite(log_prior(new_point, spec))
         bound = jnp.where(new_ok, -loss / x.shape[0], jnp.nan).astype(x.dtype)
         info = SVIInfo(log_likelihood=state.log_likelihood, bound=bound)

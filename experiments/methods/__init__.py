@@ -8,7 +8,7 @@ and held-out log-likelihood from the shared density, BIC/AIC, ARI, recovery erro
 itself, uniformly; a method reports only what it alone knows (its trace, timings, bound,
 diagnostics, posterior draws).
 
-Entries: ``em``, ``gradient``, ``svi``, ``nuts``. Adding one is a module with a ``run``
+Entries: ``em``, ``gradient``, ``svi``, ``nuts``, ``vb``. Adding one is a module with a ``run``
 function and its config block (``Method.config``, a dict of
 `experiments.config_engine.Field`; `experiments.config` registers every entry's block),
 plus a line in ``_registry`` below.

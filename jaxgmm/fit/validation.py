@@ -99,7 +99,7 @@ def check_fits_dtype(arr, dtype, name, where="", rows=None):
         raise ValueError(
             f"{name} has values that overflow {np.dtype(dtype).name} (largest finite "
             f"{float(np.finfo(dtype).max):.3g}; first at {position}{where}: "
-            f"{arr[bad]!r}); standardise the data (e.g. subtract the mean and divide by "
+            f"{float(arr[bad]):.6g}); standardise the data (e.g. subtract the mean and divide by "
             "the standard deviation of each feature) or compute in float64 "
             "(jax.config.update('jax_enable_x64', True))"
         )

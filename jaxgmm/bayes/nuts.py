@@ -14,6 +14,7 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.initialization import init_to_value
 
+from jaxgmm.bayes.inference_data import NUTS_EXTRA_FIELDS, nuts_inference_data
 from jaxgmm.bayes.model import gmm_model, model_prior
 from jaxgmm.bayes.posterior import (
     draws_mean_log_likelihood,
@@ -48,6 +49,9 @@ class NUTSResult(NamedTuple):
         plug_in_log_likelihood: log p(X | posterior_mean) per sample.
         spec: `GMMSpec` with the prior resolved.
         mcmc: the NumPyro `MCMC` object (for its own print_summary etc.).
+
+    `to_inference_data` gives the draws to ArviZ (relabelled, named dims, pointwise
+    log-likelihood for ``az.loo`` / ``az.waic`` / ``az.compare``).
     """
 
     samples: dict
@@ -62,6 +66,29 @@ class NUTSResult(NamedTuple):
     plug_in_log_likelihood: float
     spec: object
     mcmc: object
+
+    def to_inference_data(self, x, *, feature_names=None, log_likelihood=True, batch_size=32):
+        """The posterior as an ArviZ ``InferenceData`` (needs ``pip install 'jaxgmm[arviz]'``).
+
+        Args:
+            x: the training data passed to `fit_nuts`, array of shape (n_samples,
+                n_features); checked against the recorded per-draw log-likelihoods.
+            feature_names: optional names for the ``feature`` coordinate.
+            log_likelihood: whether to build the pointwise ``log_likelihood`` group,
+                (n_chains, n_draws, n_samples) values of log p(x_n | draw).
+            batch_size: draws evaluated together for that group (memory
+                O(batch_size * n_samples * K)).
+
+        Groups: ``posterior`` (the relabelled ``draws``: ``weights``, ``means``,
+        ``covariances`` on dims chain, draw, component, feature, feature_bis),
+        ``log_likelihood``, ``observed_data`` and ``sample_stats`` (``diverging``, ``lp``,
+        ``energy``, ``n_steps``, ``tree_depth``, ``acceptance_rate``, ``step_size``,
+        ``relabel_permutation``); see `jaxgmm.bayes.inference_data`.
+        """
+        return nuts_inference_data(
+            self, x, feature_names=feature_names, log_likelihood=log_likelihood,
+            batch_size=batch_size,
+        )  # fmt: skip
 
 
 def fit_nuts(
@@ -134,7 +161,9 @@ def fit_nuts(
         chain_method=chain_method,
         progress_bar=bool(progress_bar),
     )
-    mcmc.run(key_mcmc, x, extra_fields=("diverging",))
+    # The statistics ArviZ's sample_stats holds (to_inference_data); they do not change
+    # the draws.
+    mcmc.run(key_mcmc, x, extra_fields=NUTS_EXTRA_FIELDS)
     samples = mcmc.get_samples(group_by_chain=True)
     diverging = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["diverging"])
 

@@ -30,6 +30,7 @@ from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
 from jaxgmm._registry import lookup
+from jaxgmm.bayes.inference_data import svi_inference_data
 from jaxgmm.bayes.model import gmm_model, model_prior
 from jaxgmm.fit.driver import FitResult, run_fitter
 from jaxgmm.fit.fitter import Fitter
@@ -248,6 +249,8 @@ class SVIResult(NamedTuple):
             mass is no proposal).
         log_posterior: log p(X | params) + log p(params) (total, not per sample) at the
             point estimate: the MAP objective.
+
+    `to_inference_data` gives draws of the guide to ArviZ (``az.loo``, ``az.waic``, ...).
     """
 
     fit: FitResult
@@ -259,6 +262,31 @@ class SVIResult(NamedTuple):
     log_marginal_is: float
     log_posterior: float
     handle: SVIHandle
+
+    def to_inference_data(
+        self, key, x, *, num_samples=1000, feature_names=None, log_likelihood=True,
+        batch_size=32,
+    ):  # fmt: skip
+        """``num_samples`` draws of the fitted guide as an ArviZ ``InferenceData`` with one
+        chain (needs ``pip install 'jaxgmm[arviz]'``).
+
+        Args:
+            key: PRNG key for the guide's draws.
+            x: the training data passed to `fit_svi`, array of shape (n_samples,
+                n_features); checked against the recorded log-likelihood.
+            num_samples: draws of the guide (chain 0, draws 0 .. num_samples - 1).
+            feature_names, log_likelihood, batch_size: as `NUTSResult.to_inference_data`.
+
+        The draws are relabelled to the guide's point estimate (``fit.params``) by
+        `jaxgmm.bayes.relabel`; groups ``posterior``, ``log_likelihood``,
+        ``observed_data`` and ``sample_stats`` (``relabel_permutation`` only). For
+        ``auto_delta`` every draw is the MAP point (a point mass: no LOO or WAIC to speak
+        of).
+        """
+        return svi_inference_data(
+            key, self, x, num_samples=num_samples, feature_names=feature_names,
+            log_likelihood=log_likelihood, batch_size=batch_size,
+        )  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnums=(1, 4))

@@ -70,7 +70,14 @@ def main():
             key, x, spec, init=init, optimizer="adam", learning_rate=args.adam_lr, **_steps(kw)
         ),
         f"SGD+momentum 0.9 (lr={args.sgd_lr})": lambda **kw: jaxgmm.fit_gradient(
-            key, x, spec, init=init, optimizer="sgd", learning_rate=args.sgd_lr, **_steps(kw)
+            key,
+            x,
+            spec,
+            init=init,
+            optimizer="sgd",
+            learning_rate=args.sgd_lr,
+            optimizer_options={"momentum": 0.9},
+            **_steps(kw),
         ),
     }
     rows = []

@@ -241,20 +241,22 @@ def test_gradient_vanishes_at_em_fixed_point(require_x64, em_reference, reg_cova
 
 
 @pytest.mark.parametrize(
-    "dataset, optimizer, gap",
-    [(name, "lbfgs", 1e-5) for name in sorted(DATASETS)]
-    + [(name, "adam", 1e-3) for name in sorted(DATASETS)]
+    "dataset, optimizer, options, gap",
+    [(name, "lbfgs", None, 1e-5) for name in sorted(DATASETS)]
+    + [(name, "adam", None, 1e-3) for name in sorted(DATASETS)]
     # SGD with one learning rate is slow on Old Faithful's unstandardised scales (needs
-    # ~840 steps to 1e-3; docs/gradient.md), so it is checked on iris only.
-    + [("iris", "sgd", 1e-3)],
+    # ~840 steps to 1e-3; docs/gradient.md), so it is checked on iris only, with
+    # momentum ("sgd" is optax.sgd: no momentum unless asked for).
+    + [("iris", "sgd", {"momentum": 0.9}, 1e-3)],
 )
 def test_reaches_em_log_likelihood_from_same_start(
-    require_x64, em_reference, dataset, optimizer, gap
+    require_x64, em_reference, dataset, optimizer, options, gap
 ):
     x, spec, start, em = em_reference(dataset)
     result = fit_gradient(
-        jax.random.key(2), x, spec, init=start, optimizer=optimizer, max_steps=1000
-    )
+        jax.random.key(2), x, spec, init=start, optimizer=optimizer,
+        optimizer_options=options, max_steps=1000,
+    )  # fmt: skip
     assert result.nonfinite_iteration is None
     assert em.log_likelihood - gap <= result.log_likelihood <= em.log_likelihood + gap
     # Same start as EM, same trace fields, objective == log-likelihood without a prior.

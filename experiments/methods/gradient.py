@@ -4,8 +4,22 @@ initial parameters, and its ``gradient`` config block (``CONFIG``)."""
 from __future__ import annotations
 
 import jaxgmm
-from experiments.config_engine import Field, at_least, greater_than, one_of
+from experiments.config_engine import TYPES, Field, at_least, greater_than, one_of
 from experiments.methods import Method, SettingError, refuse_without_map, result_from_fit
+
+
+def optimizer_options(settings):
+    """``gradient.optimizer_options`` as keyword arguments: YAML 1.1 reads ``1e-4`` (no
+    dot) as a string, so number-like strings become the floats meant."""
+    options = {}
+    for key, value in (settings["optimizer_options"] or {}).items():
+        if isinstance(value, str):
+            try:
+                value = TYPES["float"](value)
+            except Exception:  # not a number: the optax function's own argument
+                pass
+        options[str(key)] = value
+    return options
 
 
 def run(context):
@@ -14,6 +28,7 @@ def run(context):
         context.spec,
         settings["optimizer"],
         learning_rate=settings["learning_rate"],
+        optimizer_options=optimizer_options(settings),
         schedule=settings["schedule"],
         # A schedule spans optimiser updates: eval_every of them per iteration on
         # minibatches (eval_every is 1 in full batch), as jaxgmm.fit_gradient counts.
@@ -39,6 +54,8 @@ def run(context):
         bar.close()
     grad_norm = fit.trace.extras.get("grad_norm")
     extra = {"optimizer": settings["optimizer"]}
+    if settings["optimizer_options"]:
+        extra["optimizer_options"] = optimizer_options(settings)
     if grad_norm is not None and len(grad_norm):
         extra["final_grad_norm"] = float(grad_norm[-1])
     return result_from_fit(fit, point_estimate=True, extra=extra)
@@ -48,7 +65,10 @@ def config_check(settings):
     """The rules between keys of the ``gradient`` block that `jaxgmm.gradient` enforces only
     when the fitter is built, checked when the config is loaded instead."""
     optimizer = settings["optimizer"]
-    entry = jaxgmm.gradient.OPTIMIZERS[optimizer]
+    try:
+        entry = jaxgmm.gradient.resolve_optimizer(optimizer)
+    except ValueError as error:
+        return [("optimizer", str(error))]
     stochastic = sorted(k for k, v in jaxgmm.gradient.OPTIMIZERS.items() if not v.line_search)
     errors = []
     if settings["batch_size"] is not None and entry.line_search:
@@ -80,6 +100,19 @@ def config_check(settings):
                 "gradient.batch_size (full-batch iterations make one update each)",
             )
         )
+    if not errors:
+        # The optax function's signature: unknown or missing options, a learning rate it
+        # needs (optax.adamw has no default) or cannot take.
+        try:
+            jaxgmm.gradient.make_optimizer(
+                optimizer,
+                settings["learning_rate"],
+                settings["schedule"],
+                settings["max_steps"] * settings["eval_every"],
+                optimizer_options(settings),
+            )
+        except jaxgmm.gradient.OptimizerError as error:
+            errors.append((error.argument, str(error)))
     return errors
 
 
@@ -93,23 +126,33 @@ def check(spec, settings, x):
             "batch_size",
             f"{settings['batch_size']} exceeds the {n_samples} training samples",
         )
-    jaxgmm.gradient.gradient_fitter(
-        spec,
-        settings["optimizer"],
-        learning_rate=settings["learning_rate"],
-        schedule=settings["schedule"],
-        schedule_steps=settings["max_steps"] * settings["eval_every"],
-        batch_size=settings["batch_size"],
-        eval_every=settings["eval_every"],
-        tol=settings["tol"],
-        grad_tol=settings["grad_tol"],
-    )
+    try:
+        jaxgmm.gradient.gradient_fitter(
+            spec,
+            settings["optimizer"],
+            learning_rate=settings["learning_rate"],
+            optimizer_options=optimizer_options(settings),
+            schedule=settings["schedule"],
+            schedule_steps=settings["max_steps"] * settings["eval_every"],
+            batch_size=settings["batch_size"],
+            eval_every=settings["eval_every"],
+            tol=settings["tol"],
+            grad_tol=settings["grad_tol"],
+        )
+    except jaxgmm.gradient.OptimizerError as error:
+        raise SettingError(error.argument, str(error)) from None
 
 
 CONFIG = {
     "optimizer": Field(
-        "lbfgs", "str", one_of(lambda: jaxgmm.gradient.OPTIMIZERS),
-        "optax optimiser: adam, sgd (momentum 0.9) or lbfgs (zoom line search)",
+        "lbfgs", "str", None,
+        "lbfgs (zoom line search), adam, sgd (optax.sgd: no momentum unless optimizer_options "
+        "give one) or any optax optimiser by its optax name (adamw, rmsprop, contrib.prodigy)",
+    ),
+    "optimizer_options": Field(
+        {}, "mapping", None,
+        "keyword arguments of the optax function, checked against its signature "
+        "(e.g. {weight_decay: 1.0e-4} for adamw, {momentum: 0.9} for sgd)",
     ),
     "learning_rate": Field(
         None, "float", greater_than(0),

@@ -6,9 +6,12 @@ from jaxgmm.gradient.fitter import (
     SCHEDULES,
     GradientInfo,
     GradientState,
+    OptimizerError,
     fit_gradient,
     gradient_fitter,
     make_optimizer,
+    optax_optimizer_names,
+    resolve_optimizer,
 )
 from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
 
@@ -17,10 +20,13 @@ __all__ = [
     "SCHEDULES",
     "GradientInfo",
     "GradientState",
+    "OptimizerError",
     "UnconstrainedParams",
     "fit_gradient",
     "from_unconstrained",
     "gradient_fitter",
     "make_optimizer",
+    "optax_optimizer_names",
+    "resolve_optimizer",
     "to_unconstrained",
 ]

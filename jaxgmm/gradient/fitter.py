@@ -21,6 +21,7 @@ iteration started from.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from jaxgmm.fit.driver import FitResult, checked_initial_params, run_fitter
 from jaxgmm.fit.fitter import Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
 from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
+from jaxgmm.model.covariance import get_family
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors import log_prior
@@ -43,12 +45,27 @@ from jaxgmm.priors import log_prior
 # --------------------------------------------------------------------------- registries
 
 
+class OptimizerError(ValueError):
+    """A bad optimiser argument.
+
+    Attributes:
+        argument: the argument at fault: ``"optimizer"``, ``"learning_rate"``,
+            ``"schedule"`` or ``"optimizer_options"`` (the experiment runner names the
+            config key from it).
+    """
+
+    def __init__(self, argument, message):
+        self.argument = argument
+        super().__init__(message)
+
+
 class OptimizerEntry(NamedTuple):
     """A named optimiser.
 
     Attributes:
-        build: ``build(learning_rate, **options) -> optax.GradientTransformation``;
-            ``learning_rate`` is a float, an optax schedule, or None (line search).
+        build: ``build(learning_rate=..., **options) -> optax.GradientTransformation``;
+            ``learning_rate`` is a float, an optax schedule, or None (line search). Its
+            signature is the list of valid options.
         default_learning_rate: used when the caller gives none.
         line_search: whether ``update`` needs ``value``, ``grad`` and ``value_fn``
             (full batch only).
@@ -59,29 +76,41 @@ class OptimizerEntry(NamedTuple):
     line_search: bool
 
 
-def _adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8):
-    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
-
-
-def _sgd(learning_rate, momentum=0.9, nesterov=False):
-    return optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
-
-
-def _lbfgs(learning_rate, memory_size=10, max_linesearch_steps=20):
-    # optax's L-BFGS with its zoom line search (strong Wolfe conditions); with
-    # learning_rate=None the line search alone sets the step.
+def _lbfgs(
+    learning_rate=None,
+    memory_size=10,
+    scale_init_precond=True,
+    linesearch=None,
+    max_linesearch_steps=None,
+):
+    # optax.lbfgs with its default zoom line search (strong Wolfe conditions, initial
+    # guess "one"); max_linesearch_steps rebuilds that line search with another step
+    # budget. With learning_rate=None the line search alone sets the step.
+    if linesearch is not None and max_linesearch_steps is not None:
+        raise OptimizerError(
+            "optimizer_options",
+            "optimizer_options: give lbfgs either linesearch or max_linesearch_steps, not both",
+        )
+    if linesearch is None:
+        linesearch = optax.scale_by_zoom_linesearch(
+            max_linesearch_steps=20 if max_linesearch_steps is None else max_linesearch_steps,
+            initial_guess_strategy="one",
+        )
     return optax.lbfgs(
         learning_rate=learning_rate,
         memory_size=memory_size,
-        linesearch=optax.scale_by_zoom_linesearch(
-            max_linesearch_steps=max_linesearch_steps, initial_guess_strategy="one"
-        ),
+        scale_init_precond=scale_init_precond,
+        linesearch=linesearch,
     )
 
 
+# The names that need no "optax." to be understood, with jaxgmm's default learning rates
+# (optax.adam and optax.sgd have none). Any other optax optimiser is reached by its optax
+# name (see `resolve_optimizer`); these three are optax's own functions too, so a name
+# means exactly what optax's does ("sgd" has no momentum unless options give one).
 OPTIMIZERS = {
-    "adam": OptimizerEntry(_adam, default_learning_rate=0.05, line_search=False),
-    "sgd": OptimizerEntry(_sgd, default_learning_rate=0.01, line_search=False),
+    "adam": OptimizerEntry(optax.adam, default_learning_rate=0.05, line_search=False),
+    "sgd": OptimizerEntry(optax.sgd, default_learning_rate=0.01, line_search=False),
     "lbfgs": OptimizerEntry(_lbfgs, default_learning_rate=None, line_search=True),
 }
 
@@ -98,37 +127,218 @@ SCHEDULES = {
     ),
 }
 
+# Where optax keeps its optimisers: "adamw" is optax.adamw, "contrib.prodigy" is
+# optax.contrib.prodigy.
+_OPTAX_MODULES = {"": optax, "contrib": optax.contrib}
+# An optax optimiser takes a step size; scale_by_* building blocks take one too, but they
+# are not optimisers (their sign conventions differ), so they are not names here.
+_STEP_SIZE_PARAMETERS = ("learning_rate", "max_learning_rate")
+_NO_DEFAULT = inspect.Parameter.empty
 
-def make_optimizer(name, learning_rate=None, schedule=None, schedule_steps=1000, options=()):
-    """Build a named optax optimiser.
+
+def _optax_function(name):
+    """The optax optimiser function called ``name``, or None."""
+    if not isinstance(name, str):
+        return None
+    module_name, _, attr = name.rpartition(".")
+    module = _OPTAX_MODULES.get(module_name)
+    if module is None or attr.startswith(("_", "scale_by_")):
+        return None
+    function = getattr(module, attr, None)
+    if not inspect.isfunction(function):
+        return None
+    if not set(_STEP_SIZE_PARAMETERS) & set(inspect.signature(function).parameters):
+        return None
+    return function
+
+
+@functools.cache
+def optax_optimizer_names():
+    """Every name `resolve_optimizer` understands beyond `OPTIMIZERS`: optax's optimiser
+    functions (``"adamw"``, ``"rmsprop"``, ...) and optax.contrib's (``"contrib.prodigy"``),
+    sorted."""
+    names = []
+    for prefix, module in _OPTAX_MODULES.items():
+        for attr in dir(module):
+            name = f"{prefix}.{attr}" if prefix else attr
+            if _optax_function(name) is not None:
+                names.append(name)
+    return tuple(sorted(names))
+
+
+def _unknown_optimizer(name):
+    hint = ""
+    if isinstance(name, str):
+        close = difflib.get_close_matches(name, list(OPTIMIZERS) + list(optax_optimizer_names()))
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+    elif callable(name) and _optax_function(getattr(name, "__name__", None)) is name:
+        hint = f"; call it to build the optimizer, e.g. optax.{name.__name__}(1e-2)"
+    return OptimizerError(
+        "optimizer",
+        f"optimizer must be one of {sorted(OPTIMIZERS)}, the name of an optax optimizer "
+        f"(optax.<name>, e.g. 'adamw', 'rmsprop'; optax.contrib.<name> as "
+        f"'contrib.<name>'), or an optax GradientTransformation, got {name!r}{hint}",
+    )
+
+
+def resolve_optimizer(name):
+    """The `OptimizerEntry` of an optimiser name.
 
     Args:
-        name: a key of `OPTIMIZERS` (``"adam"``, ``"sgd"``, ``"lbfgs"``).
-        learning_rate: peak learning rate (> 0); default the entry's default
-            (None for ``"lbfgs"``: its line search chooses the step).
-        schedule: None or a key of `SCHEDULES`.
-        schedule_steps: number of optimiser updates the schedule spans.
-        options: dict or (key, value) pairs passed to the builder (e.g.
-            ``momentum`` for sgd, ``memory_size`` for lbfgs).
+        name: a key of `OPTIMIZERS`, or the name of an optax optimiser function:
+            ``"adamw"`` is ``optax.adamw``, ``"contrib.prodigy"`` is
+            ``optax.contrib.prodigy`` (the list: `optax_optimizer_names`).
+
+    Returns:
+        `OptimizerEntry`; for an optax name, ``build`` is the optax function itself and
+        ``default_learning_rate`` its own default (``_NO_DEFAULT`` when it has none).
+
+    Raises:
+        OptimizerError: a name neither knows, with the closest valid one.
     """
-    entry = lookup(OPTIMIZERS, name, "optimizer")
-    lr = entry.default_learning_rate if learning_rate is None else learning_rate
-    if lr is not None:
-        lr = check_positive(lr, "learning_rate")
-    if schedule is not None:
-        make_schedule = lookup(SCHEDULES, schedule, "schedule")
-        if lr is None:
-            raise ValueError(f"schedule={schedule!r} needs a learning_rate for optimizer {name!r}")
-        lr = make_schedule(lr, check_int(schedule_steps, "schedule_steps", 1))
-    options = dict(options)
-    allowed = [p for p in inspect.signature(entry.build).parameters if p != "learning_rate"]
+    if isinstance(name, str) and name in OPTIMIZERS:
+        return OPTIMIZERS[name]
+    function = _optax_function(name)
+    if function is None:
+        raise _unknown_optimizer(name)
+    parameters = inspect.signature(function).parameters
+    default = parameters["learning_rate"].default if "learning_rate" in parameters else None
+    # line_search False: the fitter finds a line search in the state it builds.
+    return OptimizerEntry(function, default_learning_rate=default, line_search=False)
+
+
+def _describe(optimizer):
+    if isinstance(optimizer, str):
+        qualified = f"optax.{optimizer}" if optimizer not in OPTIMIZERS else None
+        return f"{optimizer!r}" + (f" ({qualified})" if qualified else "")
+    return "<optax GradientTransformation>"
+
+
+def _check_options(name, build, options):
+    """``options`` against ``build``'s signature: unknown and missing keywords named."""
+    parameters = inspect.signature(build).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    allowed = [
+        p
+        for p, parameter in parameters.items()
+        if p != "learning_rate" and parameter.kind is not inspect.Parameter.VAR_POSITIONAL
+    ]
+    if "learning_rate" in options:
+        raise OptimizerError(
+            "optimizer_options",
+            "optimizer_options must not hold learning_rate: pass it as learning_rate",
+        )
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
-            f"optimizer_options {unknown} not understood by optimizer {name!r}; "
-            f"valid options: {allowed}"
+        raise OptimizerError(
+            "optimizer_options",
+            f"optimizer_options {unknown} not understood by optimizer {_describe(name)}; "
+            f"valid options: {allowed}",
         )
-    return entry.build(lr, **options)
+    missing = [
+        p
+        for p in allowed
+        if parameters[p].default is _NO_DEFAULT
+        and parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
+        and p not in options
+    ]
+    if missing:
+        raise OptimizerError(
+            "optimizer_options",
+            f"optimizer {_describe(name)} needs optimizer_options {missing} (no default)",
+        )
+
+
+def make_optimizer(name, learning_rate=None, schedule=None, schedule_steps=1000, options=()):
+    """Build an optax optimiser from its name, or check an optax object.
+
+    Args:
+        name: a key of `OPTIMIZERS` (``"lbfgs"``, ``"adam"``, ``"sgd"``), the name of any
+            optax optimiser (``"adamw"``, ``"rmsprop"``, ``"contrib.prodigy"``; see
+            `resolve_optimizer`), or an ``optax.GradientTransformation`` (returned as it
+            is: it carries its own learning rate, so the other arguments must be unset).
+        learning_rate: peak learning rate (> 0); default: 0.05 for adam, 0.01 for sgd,
+            None for lbfgs (its line search chooses the step), optax's own default for
+            another optax name (an error where optax has none).
+        schedule: None or a key of `SCHEDULES`.
+        schedule_steps: number of optimiser updates the schedule spans.
+        options: dict or (key, value) pairs of the optax function's keyword arguments
+            (e.g. ``momentum`` for sgd, ``weight_decay`` for adamw; for lbfgs also
+            ``max_linesearch_steps``), checked against its signature.
+
+    Raises:
+        OptimizerError (a ValueError): an unknown name, an option the function does not
+        take, a missing learning rate; ``argument`` names the argument at fault.
+    """
+    options = dict(options)
+    if isinstance(name, optax.GradientTransformation):
+        given = [
+            argument
+            for argument, value in (
+                ("learning_rate", learning_rate),
+                ("schedule", schedule),
+                ("optimizer_options", options or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise OptimizerError(
+                given[0],
+                f"{', '.join(given)} apply to an optimizer given by name; an optax "
+                "GradientTransformation carries its own (build it with them, or pass a "
+                "schedule to its learning_rate)",
+            )
+        return name
+    entry = resolve_optimizer(name)
+    takes_learning_rate = "learning_rate" in inspect.signature(entry.build).parameters
+    if not takes_learning_rate and (learning_rate is not None or schedule is not None):
+        argument = "learning_rate" if learning_rate is not None else "schedule"
+        raise OptimizerError(
+            argument,
+            f"optimizer {_describe(name)} takes no learning_rate (it sets its own step), "
+            f"so {argument} does not apply",
+        )
+    lr = entry.default_learning_rate if learning_rate is None else learning_rate
+    if lr is _NO_DEFAULT:
+        raise OptimizerError(
+            "learning_rate",
+            f"optimizer {_describe(name)} needs a learning_rate (optax has no default for it)",
+        )
+    if lr is not None and learning_rate is not None:
+        try:
+            lr = check_positive(lr, "learning_rate")
+        except ValueError as error:
+            raise OptimizerError("learning_rate", str(error)) from None
+    if schedule is not None:
+        try:
+            make_schedule = lookup(SCHEDULES, schedule, "schedule")
+        except ValueError as error:
+            raise OptimizerError("schedule", str(error)) from None
+        if lr is None:
+            raise OptimizerError(
+                "schedule",
+                f"schedule={schedule!r} needs a learning_rate for optimizer {_describe(name)}",
+            )
+        lr = make_schedule(lr, check_int(schedule_steps, "schedule_steps", 1))
+    _check_options(name, entry.build, options)
+    if takes_learning_rate:
+        options["learning_rate"] = lr
+    try:
+        built = entry.build(**options)
+    except OptimizerError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise OptimizerError(
+            "optimizer_options",
+            f"optimizer {_describe(name)} refused its options {dict(options)}: {error}",
+        ) from None
+    if not isinstance(built, optax.GradientTransformation):
+        raise OptimizerError(
+            "optimizer",
+            f"optimizer {_describe(name)} did not build an optax GradientTransformation",
+        )
+    return built
 
 
 # --------------------------------------------------------------------------- objective
@@ -212,7 +422,7 @@ class GradientInfo(NamedTuple):
 
 def gradient_fitter(
     spec,
-    optimizer: str = "lbfgs",
+    optimizer="lbfgs",
     *,
     learning_rate: float | None = None,
     schedule: str | None = None,
@@ -225,15 +435,27 @@ def gradient_fitter(
 ) -> Fitter:
     """The gradient `Fitter` for ``spec`` (ML, or MAP when ``spec.prior`` is set).
 
-    Cached on its (hashable) arguments, so repeated fits reuse compiled code.
+    Cached on its arguments, so repeated fits reuse compiled code. An optax object is
+    hashed by identity: passing the same object again reuses the compiled fit, while a
+    new one (even ``optax.adam(0.1)`` built again) compiles afresh.
 
     Args:
         spec: `GMMSpec`.
-        optimizer: a key of `OPTIMIZERS`.
-        learning_rate, schedule, schedule_steps, optimizer_options: see `make_optimizer`.
+        optimizer: a name (a key of `OPTIMIZERS`, or any optax optimiser: ``"adamw"``,
+            ``"contrib.prodigy"``; see `make_optimizer`) or any
+            ``optax.GradientTransformation`` (a chain, an optax.contrib optimiser, one
+            whose update takes extra arguments such as ``optax.lbfgs()``). An update
+            that takes extra arguments (``optax.GradientTransformationExtraArgs``)
+            receives ``value`` (the loss minimised: minus the objective per sample),
+            ``grad`` (its gradient) and ``value_fn`` (the loss as a function of the
+            `UnconstrainedParams`): what optax's line searches, ``polyak_sgd`` and
+            ``contrib.reduce_on_plateau`` read.
+        learning_rate, schedule, schedule_steps, optimizer_options: see `make_optimizer`
+            (names only).
         batch_size: None for full-batch gradients, else the minibatch size; each
             iteration then makes ``eval_every`` updates on minibatches drawn without
             replacement from a fresh permutation of the data (from the step's key).
+            Refused for an optimiser with a line search (found in its state).
         eval_every: optimiser updates per iteration in minibatch mode (the full-data
             log-likelihood, objective and gradient norm are evaluated once per
             iteration, before its updates). Must be 1 in full-batch mode.
@@ -248,24 +470,25 @@ def gradient_fitter(
     ``"warmup_cosine"``, a line search that found no decrease) is not convergence: the
     tolerance test skips the change across it, and `STALL_PATIENCE` such steps in a row
     end the fit with status ``"stalled"``.
+
+    Raises:
+        OptimizerError (a ValueError): a bad optimiser argument, or an optimiser that
+        cannot update jaxgmm's parameters (tried on abstract arrays, nothing runs).
+        ValueError: other bad arguments.
     """
     options = tuple(sorted(dict(optimizer_options or {}).items()))
     try:
         hash(options)
     except TypeError:
-        raise ValueError("optimizer_options values must be hashable (numbers, strings)") from None
+        raise OptimizerError(
+            "optimizer_options", "optimizer_options values must be hashable (numbers, strings)"
+        ) from None
     if schedule is None:
         schedule_steps = 1  # unused: keep one cache entry whatever the caller passed
     # Validate eagerly so bad input fails here, not inside jit.
     make_optimizer(optimizer, learning_rate, schedule, schedule_steps, options)
     if batch_size is not None:
         batch_size = check_int(batch_size, "batch_size", 1)
-        if OPTIMIZERS[optimizer].line_search:
-            raise ValueError(
-                f"optimizer={optimizer!r} uses a line search and needs full-batch gradients; "
-                f"use batch_size=None, or a stochastic optimizer "
-                f"{sorted(k for k, v in OPTIMIZERS.items() if not v.line_search)}"
-            )
     eval_every = check_int(eval_every, "eval_every", 1)
     if batch_size is None and eval_every != 1:
         raise ValueError(
@@ -285,6 +508,78 @@ def gradient_fitter(
     )
 
 
+def _update(opt, grads, opt_state, u, value, value_fn):
+    """One optax update of the loss (minus the objective): extra arguments go to an update
+    that takes them, as optax's line searches need."""
+    if isinstance(opt, optax.GradientTransformationExtraArgs):
+        return opt.update(grads, opt_state, u, value=value, grad=grads, value_fn=value_fn)
+    return opt.update(grads, opt_state, u)
+
+
+_LINE_SEARCH_STATES = (optax.ScaleByZoomLinesearchState, optax.ScaleByBacktrackingLinesearchState)
+
+
+def _reusable_line_search_state(opt_state):
+    """The state of a line search that is the optimiser's last transformation and stored
+    the loss and gradient at the point it moved to, or None.
+
+    Only then is that value the loss at the next iterate (`optax.value_and_grad_from_state`
+    may reuse it); a transformation after the line search would change the step. A chain's
+    state is the tuple of its transformations' states, so the last one is followed down.
+    """
+    node = opt_state
+    while type(node) is tuple and node:  # a chain's tuple, not a NamedTuple state
+        node = node[-1]
+    if isinstance(node, _LINE_SEARCH_STATES) and node.grad is not None:
+        return node
+    return None
+
+
+def _linesearch_steps(opt_state):
+    found = optax.tree.get_all_with_path(opt_state, "num_linesearch_steps")
+    return sum((jnp.asarray(value, jnp.int32) for _, value in found), jnp.int32(0))
+
+
+def _probe(opt, spec, describe):
+    """Run ``init`` and one update on abstract `UnconstrainedParams` of ``spec``'s shapes
+    (nothing is computed) and return the abstract optimiser state; an optimiser that
+    cannot update these parameters is an `OptimizerError` here rather than a traceback
+    from inside the compiled fit."""
+    k, d = spec.n_components, 2  # the state's structure does not depend on n_features
+    cov_shape = get_family(spec.covariance_type).prec_chol_shape(k, d)
+    u = UnconstrainedParams(
+        logits=jax.ShapeDtypeStruct((k,), jnp.float32),
+        means=jax.ShapeDtypeStruct((k, d), jnp.float32),
+        cov_factor=jax.ShapeDtypeStruct(cov_shape, jnp.float32),
+    )
+
+    def loss(v):
+        return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(v))
+
+    def one_update(v):
+        opt_state = opt.init(v)
+        value, grads = jax.value_and_grad(loss)(v)
+        updates, opt_state = _update(opt, grads, opt_state, v, value, loss)
+        return optax.apply_updates(v, updates), opt_state
+
+    try:
+        moved, opt_state = jax.eval_shape(one_update, u)
+    except Exception as error:  # any failure of a user's optimiser: name it, say why
+        raise OptimizerError(
+            "optimizer",
+            f"optimizer {describe} cannot update jaxgmm's parameters (an UnconstrainedParams "
+            f"of arrays; its update gets grads, state, params, value=, grad=, value_fn=): "
+            f"{type(error).__name__}: {error}",
+        ) from None
+    if jax.tree.structure(moved) != jax.tree.structure(u) or any(
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(u), strict=True)
+    ):
+        raise OptimizerError(
+            "optimizer", f"optimizer {describe} returned updates that do not match the parameters"
+        )
+    return opt_state
+
+
 # Bounded: the same arguments must give the same Fitter (the driver's compile cache is
 # keyed by it), but a fitter holds no executable of its own, so an evicted one only costs
 # a recompile if it is built again.
@@ -302,7 +597,16 @@ def _gradient_fitter(
     grad_tol,
 ):
     opt = make_optimizer(optimizer, learning_rate, schedule, schedule_steps, options)
-    line_search = OPTIMIZERS[optimizer].line_search
+    describe = _describe(optimizer)
+    probe_state = _probe(opt, spec, describe)
+    line_search = bool(optax.tree.get_all_with_path(probe_state, "num_linesearch_steps"))
+    if batch_size is not None and line_search:
+        stochastic = sorted(k for k, v in OPTIMIZERS.items() if not v.line_search)
+        raise OptimizerError(
+            "optimizer",
+            f"optimizer {describe} uses a line search and needs full-batch gradients; "
+            f"use batch_size=None, or a stochastic optimizer (e.g. {stochastic})",
+        )
 
     def init(key, params, x):
         del key, x  # deterministic; the optimiser state depends on the parameters only
@@ -331,20 +635,15 @@ def _gradient_fitter(
     def full_batch_step(key, state, x):
         del key  # deterministic
         loss = lambda u: -objective(u, x, spec)  # optax minimises
-        if line_search:
-            neg_value, neg_grad = optax.value_and_grad_from_state(loss)(
-                state.u, state=state.opt_state
-            )
-            updates, opt_state = opt.update(
-                neg_grad, state.opt_state, state.u, value=neg_value, grad=neg_grad, value_fn=loss
-            )
-            linesearch_steps = optax.tree.get(opt_state, "num_linesearch_steps")
+        stored = _reusable_line_search_state(state.opt_state)
+        if stored is not None:
+            neg_value, neg_grad = optax.value_and_grad_from_state(loss)(state.u, state=stored)
         else:
             neg_value, neg_grad = jax.value_and_grad(loss)(state.u)
-            updates, opt_state = opt.update(neg_grad, state.opt_state, state.u)
-            linesearch_steps = 0
+        updates, opt_state = _update(opt, neg_grad, state.opt_state, state.u, neg_value, loss)
         value = -neg_value
-        info = make_info(state, x, value, neg_grad, linesearch_steps, value)
+        steps = _linesearch_steps(opt_state) if line_search else 0
+        info = make_info(state, x, value, neg_grad, steps, value)
         return GradientState(u=optax.apply_updates(state.u, updates), opt_state=opt_state), info
 
     def minibatch_step(key, state, x):
@@ -357,10 +656,9 @@ def _gradient_fitter(
         def update(i, carry):
             u, opt_state, total = carry
             rows = jnp.take(order, (i * batch_size + jnp.arange(batch_size)) % n_samples)
-            neg_value, neg_grad = jax.value_and_grad(
-                lambda v: -objective(v, x[rows], spec, n_total=n_samples)
-            )(u)
-            updates, opt_state = opt.update(neg_grad, opt_state, u)
+            loss = lambda v: -objective(v, x[rows], spec, n_total=n_samples)
+            neg_value, neg_grad = jax.value_and_grad(loss)(u)
+            updates, opt_state = _update(opt, neg_grad, opt_state, u, neg_value, loss)
             return optax.apply_updates(u, updates), opt_state, total - neg_value
 
         u, opt_state, total = lax.fori_loop(
@@ -374,7 +672,7 @@ def _gradient_fitter(
     else:
         tol, tol_ulps = (tol if tol > 0 else None), 0.0  # tol=0 turns the test off
     return Fitter(
-        name=f"gradient_{optimizer}",
+        name=f"gradient_{optimizer if isinstance(optimizer, str) else 'optax'}",
         bound_name="log_likelihood" if spec.prior is None else "log_posterior",
         init=init,
         step=full_batch_step if batch_size is None else minibatch_step,
@@ -396,7 +694,7 @@ def fit_gradient(
     *,
     init: str | GMMParams = "kmeans",
     n_init: int = 1,
-    optimizer: str = "lbfgs",
+    optimizer="lbfgs",
     learning_rate: float | None = None,
     schedule: str | None = None,
     optimizer_options=None,
@@ -420,10 +718,18 @@ def fit_gradient(
             (optionally batched with a leading restart axis) -- the same parameters can
             start EM and gradient fits.
         n_init: restarts when ``init`` is a name; run vectorised, best kept.
-        optimizer: a key of `OPTIMIZERS` (``"lbfgs"``, ``"adam"``, ``"sgd"``).
-        learning_rate: peak learning rate (default per optimizer; none for lbfgs).
-        schedule: None or a key of `SCHEDULES`, spanning all optimiser updates of the run.
-        optimizer_options: dict of extra builder options (see `make_optimizer`).
+        optimizer: a name -- ``"lbfgs"``, ``"adam"``, ``"sgd"`` (exactly optax's: no
+            momentum unless ``optimizer_options={"momentum": 0.9}``) or any optax
+            optimiser (``"adamw"``, ``"contrib.prodigy"``) -- or an
+            ``optax.GradientTransformation`` such as
+            ``optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-2))``
+            (see `gradient_fitter`; the same object reuses the compiled fit).
+        learning_rate: peak learning rate (default per optimizer; none for lbfgs);
+            names only.
+        schedule: None or a key of `SCHEDULES`, spanning all optimiser updates of the
+            run; names only.
+        optimizer_options: dict of the optax function's keyword arguments (see
+            `make_optimizer`); names only.
         max_steps: maximum iterations (the driver's ``max_iter``); an iteration is one
             update in full batch, ``eval_every`` updates in minibatch mode.
         tol: stop when the objective per sample changes by less than ``tol`` (0: off;

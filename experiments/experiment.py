@@ -363,6 +363,7 @@ def _run(config, source, progress, animate, show_progress):
     )
 
     rows, traces, history, posterior, results = {}, {}, {}, {}, {}
+    inference_data = {}  # method -> ArviZ InferenceData, one netCDF group each
     for name in config["methods"]:
         name_spec, prior_label = specs[name]
         context = MethodContext(
@@ -376,6 +377,7 @@ def _run(config, source, progress, animate, show_progress):
             x_test=x_test,
             show_progress=show_progress,
             select=config["init"]["select"],
+            feature_names=tuple(train.feature_names),
         )
         result: MethodResult = METHODS[name].run(context)
         results[name] = result
@@ -398,6 +400,8 @@ def _run(config, source, progress, animate, show_progress):
             history[f"{name}/{key}"] = np.asarray(value)
         for key, value in (result.posterior or {}).items():
             posterior[f"{name}/{key}"] = np.asarray(value)
+        if result.inference_data is not None:
+            inference_data[name] = result.inference_data
 
     data_npz = {
         "x_train": np.asarray(train.x),
@@ -459,6 +463,8 @@ def _run(config, source, progress, animate, show_progress):
         files["history.npz"] = ("npz", history)
     if posterior:
         files["posterior.npz"] = ("npz", posterior)
+    if inference_data:
+        files["posterior.nc"] = ("netcdf", inference_data)
     if grid_rows is not None:
         metrics["model_selection"] = model_selection_summary(grid_rows)
         files["model_selection.csv"] = ("rows", grid_rows)

@@ -66,6 +66,9 @@ EXTRA_COLUMNS = (
     ("plug_in_log_likelihood", "plug-in ll (posterior mean)", ".5f"),
     ("posterior_mean_log_likelihood", "E[ll | X]", ".5f"),
     ("log_predictive_density_test", "held-out log pred. density", ".5f"),
+    ("elpd_loo", "elpd LOO", ".5f"),
+    ("pareto_k_over_0.7", "Pareto k > 0.7", "d"),
+    ("elpd_waic", "elpd WAIC", ".5f"),
     ("active_components", "active components", ""),
     ("largest_inactive_weight", "largest inactive E[weight]", ".2e"),
 )

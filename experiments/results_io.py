@@ -12,6 +12,8 @@ Files of a run:
   ``labels_train``).
 - ``data.npz``: the (preprocessed) training and held-out data, labels, true parameters.
 - ``history.npz`` (with --animate): every EM iterate; ``posterior.npz``: posterior draws.
+- ``posterior.nc`` (NUTS, SVI, when ArviZ is installed): each method's ArviZ
+  ``InferenceData`` in the netCDF group named after it (`read_inference_data`).
 - ``model_selection.csv`` (with a model_selection grid).
 - figures: ``*.png`` (and ``em_animation.gif``).
 
@@ -117,6 +119,35 @@ def read_npz(path):
         return {key: data[key] for key in data.files}
 
 
+def write_inference_data(path, datasets):
+    """Write ArviZ ``InferenceData`` objects, dict method -> idata, into one netCDF file
+    (each under the group named after its method), atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        for i, (method, idata) in enumerate(datasets.items()):
+            idata.to_netcdf(tmp, base_group=method, overwrite_existing=i == 0)
+        umask = os.umask(0)  # mkstemp made it 0600; the usual 0666 minus the umask
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_inference_data(path, method):
+    """One method's ArviZ ``InferenceData`` from a run folder's ``posterior.nc`` (``path``:
+    the run folder or the file). Needs ArviZ (``pip install 'jaxgmm[arviz]'``)."""
+    from jaxgmm.bayes.inference_data import import_arviz  # lazy: only this needs ArviZ
+
+    path = Path(path)
+    path = path / "posterior.nc" if path.is_dir() else path
+    return import_arviz().InferenceData.from_netcdf(str(path), base_group=method)
+
+
 def write_traces(path, traces):
     """traces: dict method -> dict with iteration, log_likelihood, bound, elapsed_s arrays
     and bound_name."""
@@ -180,7 +211,8 @@ def write_run(folder, files):
         folder: an existing folder (e.g. the one `staging_folder` yields).
         files: dict file name -> (kind, payload), kind one of "text" (str), "json"
             (JSON-able dict), "npz" (dict of arrays), "traces" (see `write_traces`) and
-            "rows" (model-selection rows, written with `MODEL_SELECTION_COLUMNS`); written
+            "rows" (model-selection rows, written with `MODEL_SELECTION_COLUMNS`) and
+            "netcdf" (dict method -> ArviZ InferenceData, see `write_inference_data`); written
             in order, so ``metrics.json`` goes last and its presence marks a complete run.
     """
     folder = Path(folder)
@@ -196,6 +228,8 @@ def write_run(folder, files):
             write_traces(path, payload)
         elif kind == "rows":
             write_rows_csv(path, payload, MODEL_SELECTION_COLUMNS)
+        elif kind == "netcdf":
+            write_inference_data(path, payload)
         else:  # pragma: no cover - programming error
             raise ValueError(kind)
 

@@ -275,3 +275,27 @@ def test_bad_x_is_named(nuts_run):
         result.to_inference_data(x / 60.0)
     with pytest.raises(ValueError, match="feature_names must have 2 entries"):
         result.to_inference_data(x, feature_names=["a"])
+
+
+@needs_arviz
+def test_runner_loo_waic_and_posterior_nc(nuts_run, svi_run, tmp_path):
+    """The runner's LOO/WAIC extras are ArviZ's totals per sample; posterior.nc holds one
+    netCDF group per method and reads back."""
+    from experiments import results_io
+    from experiments.methods.nuts import loo_waic
+
+    _, _, k2 = nuts_run
+    _, _, k3 = svi_run
+    extra = loo_waic(k2)
+    loo = az.loo(k2, pointwise=True)
+    np.testing.assert_allclose(extra["elpd_loo"] * 272, loo.elpd_loo)
+    np.testing.assert_allclose(extra["p_loo_total"], loo.p_loo)
+    assert extra["pareto_k_over_0.7"] == int(np.sum(loo.pareto_k.values > 0.7))
+    results_io.write_inference_data(tmp_path / "posterior.nc", {"nuts": k2, "svi": k3})
+    for method, idata in (("nuts", k2), ("svi", k3)):
+        back = results_io.read_inference_data(tmp_path, method)
+        np.testing.assert_array_equal(
+            back.posterior["means"].values, idata.posterior["means"].values
+        )
+        assert back.posterior.attrs["jaxgmm_fitter"] == idata.posterior.attrs["jaxgmm_fitter"]
+    assert [p.name for p in tmp_path.iterdir()] == ["posterior.nc"]  # no temporary left

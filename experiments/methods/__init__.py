@@ -64,6 +64,7 @@ class MethodContext:
         show_progress: whether progress is shown (for libraries with their own bars).
         select: the config's ``init.select``, the rule that picks the restart reported
             (``run_fitter(select=...)``): "non_degenerate" or "likelihood".
+        feature_names: the training data's column names (for ArviZ coordinates).
     """
 
     key: Any
@@ -76,6 +77,7 @@ class MethodContext:
     x_test: Any = None
     show_progress: bool = False
     select: str = "non_degenerate"
+    feature_names: tuple = ()
 
 
 @dataclasses.dataclass
@@ -106,6 +108,8 @@ class MethodResult:
             ``log_likelihood`` (S,) per sample.
         history: None or a dict with ``weights`` (T+1, K), ``means`` (T+1, K, D),
             ``covariances`` (T+1, ...) of every iterate, when record_history is set.
+        inference_data: None, or the method's ArviZ ``InferenceData`` (NUTS, SVI, when
+            ArviZ is installed); the runner writes it to ``posterior.nc``.
     """
 
     params: Any | None
@@ -125,6 +129,7 @@ class MethodResult:
     extra: dict = dataclasses.field(default_factory=dict)
     posterior: dict | None = None
     history: dict | None = None
+    inference_data: Any | None = None
 
 
 @dataclasses.dataclass(frozen=True)

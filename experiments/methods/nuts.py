@@ -20,12 +20,17 @@ What it reports:
   the log-likelihood (NumPyro's split r-hat and ESS), ``r_hat_log_likelihood``,
   ``divergences``, ``plug_in_log_likelihood`` (train, at the posterior mean),
   ``log_predictive_density_test`` (held-out log posterior predictive density per sample,
-  log-mean-exp over draws) when there is a test split, and the settings.
+  log-mean-exp over draws) when there is a test split, and the settings; with ArviZ
+  installed (and ``inference_data``), PSIS-LOO and WAIC from the run's ``InferenceData``
+  (see `loo_waic`).
+- ``inference_data``: the ArviZ ``InferenceData`` (`jaxgmm.bayes.NUTSResult.to_inference_data`:
+  relabelled draws, sample stats, pointwise log-likelihood), written to ``posterior.nc``.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +39,7 @@ import numpy as np
 import jaxgmm
 from experiments.config_engine import Field, at_least, in_interval, one_of
 from experiments.methods import Method, MethodResult
+from jaxgmm.bayes.inference_data import import_arviz
 
 
 def best_restart(init_params, x, spec):
@@ -48,6 +54,45 @@ def _nanextreme(summary, key, fn):
     values = np.concatenate(values)
     values = values[np.isfinite(values)]
     return float(fn(values)) if values.size else None
+
+
+def arviz_or_none():
+    """The ``arviz`` module, or None when it is not installed (posterior.nc is optional)."""
+    try:
+        return import_arviz()
+    except ImportError:
+        return None
+
+
+def loo_waic(idata):
+    """PSIS-LOO and WAIC of an ``InferenceData`` with a pointwise log-likelihood group, by
+    ArviZ (``az.loo``, ``az.waic``), as ``extra`` entries.
+
+    ``elpd_loo``, ``elpd_loo_se``, ``elpd_waic``, ``elpd_waic_se`` per sample (the totals
+    divided by n); ``p_loo_total``, ``p_waic_total``: effective numbers of parameters
+    (totals); ``pareto_k_max`` and ``pareto_k_over_0.7`` (how many points' PSIS is
+    unreliable); ``loo_warning`` / ``waic_warning``: ArviZ's flags (its warnings are
+    recorded here, not printed).
+    """
+    az = import_arviz()
+    n = idata.log_likelihood.sizes["observation"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the flags below carry them
+        loo = az.loo(idata, pointwise=True)
+        waic = az.waic(idata)
+    pareto_k = np.asarray(loo.pareto_k)
+    return {
+        "elpd_loo": float(loo.elpd_loo) / n,
+        "elpd_loo_se": float(loo.se) / n,
+        "p_loo_total": float(loo.p_loo),
+        "pareto_k_max": float(np.max(pareto_k)),
+        "pareto_k_over_0.7": int(np.sum(pareto_k > 0.7)),
+        "loo_warning": bool(loo.warning),
+        "elpd_waic": float(waic.elpd_waic) / n,
+        "elpd_waic_se": float(waic.se) / n,
+        "p_waic_total": float(waic.p_waic),
+        "waic_warning": bool(waic.warning),
+    }
 
 
 def run(context):
@@ -101,6 +146,10 @@ def run(context):
         extra["log_predictive_density_test"] = jaxgmm.bayes.log_predictive_density(
             context.x_test, flat, result.spec
         )
+    idata = None
+    if settings["inference_data"] and arviz_or_none() is not None:
+        idata = result.to_inference_data(x, feature_names=context.feature_names or None)
+        extra.update(loo_waic(idata))
     r_hat = extra["r_hat_max"]
     posterior_mean = jax.tree_util.tree_map(np.asarray, result.posterior_mean)
     return MethodResult(
@@ -124,6 +173,7 @@ def run(context):
             "log_joint": log_joint,
             "chain": np.repeat(np.arange(n_chains), n_draws),
         },
+        inference_data=idata,
     )
 
 
@@ -141,6 +191,11 @@ CONFIG = {
     ),
     "dense_mass": Field(False, "bool", None, "adapt a dense mass matrix (else diagonal)"),
     "max_tree_depth": Field(10, "int", at_least(1), "NUTS maximum tree depth"),
+    "inference_data": Field(
+        True, "bool", None,
+        "with ArviZ installed: the draws' InferenceData in posterior.nc, and LOO/WAIC from it "
+        "(the pointwise log-likelihood holds chains x draws x n_train values)",
+    ),
 }  # fmt: skip
 
 

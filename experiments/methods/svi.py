@@ -8,18 +8,23 @@ sample: the ELBO (``bound_name="elbo"``), or for ``auto_delta`` the log joint
 log p(X, theta) / N (``"log_joint"``, the MAP objective). ``extra`` holds the final ELBO
 from ``n_eval_samples`` fresh guide draws with its Monte Carlo standard error and, from
 independent draws, the importance-sampling estimate of log p(X) per sample, which the
-ELBO must lie below (``elbo_below_is``).
+ELBO must lie below (``elbo_below_is``). With ArviZ installed, ``posterior_draws`` draws
+of the guide (not for ``auto_delta``, a point mass) make the method's ``InferenceData``
+(`jaxgmm.bayes.SVIResult.to_inference_data`, one chain), written to ``posterior.nc``, and its
+PSIS-LOO and WAIC go into ``extra`` (`experiments.methods.nuts.loo_waic`).
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
 import numpy as np
 
 import jaxgmm
 from experiments.config_engine import Field, at_least, greater_than, one_of
 from experiments.methods import Method, refuse_without_map, result_from_fit
+from experiments.methods.nuts import arviz_or_none, loo_waic
 
 
 def _postfix(infos):
@@ -63,7 +68,18 @@ def run(context):
     }
     if not point:
         extra["elbo_below_is"] = bool(result.elbo <= result.log_marginal_is)
-    return result_from_fit(result.fit, point_estimate=point, extra=extra)
+    idata = None
+    if not point and settings["posterior_draws"] > 0 and arviz_or_none() is not None:
+        idata = result.to_inference_data(
+            jax.random.fold_in(context.key, 1),  # fit_svi split context.key itself
+            context.x,
+            num_samples=settings["posterior_draws"],
+            feature_names=context.feature_names or None,
+        )
+        extra.update(loo_waic(idata))
+    method_result = result_from_fit(result.fit, point_estimate=point, extra=extra)
+    method_result.inference_data = idata
+    return method_result
 
 
 def _check(spec, settings, x):
@@ -98,6 +114,11 @@ CONFIG = {
     "n_eval_samples": Field(
         1000, "int", at_least(1),
         "guide draws for the final ELBO and, independently, the importance-sampling log p(X)",
+    ),
+    "posterior_draws": Field(
+        1000, "int", at_least(0),
+        "with ArviZ installed: guide draws for posterior.nc and LOO/WAIC (0: none; "
+        "auto_delta: none, a point mass)",
     ),
 }  # fmt: skip
 

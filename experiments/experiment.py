@@ -36,7 +36,13 @@ import numpy as np
 import jaxgmm
 from experiments import results_io
 from experiments.config import ConfigError, apply_overrides, dump_config, load_config, validate
-from experiments.evaluation import covariances, evaluate, model_selection, model_selection_summary
+from experiments.evaluation import (
+    bic_best_model,
+    covariances,
+    evaluate,
+    model_selection,
+    model_selection_summary,
+)
 from experiments.methods import (
     DEFAULT_PRIOR,
     METHODS,
@@ -416,9 +422,11 @@ def _run(config, source, progress, animate, show_progress):
         for key, value in train.true_params.items():
             data_npz[f"true/{key}"] = np.asarray(value)
 
-    grid_rows = None
+    grid_rows, grid_fits = None, {}
     if config["model_selection"]["n_components"] is not None:
-        grid_rows = model_selection(config, x_train, x_test, jax.random.fold_in(root, 2), progress)
+        grid_rows = model_selection(
+            config, x_train, x_test, jax.random.fold_in(root, 2), progress, fits=grid_fits
+        )
 
     metrics = {
         "name": config["name"],
@@ -466,8 +474,10 @@ def _run(config, source, progress, animate, show_progress):
     if inference_data:
         files["posterior.nc"] = ("netcdf", inference_data)
     if grid_rows is not None:
-        metrics["model_selection"] = model_selection_summary(grid_rows)
+        best_model, best_files = bic_best_model(grid_rows, grid_fits, x_train, x_test)
+        metrics["model_selection"] = model_selection_summary(grid_rows, best_model)
         files["model_selection.csv"] = ("rows", grid_rows)
+        files.update(best_files)
     files["metrics.json"] = ("json", metrics)  # last: its presence marks a complete run
     return ExperimentResult(
         config=config, metrics=metrics, results=results, files=files, animate=animate

@@ -13,6 +13,9 @@ history.npz, posterior.npz; never refits. Figures (PNG, written atomically):
   log-likelihood per sample, its trace per chain, and the relabelled means next to every
   method's estimates. Sampled methods are left out of ``convergence.png``.
 - ``model_selection.png``: BIC/AIC and held-out log-likelihood over the grid.
+- ``model_selection_best.png``: the BIC-best grid cell's clusters (its fit, from
+  model_selection.npz); ``uncertainty.png``: its classification uncertainty per point
+  (uncertainty.csv), mclust-style, and the sorted uncertainties.
 - ``em_animation.gif``: EM's ellipses over iterations (only when history.npz exists).
 """
 
@@ -448,6 +451,144 @@ def plot_model_selection(run, path):
     _save(fig, path)
 
 
+# ------------------------------------------------- model selection: the BIC-best model
+
+
+def _best_model(run):
+    """(entry, params) of the BIC-best grid cell: ``bic_best_model`` of metrics.json and
+    the ``best_bic/...`` arrays of model_selection.npz; None when the run has neither."""
+    entry = (run.metrics.get("model_selection") or {}).get("bic_best_model")
+    arrays = results_io.group(results_io.read_npz(run.folder / "model_selection.npz"), "best_bic")
+    if not entry or not arrays:
+        return None
+    return entry, arrays
+
+
+def _read_uncertainty(path):
+    """{split: (index (n,), label (n,), uncertainty (n,))} of an uncertainty.csv."""
+    import csv
+
+    parts = {}
+    with Path(path).open(newline="") as f:
+        for row in csv.DictReader(f):
+            part = parts.setdefault(row["split"], ([], [], []))
+            part[0].append(int(row["index"]))
+            part[1].append(int(row["label"]))
+            part[2].append(float(row["uncertainty"]))
+    return {k: tuple(np.asarray(a) for a in v) for k, v in parts.items()}
+
+
+def _best_title(run, entry):
+    from experiments.summary import mclust_name
+
+    cov, k = entry["covariance_type"], entry["n_components"]
+    name = mclust_name(cov, run.data["x_train"].shape[1])
+    return f"BIC-best model: {cov} ({name}), K={k}, BIC {entry['bic']:.2f} (lower is better)"
+
+
+def plot_best_model(run, path):
+    """The BIC-best grid cell's clusters: the training data coloured by hard assignment,
+    1- and 2-sigma ellipses (1-D: component densities over a histogram)."""
+    entry, p = _best_model(run)
+    x = run.data["x_train"]
+    k = entry["n_components"]
+    covs = _full(p["covariances"], entry["covariance_type"], k, x.shape[1])
+    labels = p["labels_train"]
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    sizes = ", ".join(f"{s}" for s in entry["cluster_sizes"])
+    weights = ", ".join(f"{w:.3f}" for w in entry["weights"])
+    if x.shape[1] == 1:
+        grid = np.linspace(x.min() - 0.1 * np.ptp(x), x.max() + 0.1 * np.ptp(x), 600)
+        heights, _, _ = ax.hist(x[:, 0], bins=40, density=True, color="0.85", label="data")
+        comps = _component_densities(grid, p["weights"], p["means"], covs)
+        ax.plot(grid, comps.sum(0), color="black", lw=3, alpha=0.35, label="mixture")
+        for j in range(k):
+            ax.plot(grid, comps[j], color=COLORS[j % len(COLORS)], lw=1.4, label=f"component {j}")
+        ax.set_ylim(0, 1.35 * heights.max())
+        ax.set(xlabel=_feature_names(run)[0], ylabel="density")
+        ax.legend(fontsize=8)
+    else:
+        pair, names = _feature_pair(run)
+        colors = np.asarray(COLORS)[np.asarray(labels) % len(COLORS)]
+        ax.scatter(x[:, pair[0]], x[:, pair[1]], s=10, c=colors, alpha=0.6, linewidths=0)
+        _ellipses(ax, np.asarray(p["means"]), covs, pair, k)
+        ax.set(xlabel=names[pair[0]], ylabel=names[pair[1]])
+        from matplotlib.lines import Line2D
+
+        ax.legend(
+            handles=[
+                Line2D([], [], color="black", ls="-", label="1 sigma"),
+                Line2D([], [], color="black", ls="--", label="2 sigma"),
+                Line2D([], [], color="black", marker="x", ls="", label="mean"),
+            ],
+            fontsize=8, loc="best",
+        )  # fmt: skip
+    ax.set_title(
+        f"{run.metrics['name']}: {run.metrics['data']['dataset']}, training data coloured by "
+        f"assigned component\n{_best_title(run, entry)}\ncluster sizes {sizes}; "
+        f"weights {weights}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_uncertainty(run, path):
+    """mclust's uncertainty plot for the BIC-best model: the training data on the plotted
+    feature pair, each point's size and colour growing with its classification
+    uncertainty 1 - max_k z_nk (1-D: against the feature), with the model's ellipses; and
+    the uncertainties sorted, with mclust's 75% and 95% quantile cut points."""
+    entry, p = _best_model(run)
+    x = run.data["x_train"]
+    _, _, uncertainty = _read_uncertainty(run.folder / "uncertainty.csv")["train"]
+    k = entry["n_components"]
+    # 1 - max_k z_nk lies in [0, 1 - 1/K].
+    top = max(1.0 - 1.0 / k, 1e-12)
+    fig, (ax, ax_sorted) = plt.subplots(
+        1, 2, figsize=(12.4, 5.0), gridspec_kw={"width_ratios": [1.35, 1]}
+    )
+    order = np.argsort(uncertainty)  # the uncertain points drawn last, on top
+    sizes = 6 + 120 * uncertainty / top
+    if x.shape[1] == 1:
+        xs, ys = x[order, 0], uncertainty[order]
+        ax.set(xlabel=_feature_names(run)[0], ylabel="uncertainty 1 - max responsibility")
+    else:
+        pair, names = _feature_pair(run)
+        xs, ys = x[order, pair[0]], x[order, pair[1]]
+        covs = _full(p["covariances"], entry["covariance_type"], k, x.shape[1])
+        _ellipses(ax, np.asarray(p["means"]), covs, pair, k, alpha=0.5)
+        ax.set(xlabel=names[pair[0]], ylabel=names[pair[1]])
+    points = ax.scatter(
+        xs, ys, s=sizes[order], c=uncertainty[order], cmap="viridis", vmin=0.0, vmax=top,
+        edgecolors="0.3", linewidths=0.3,
+    )  # fmt: skip
+    fig.colorbar(points, ax=ax, label="classification uncertainty 1 - max_k z_nk")
+    ax.set_title(
+        f"{_best_title(run, entry)}\nsize and colour: uncertainty (max {1 - 1 / k:.2f} with K={k})",
+        fontsize=10,
+    )
+    ranked = np.sort(uncertainty)[::-1]
+    ax_sorted.plot(np.arange(1, len(ranked) + 1), ranked, "-", color="black", lw=1.5)
+    for q, style in ((0.75, ":"), (0.95, "--")):
+        cut = np.quantile(uncertainty, q)
+        ax_sorted.axhline(cut, color="0.4", ls=style, lw=1, label=f"{q:.0%} quantile {cut:.3g}")
+    ax_sorted.set(
+        xlabel="points, most uncertain first",
+        ylabel="uncertainty 1 - max responsibility",
+        title=f"sorted: mean {uncertainty.mean():.4f}, max {uncertainty.max():.4f}",
+        ylim=(-0.02 * top, 1.05 * top),
+    )
+    ax_sorted.set_xscale("log")
+    ax_sorted.legend(fontsize=8)
+    ax_sorted.grid(alpha=0.3)
+    fig.suptitle(
+        f"{run.metrics['name']}: classification uncertainty of the BIC-best model "
+        f"({run.metrics['data']['dataset']}, training data)"
+    )
+    fig.tight_layout()
+    _save(fig, path)
+
+
 # --------------------------------------------------------------------- animation
 
 
@@ -524,6 +665,12 @@ def plot_run(folder, animate=None):
     if run.metrics.get("model_selection"):
         written.append(run.folder / "model_selection.png")
         plot_model_selection(run, written[-1])
+        if _best_model(run) is not None:
+            written.append(run.folder / "model_selection_best.png")
+            plot_best_model(run, written[-1])
+            if (run.folder / "uncertainty.csv").is_file():
+                written.append(run.folder / "uncertainty.png")
+                plot_uncertainty(run, written[-1])
     if (animate is None or animate) and results_io.group(run.history, "em"):
         written.append(run.folder / "em_animation.gif")
         animate_em(run, written[-1])

@@ -1,13 +1,16 @@
 """The comparison table a run prints: one row per method (log-likelihoods, bound, prior,
 BIC/AIC, ARI, recovery, timings, convergence, degeneracies), the methods' posterior and
 variational diagnostics under it, the restarts when the one returned is not the best
-overall, the model-selection grid, and the run's warnings; all read from the
+overall, the model-selection grid and its mclust-style summary (`experiments.summary`),
+and the run's warnings; all read from the
 ``metrics.json`` dict, so a table can be re-printed from a run folder.
 ``method_warnings`` writes the warnings of one method's row."""
 
 from __future__ import annotations
 
 import math
+
+from experiments.summary import summarize
 
 
 def _fmt(value, spec):
@@ -256,10 +259,10 @@ def format_table(metrics):
     grid = metrics.get("model_selection")
     if grid:
         lines.append("")
-        lines.append("model selection (EM):")
+        lines.append("model selection (EM; BIC, AIC, ICL: totals, lower is better):")
         lines.append(
             f"{'covariance':<10}  {'K':>3}  {'params':>6}  {'train ll':>10}  {'test ll':>10}  "
-            f"{'BIC':>10}  {'AIC':>10}  {'conv':>4}"
+            f"{'BIC':>10}  {'AIC':>10}  {'ICL':>10}  {'conv':>4}"
         )
         for r in grid["rows"]:
             if "error" in r:
@@ -271,11 +274,13 @@ def format_table(metrics):
                 f"{r['covariance_type']:<10}  {r['n_components']:>3}  {r['n_parameters']:>6}  "
                 f"{_fmt(r['train_log_likelihood'], '.5f'):>10}  "
                 f"{_fmt(r['test_log_likelihood'], '.5f'):>10}  {r['bic']:>10.2f}  "
-                f"{r['aic']:>10.2f}  {_fmt(r['converged'], ''):>4}"
+                f"{r['aic']:>10.2f}  {_fmt(r.get('icl'), '.2f'):>10}  "
+                f"{_fmt(r['converged'], ''):>4}"
             )
         for key, label in (
             ("best_bic", "BIC"),
             ("best_aic", "AIC"),
+            ("best_icl", "ICL"),
             ("best_test_log_likelihood", "held-out ll"),
         ):
             best = grid.get(key)
@@ -283,6 +288,9 @@ def format_table(metrics):
                 lines.append(
                     f"best by {label}: {best['covariance_type']}, K={best['n_components']}"
                 )
+        if any("error" not in r for r in grid["rows"]):
+            lines.append("")
+            lines.append(summarize(metrics).text())
     if metrics.get("warnings"):
         lines.append("")
         lines.append("warnings:")

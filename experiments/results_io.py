@@ -14,7 +14,9 @@ Files of a run:
 - ``history.npz`` (with --animate): every EM iterate; ``posterior.npz``: posterior draws.
 - ``posterior.nc`` (NUTS, SVI, when ArviZ is installed): each method's ArviZ
   ``InferenceData`` in the netCDF group named after it (`read_inference_data`).
-- ``model_selection.csv`` (with a model_selection grid).
+- ``model_selection.csv`` (with a model_selection grid), ``uncertainty.csv`` (the BIC-best
+  cell's responsibilities and 1 - max responsibility per point) and ``model_selection.npz``
+  (its parameters, ``best_bic/...``).
 - figures: ``*.png`` (and ``em_animation.gif``).
 
 Every file is written atomically: to a temporary file in the same folder, then
@@ -47,7 +49,8 @@ import numpy as np
 TRACE_COLUMNS = ("method", "iteration", "log_likelihood", "bound", "bound_name", "elapsed_s")
 MODEL_SELECTION_COLUMNS = (
     "covariance_type", "n_components", "n_parameters", "train_log_likelihood",
-    "test_log_likelihood", "bic", "aic", "n_iter", "converged", "fit_s", "degenerate", "error",
+    "test_log_likelihood", "bic", "aic", "icl", "n_iter", "converged", "fit_s", "degenerate",
+    "error",
 )  # fmt: skip
 
 

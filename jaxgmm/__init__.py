@@ -4,10 +4,10 @@ The top level holds what a researcher uses day to day; the subpackages hold the 
 `jaxgmm.model` (spec, parameters, covariance families, the one density, statistics),
 `jaxgmm.fit` (the fitter seam and the driver), `jaxgmm.em`, `jaxgmm.gradient`,
 `jaxgmm.bayes`, `jaxgmm.vb` (closed-form variational Bayes), `jaxgmm.scale` (out-of-core
-and online EM) and `jaxgmm.priors`.
+and online EM), `jaxgmm.priors` and `jaxgmm.saved` (the saved-model format; `load`).
 """
 
-from jaxgmm import bayes, em, fit, gradient, model, priors, scale, vb
+from jaxgmm import bayes, em, fit, gradient, model, priors, saved, scale, vb
 from jaxgmm._cache import clear_cache
 from jaxgmm.bayes import fit_nuts, fit_svi
 from jaxgmm.em import ConvergenceWarning, DegeneracyWarning, GaussianMixture, fit_em
@@ -31,6 +31,7 @@ from jaxgmm.model import (
     sample,
 )
 from jaxgmm.priors import log_prior
+from jaxgmm.saved import load
 from jaxgmm.scale import fit_em_online, fit_em_out_of_core
 from jaxgmm.vb import BayesianGaussianMixture, fit_vb
 
@@ -64,6 +65,7 @@ __all__ = [
     "fit_vb",
     "gradient",
     "initial_params",
+    "load",
     "log_prior",
     "log_prob",
     "mean_log_likelihood",
@@ -75,6 +77,7 @@ __all__ = [
     "priors",
     "run_fitter",
     "sample",
+    "saved",
     "scale",
     "vb",
 ]

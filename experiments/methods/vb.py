@@ -85,7 +85,10 @@ def run(context):
         extra["log_predictive_density_test"] = float(
             jaxgmm.vb.mean_posterior_predictive_log_prob(posterior, context.x_test, context.spec)
         )
-    return _inactive_not_degenerate(result_from_fit(fit, point_estimate=False, extra=extra))
+    result = _inactive_not_degenerate(result_from_fit(fit, point_estimate=False, extra=extra))
+    # The saved model is a BayesianGaussianMixture: it needs q, not only the plug-in params.
+    result.fitted_state = jaxgmm.vb.VBPosterior(*(np.asarray(a) for a in posterior))
+    return result
 
 
 def _inactive_not_degenerate(result):

@@ -15,6 +15,8 @@ From a notebook::
     result = run_experiment("configs/iris.yaml", overrides=["methods=[em,gradient]"])
     print(result.table())
     result.rows["em"]["bic"], result.results["em"].log_likelihood
+    gm = result.models["em"]  # a fitted jaxgmm.GaussianMixture
+    gm.predict(result.saved_models["em"].transform(new_x))  # new data, as the run saw it
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import functools
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -76,6 +80,8 @@ class ExperimentResult:
             `results_io.write_run`.
         animate: whether EM's iterates were recorded (history.npz, the animation).
         folder: the run folder written by ``run_experiment(output=...)``, else None.
+        saved_models: {method: `jaxgmm.saved.SavedModel`}, what ``models/<method>.npz``
+            holds (methods that report parameters); see ``models``.
     """
 
     config: dict
@@ -84,6 +90,16 @@ class ExperimentResult:
     files: dict
     animate: bool = False
     folder: Path | None = None
+    saved_models: dict = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def models(self):
+        """{method: fitted estimator}: a `jaxgmm.GaussianMixture` (EM, gradient, and SVI /
+        NUTS at their posterior summary) or `jaxgmm.BayesianGaussianMixture` (VB), the
+        same objects ``jaxgmm.load(run_folder, method)`` gives. They work on the data as
+        the run fitted them: standardised when ``data.standardize`` is set (use
+        ``saved_models[method].transform(x)`` on new data)."""
+        return {name: saved.estimator() for name, saved in self.saved_models.items()}
 
     @property
     def rows(self):
@@ -347,6 +363,7 @@ def _run(config, source, progress, animate, show_progress):
     """Fit a resolved config; the `ExperimentResult` with nothing written."""
     dtype = jnp.float64 if config["dtype"] == "float64" else jnp.float32
     seed = config["seed"]
+    config_sha256 = _sha256_of_file(source)  # before fitting: the file as it was run
     train, test, scaling, data_warnings = _load_data(config, source)
     _check_sizes(config, train.n_samples, source)
     model = config["model"]
@@ -478,7 +495,50 @@ def _run(config, source, progress, animate, show_progress):
         metrics["model_selection"] = model_selection_summary(grid_rows, best_model)
         files["model_selection.csv"] = ("rows", grid_rows)
         files.update(best_files)
+    saved_models = _saved_models(
+        config, source, config_sha256, specs, results, train, scaling, metrics["created_utc"]
+    )
+    folder = jaxgmm.saved.MODELS_FOLDER
+    if saved_models:
+        files[folder] = ("models", saved_models)
+    metrics["models"] = {name: f"{folder}/{name}{jaxgmm.saved.SUFFIX}" for name in saved_models}
     files["metrics.json"] = ("json", metrics)  # last: its presence marks a complete run
     return ExperimentResult(
-        config=config, metrics=metrics, results=results, files=files, animate=animate
-    )
+        config=config, metrics=metrics, results=results, files=files, animate=animate,
+        saved_models=saved_models,
+    )  # fmt: skip
+
+
+def _sha256_of_file(source):
+    """The SHA-256 of the config file ``source`` names, or None (a mapping's "<config>")."""
+    path = Path(source)
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _saved_models(config, source, config_sha256, specs, results, train, scaling, created_utc):
+    """{method: `jaxgmm.saved.SavedModel`} of every method that reports parameters, with
+    the run's provenance (`results_io.saved_model`)."""
+    provenance = {
+        "run": config["name"],
+        "created_utc": created_utc,
+        "config_file": source,
+        "config_sha256": config_sha256,
+        "resolved_config_sha256": hashlib.sha256(dump_config(config).encode()).hexdigest(),
+        "seed": config["seed"],
+        "dtype": config["dtype"],
+        "dataset": train.name,
+        "n_train": train.n_samples,
+        "standardized": scaling is not None,
+        "jax_version": jax.__version__,
+    }
+    saved = {}
+    for name, result in results.items():
+        model = results_io.saved_model(
+            result, specs[name][0], method=name, feature_names=train.feature_names,
+            standardize=scaling, provenance={**provenance, "prior": specs[name][1]},
+        )  # fmt: skip
+        if model is not None:
+            saved[name] = model
+    return saved

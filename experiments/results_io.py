@@ -17,6 +17,9 @@ Files of a run:
 - ``model_selection.csv`` (with a model_selection grid), ``uncertainty.csv`` (the BIC-best
   cell's responsibilities and 1 - max responsibility per point) and ``model_selection.npz``
   (its parameters, ``best_bic/...``).
+- ``models/<method>.npz``: each method's fitted model in jaxgmm's saved-model format
+  (`jaxgmm.saved`; read back with ``jaxgmm.load(run_folder, method)``), built by
+  `saved_model`: spec, parameters, prior, the data's standardisation and provenance.
 - figures: ``*.png`` (and ``em_animation.gif``).
 
 Every file is written atomically: to a temporary file in the same folder, then
@@ -122,6 +125,65 @@ def read_npz(path):
         return {key: data[key] for key in data.files}
 
 
+def saved_model(result, spec, *, method, feature_names, standardize, provenance):
+    """The saved model (`jaxgmm.saved.SavedModel`) of one method's `MethodResult`, or None
+    when the method reports no parameters.
+
+    EM and gradient give a `jaxgmm.GaussianMixture` at their ML / MAP estimate, SVI and
+    NUTS one at their posterior summary (``extra["params_summary"]``: a guide median, a
+    posterior mean), VB a `jaxgmm.BayesianGaussianMixture` (its ``fitted_state`` is the
+    variational posterior).
+
+    Args:
+        result: the method's `experiments.methods.MethodResult`.
+        spec: the `GMMSpec` it fitted (prior resolved).
+        method: the method's name.
+        feature_names: the names of the training data's columns.
+        standardize: None, or (mean, scale) when the run standardised the data.
+        provenance: the run's facts (config file and hashes, dataset, seed, ...); the
+            method, its status and what its parameters are are added here.
+    """
+    import jaxgmm.saved  # lazy: reading a run folder needs no JAX
+
+    if result.params is None:
+        return None
+    extra = result.extra or {}
+    provenance = {
+        **provenance,
+        "method": method,
+        "point_estimate": bool(result.point_estimate),
+        "params_summary": extra.get("params_summary")
+        or ("MAP" if spec.prior is not None else "maximum likelihood"),
+        "status": result.status,
+        "n_iter": int(result.n_iter),
+    }
+    return jaxgmm.saved.SavedModel.from_params(
+        result.params,
+        spec,
+        posterior=result.fitted_state,
+        update=extra.get("update", "exact"),
+        feature_names=feature_names,
+        standardize=standardize,
+        fitted={"converged_": result.converged, "n_iter_": int(result.n_iter)},
+        provenance=provenance,
+    )
+
+
+def write_model(path, saved, overwrite=False):
+    """Write a `jaxgmm.saved.SavedModel` to ``path`` (an ``.npz`` file) atomically.
+
+    Raises:
+        FileExistsError: ``path`` exists and not ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        f.write(saved.to_bytes())
+    return path
+
+
 def write_inference_data(path, datasets):
     """Write ArviZ ``InferenceData`` objects, dict method -> idata, into one netCDF file
     (each under the group named after its method), atomically."""
@@ -214,7 +276,9 @@ def write_run(folder, files):
         folder: an existing folder (e.g. the one `staging_folder` yields).
         files: dict file name -> (kind, payload), kind one of "text" (str), "json"
             (JSON-able dict), "npz" (dict of arrays), "traces" (see `write_traces`) and
-            "rows" (model-selection rows, written with `MODEL_SELECTION_COLUMNS`) and
+            "rows" (model-selection rows, written with `MODEL_SELECTION_COLUMNS`),
+            "models" (a folder, e.g. ``models``, of {method: `jaxgmm.saved.SavedModel`},
+            each written as ``<method>.npz``) and
             "netcdf" (dict method -> ArviZ InferenceData, see `write_inference_data`); written
             in order, so ``metrics.json`` goes last and its presence marks a complete run.
     """
@@ -231,6 +295,9 @@ def write_run(folder, files):
             write_traces(path, payload)
         elif kind == "rows":
             write_rows_csv(path, payload, MODEL_SELECTION_COLUMNS)
+        elif kind == "models":
+            for method, saved in payload.items():
+                write_model(path / f"{method}.npz", saved)
         elif kind == "netcdf":
             write_inference_data(path, payload)
         else:  # pragma: no cover - programming error

@@ -108,6 +108,8 @@ class MethodResult:
             ``log_likelihood`` (S,) per sample.
         history: None or a dict with ``weights`` (T+1, K), ``means`` (T+1, K, D),
             ``covariances`` (T+1, ...) of every iterate, when record_history is set.
+        fitted_state: None, or what the saved model needs beyond ``params`` (vb: the
+            final `jaxgmm.vb.VBPosterior`, host NumPy), see `experiments.results_io`.
         inference_data: None, or the method's ArviZ ``InferenceData`` (NUTS, SVI, when
             ArviZ is installed); the runner writes it to ``posterior.nc``.
     """
@@ -129,6 +131,7 @@ class MethodResult:
     extra: dict = dataclasses.field(default_factory=dict)
     posterior: dict | None = None
     history: dict | None = None
+    fitted_state: Any | None = None
     inference_data: Any | None = None
 
 

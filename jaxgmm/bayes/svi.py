@@ -103,6 +103,23 @@ class SVIHandle(NamedTuple):
     n_features: int
 
 
+class SiteOrderedELBO(Trace_ELBO):
+    """NumPyro's `Trace_ELBO` with the per-site terms summed in sorted site order.
+
+    Trace_ELBO sums ``log p - log q`` over a Python ``set`` of site names, whose order
+    follows the string hash, i.e. ``PYTHONHASHSEED``: the same fit in two processes then
+    differs in the ELBO's last bits. Summing a sorted dict makes it bit-reproducible.
+    """
+
+    def __init__(self, num_particles=1):
+        super().__init__(num_particles=num_particles, sum_sites=False)
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        out = super().loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
+        terms = out["loss"]
+        return {**out, "loss": sum(terms[name] for name in sorted(terms))}
+
+
 @functools.lru_cache(maxsize=64)  # one per svi_fitter entry
 def _svi_handle(spec, n_features, dtype_name, guide_name, optimizer, num_particles, init_scale):
     dtype = jnp.dtype(dtype_name)
@@ -113,7 +130,7 @@ def _svi_handle(spec, n_features, dtype_name, guide_name, optimizer, num_particl
     if guide_name != "auto_delta":
         kwargs["init_scale"] = init_scale
     guide = cls(model, **kwargs)
-    svi = SVI(model, guide, optax_to_numpyro(optimizer), Trace_ELBO(num_particles=num_particles))
+    svi = SVI(model, guide, optax_to_numpyro(optimizer), SiteOrderedELBO(num_particles))
     # The guide records a prototype trace of the model on its first call. Record it here,
     # once, on placeholder data of the right shape (a numpy constant, so the closures the
     # guide keeps hold no tracer), by abstract evaluation: running the model eagerly costs

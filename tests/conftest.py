@@ -2,6 +2,8 @@
 off with JAX_ENABLE_X64=0 to exercise the float32 path)."""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_ENABLE_X64", "1")
@@ -11,6 +13,25 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", os.environ["JAX_ENABLE_X64"].lower() in ("1", "true"))
+
+# One persistent compilation cache per test run, shared by pytest-xdist's workers (they
+# inherit the environment): many tests build their own fitter closures whose programs are
+# identical, and the in-memory jit cache cannot see that. A fresh directory per run keeps
+# runs independent; set JAXGMM_TEST_XLA_CACHE to a folder of your own to keep it between
+# runs. Every compile is cached (the default skips those under 1 s, i.e. most of ours).
+_CREATED_CACHE = None
+if not os.environ.get("JAXGMM_TEST_XLA_CACHE"):
+    _CREATED_CACHE = tempfile.mkdtemp(prefix="jaxgmm-test-xla-")
+    os.environ["JAXGMM_TEST_XLA_CACHE"] = _CREATED_CACHE
+jax.config.update("jax_compilation_cache_dir", os.environ["JAXGMM_TEST_XLA_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+# The runner's command line (tests run it in subprocesses) caches there too, not in ~/.cache.
+os.environ.setdefault("JAXGMM_CACHE_DIR", os.environ["JAXGMM_TEST_XLA_CACHE"])
+
+
+def pytest_unconfigure(config):
+    if _CREATED_CACHE is not None:
+        shutil.rmtree(_CREATED_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -495,9 +495,10 @@ def _run(config, source, progress, animate, show_progress):
         metrics["model_selection"] = model_selection_summary(grid_rows, best_model)
         files["model_selection.csv"] = ("rows", grid_rows)
         files.update(best_files)
-    saved_models = _saved_models(
+    saved_models, not_saved = _saved_models(
         config, source, config_sha256, specs, results, train, scaling, metrics["created_utc"]
     )
+    metrics["warnings"] += not_saved
     folder = jaxgmm.saved.MODELS_FOLDER
     if saved_models:
         files[folder] = ("models", saved_models)
@@ -518,8 +519,9 @@ def _sha256_of_file(source):
 
 
 def _saved_models(config, source, config_sha256, specs, results, train, scaling, created_utc):
-    """{method: `jaxgmm.saved.SavedModel`} of every method that reports parameters, with
-    the run's provenance (`results_io.saved_model`)."""
+    """({method: `jaxgmm.saved.SavedModel`} of every method that reports parameters, with
+    the run's provenance (`results_io.saved_model`), [warning for each model that could
+    not be saved])."""
     provenance = {
         "run": config["name"],
         "created_utc": created_utc,
@@ -533,12 +535,16 @@ def _saved_models(config, source, config_sha256, specs, results, train, scaling,
         "standardized": scaling is not None,
         "jax_version": jax.__version__,
     }
-    saved = {}
+    saved, not_saved = {}, []
     for name, result in results.items():
-        model = results_io.saved_model(
-            result, specs[name][0], method=name, feature_names=train.feature_names,
-            standardize=scaling, provenance={**provenance, "prior": specs[name][1]},
-        )  # fmt: skip
+        try:
+            model = results_io.saved_model(
+                result, specs[name][0], method=name, feature_names=train.feature_names,
+                standardize=scaling, provenance={**provenance, "prior": specs[name][1]},
+            )  # fmt: skip
+        except ValueError as error:  # e.g. parameters that are not finite: say so, run on
+            not_saved.append(f"{name}: its model was not saved ({error})")
+            continue
         if model is not None:
             saved[name] = model
-    return saved
+    return saved, not_saved

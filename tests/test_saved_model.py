@@ -360,3 +360,12 @@ def test_a_listed_shape_that_disagrees_is_corruption(good_bytes):
 
     with pytest.raises(SavedModelError, match="corrupted: params/weights has shape"):
         SavedModel.from_bytes(_rewrite(good_bytes, change_arrays=shrink))
+
+
+def test_parameters_that_cannot_be_read_back_are_not_saved(sklearn_gm):
+    params = _params(sklearn_gm["full"])
+    bad = params._replace(means=np.where(np.eye(3, 4, dtype=bool), np.nan, params.means))
+    with pytest.raises(SavedModelError, match="cannot save the model: params/means is not"):
+        SavedModel.from_params(bad, jaxgmm.GMMSpec(3))
+    with pytest.raises(ValueError, match="pick one restart"):
+        SavedModel.from_params(jaxgmm.GMMParams(*(a[None] for a in params)), jaxgmm.GMMSpec(3))

@@ -88,6 +88,7 @@ def _dense(cov, covariance_type, k):
 
 
 @needs_arviz
+@pytest.mark.usefixtures("require_x64")  # SciPy / 1e-9 comparisons
 @pytest.mark.parametrize("covariance_type", list(COVARIANCE_FAMILIES))
 def test_dims_coords_and_pointwise_log_likelihood_against_scipy(covariance_type):
     spec = jaxgmm.GMMSpec(3, covariance_type)
@@ -157,6 +158,7 @@ def test_arviz_sees_relabelled_draws():
 
 
 @needs_arviz
+@pytest.mark.usefixtures("require_x64")  # SciPy / 1e-9 comparisons
 def test_nuts_round_trip(nuts_run, tmp_path):
     x, result, idata = nuts_run
     assert set(idata.groups()) >= {"posterior", "log_likelihood", "sample_stats", "observed_data"}
@@ -203,6 +205,7 @@ def test_nuts_round_trip(nuts_run, tmp_path):
 
 
 @needs_arviz
+@pytest.mark.usefixtures("require_x64")  # SciPy / 1e-9 comparisons
 def test_nuts_loo_and_waic(nuts_run):
     x, result, idata = nuts_run
     loo = az.loo(idata, pointwise=True)
@@ -278,6 +281,7 @@ def test_bad_x_is_named(nuts_run):
 
 
 @needs_arviz
+@pytest.mark.usefixtures("require_x64")  # SciPy / 1e-9 comparisons
 def test_runner_loo_waic_and_posterior_nc(nuts_run, svi_run, tmp_path):
     """The runner's LOO/WAIC extras are ArviZ's totals per sample; posterior.nc holds one
     netCDF group per method and reads back."""

@@ -305,15 +305,19 @@ def svi_draws(key, result, x, num_samples=1000):
     point estimate ``result.fit.params``."""
     num_samples = check_int(num_samples, "num_samples", 1)
     handle, spec = result.handle, result.spec
-    prior = model_prior(spec)
     sites = _guide_sites(key, handle, result.guide_params, x, num_samples)
-    dtype = jax.tree_util.tree_leaves(sites)[0].dtype
-    n_features = handle.n_features
-    raw = jax.jit(
-        lambda s: jax.lax.map(lambda one: prior.params_from_sites(one, spec, n_features, dtype), s)
-    )(sites)
+    raw = _params_of_sites(sites, spec, handle.n_features)
     raw = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], raw)
     return relabel(raw, result.fit.params, spec)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _params_of_sites(sites, spec, n_features):
+    """`GMMParams` (leading axis: draws) of a dict of site draws."""
+    prior = model_prior(spec)
+    dtype = jax.tree_util.tree_leaves(sites)[0].dtype
+    one = lambda s: prior.params_from_sites(s, spec, n_features, dtype)  # noqa: E731
+    return jax.lax.map(one, sites)
 
 
 def svi_inference_data(

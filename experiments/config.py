@@ -157,6 +157,12 @@ SCHEMA = {
             nullable=True,
         ),
         "label_column": Field(None, "str", doc="csv only: column of class labels", nullable=True),
+        "drop": Field(
+            None,
+            "list[str]",
+            doc="csv only: columns left out of the default features (e.g. a row id)",
+            nullable=True,
+        ),
         "n_samples": Field(
             None,
             "int",

@@ -29,7 +29,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 # Datasets not listed take no options.
 DATASET_OPTIONS = {
     "synthetic": {"n_samples": 500, "n_components": 3, "n_features": 2, "separation": 4.0},
-    "csv": {"path": None, "columns": None, "label_column": None},
+    "csv": {"path": None, "columns": None, "label_column": None, "drop": None},
 }
 
 # Cells read as missing values, which are an error in a used column.
@@ -151,13 +151,14 @@ def _column_label(header, j):
     return repr(header[j]) if header[j] else f"{j + 1} (unnamed)"
 
 
-def _default_columns(path, header, body, index, label_column):
-    """(columns, notes): the default feature columns, every column but the label holding
-    at least one number, and a sentence for each column left out (all text, or every cell
-    missing) and each kept column that looks like a row id."""
-    columns, notes = [], []
+def _default_columns(path, header, body, index, label_column, drop=()):
+    """(columns, notes, ids): the default feature columns, every column but the label and
+    those in ``drop`` holding at least one number; a sentence for each column left out
+    (all text, or every cell missing) and each kept column that looks like a row id; and
+    those id-like columns' (name, smallest, largest)."""
+    columns, notes, ids = [], [], []
     for j, h in enumerate(header):
-        if h == label_column:
+        if h == label_column or h in drop:
             continue
         cells = [row[index[h]] for _, row in body]
         values = [_parse_float(c) for c in cells]
@@ -179,15 +180,29 @@ def _default_columns(path, header, body, index, label_column):
             and all(float(v).is_integer() for v in numbers)
             and len(set(numbers)) == len(numbers)
         ):
+            ids.append((h, int(min(numbers)), int(max(numbers))))
             notes.append(
                 f"{path}: column {_column_label(header, j)} holds distinct integers, one per "
                 "row, like a row id, and is used as a feature; if it is an identifier, list "
                 "the feature columns in data.columns without it"
             )
-    return columns, notes
+    return columns, notes, ids
 
 
-def read_csv(path, columns=None, label_column=None, name=None):
+def _id_columns_message(path, ids):
+    names = [n for n, _, _ in ids]
+    what = ", ".join(f"{n!r} ({lo} to {hi})" for n, lo, hi in ids)
+    one = len(ids) == 1
+    return (
+        f"{path}: column{'' if one else 's'} {what} hold{'s' if one else ''} distinct "
+        f"integers, one per row, like a row id, and would be used as "
+        f"{'a feature' if one else 'features'}; leave {'it' if one else 'them'} out with "
+        f"data.drop: [{', '.join(names)}], or list the feature columns in data.columns "
+        "(a column listed there is used, id-like or not)"
+    )
+
+
+def read_csv(path, columns=None, label_column=None, name=None, drop=None, refuse_ids=False):
     """Read a numeric CSV file with a header row.
 
     The file is read as UTF-8 (a byte-order mark is dropped), or as Latin-1 with a
@@ -205,6 +220,11 @@ def read_csv(path, columns=None, label_column=None, name=None):
         label_column: optional column of class labels (any strings), mapped to ints in
             sorted order (numerically when all labels are numbers).
         name: the Dataset's name; the file's stem by default.
+        drop: list of column names left out of the default features (with ``columns``
+            None only; every name must be a column, not the label).
+        refuse_ids: raise, instead of warning, when a default feature column holds
+            distinct integers (the runner's choice: an id fitted as a feature spoils
+            every result, and leaving it out costs one config line).
 
     Returns:
         Dataset with x of shape (n_rows, len(columns)).
@@ -212,7 +232,9 @@ def read_csv(path, columns=None, label_column=None, name=None):
     Raises:
         ValueError naming the file (and the column and line where it applies) for a missing
         file, a folder, an empty file, a missing column, a row of the wrong length, or a
-        used cell that is not a finite number. Line numbers count the header as line 1.
+        used cell that is not a finite number, ``drop`` with ``columns`` or naming the
+        label or a missing column, and (``refuse_ids``) an id-like default feature column.
+        Line numbers count the header as line 1.
     """
     path = Path(path)
     if path.is_dir():
@@ -248,10 +270,29 @@ def read_csv(path, columns=None, label_column=None, name=None):
     for column in wanted:
         if column not in index:
             raise ValueError(f"{path}: no column {column!r}; columns present: {header}")
+    drop = [] if drop is None else list(drop)
+    if drop:
+        if columns is not None:
+            raise ValueError(
+                f"{path}: data.columns and data.drop are both set; give the feature columns "
+                "(data.columns) or the columns to leave out (data.drop), not both"
+            )
+        missing = [c for c in drop if c not in index]
+        if missing:
+            raise ValueError(
+                f"{path}: data.drop: no column(s) {missing}; columns present: {header}"
+            )
+        if label_column in drop:
+            raise ValueError(
+                f"{path}: data.drop lists the label column {label_column!r}; labels are never "
+                "features, so leave it out of data.drop"
+            )
     if columns is None:
-        columns, notes = _default_columns(path, header, body, index, label_column)
+        columns, notes, ids = _default_columns(path, header, body, index, label_column, drop)
         if not columns:
             raise ValueError(f"{path}: no numeric columns; columns present: {header}")
+        if ids and refuse_ids:
+            raise ValueError(_id_columns_message(path, ids))
         for note in notes:
             warnings.warn(note, DataWarning, stacklevel=2)
     elif not columns:
@@ -299,7 +340,13 @@ def _load_csv(config_data, seed):
     path = config_data.get("path")
     if path is None:
         raise ValueError("dataset 'csv' needs data.path")
-    return read_csv(path, config_data.get("columns"), config_data.get("label_column"))
+    return read_csv(
+        path,
+        config_data.get("columns"),
+        config_data.get("label_column"),
+        drop=config_data.get("drop"),
+        refuse_ids=True,
+    )
 
 
 def _random_rotation(rng, n_features):

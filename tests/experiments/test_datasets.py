@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -252,3 +255,136 @@ def test_prepare_standardizes_with_training_statistics_and_moves_true_params():
 def test_data_files_are_bundled():
     assert (datasets.DATA_DIR / "iris.csv").is_file()
     assert (datasets.DATA_DIR / "faithful.csv").is_file()
+
+
+# ------------------------------------------------------------ id-like columns, data.drop
+
+
+def _id_csv(tmp_path, name="ids.csv"):
+    rng = np.random.default_rng(1)
+    rows = "".join(
+        f"{i + 7},{v:.3f},{int(w)},{'ab'[i % 2]}\n"
+        for i, (v, w) in enumerate(rng.normal(size=(12, 2)))
+    )
+    return _write(tmp_path, "row_id,x,w,cls\n" + rows, name)
+
+
+def test_runner_refuses_an_id_like_default_feature_by_name(tmp_path):
+    path = _id_csv(tmp_path)
+    config = {"dataset": "csv", "path": str(path), "label_column": "cls"}
+    with pytest.raises(ValueError) as info:
+        load_dataset(config, 0)
+    message = str(info.value)
+    expected = (str(path), "column 'row_id' (7 to 18)", "distinct integers", "data.drop: [row_id]")
+    for fragment in expected + ("data.columns",):
+        assert fragment in message, message
+    # w holds integers with repeats and x is not integer-valued: neither is named.
+    assert "'w'" not in message and "'x'" not in message
+    # Left out by data.drop, or not listed in data.columns: accepted, no warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dropped = load_dataset(dict(config, drop=["row_id"]), 0)
+    assert dropped.feature_names == ("x", "w") and dropped.labels is not None
+    listed = load_dataset(dict(config, columns=["x", "w"]), 0)
+    np.testing.assert_array_equal(listed.x, dropped.x)
+    # Listed explicitly, an id-like column is the user's choice and is used.
+    kept = load_dataset(dict(config, columns=["row_id", "x"]), 0)
+    np.testing.assert_array_equal(kept.x[:, 0], np.arange(7, 19))
+
+
+def test_two_id_like_columns_are_named_together(tmp_path):
+    rows = "".join(f"{i},{100 - 3 * i},{0.5 * i % 1.7:.3f}\n" for i in range(15))
+    path = _write(tmp_path, "a,b,c\n" + rows, "two.csv")
+    named = r"columns 'a' \(0 to 14\), 'b' \(58 to 100\) hold .*data\.drop: \[a, b\]"
+    with pytest.raises(ValueError, match=named):
+        read_csv(path, refuse_ids=True)
+    # Below 10 rows a column of distinct integers is too common to call an id.
+    short = _write(tmp_path, "a,b\n" + "".join(f"{i},{i * 0.3}\n" for i in range(9)), "s.csv")
+    assert read_csv(short, refuse_ids=True).feature_names == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragments",
+    [
+        ({"drop": ["nope"]}, ["data.drop", "'nope'", "columns present"]),
+        ({"drop": ["cls"], "label_column": "cls"}, ["data.drop", "label column 'cls'"]),
+        ({"drop": ["row_id"], "columns": ["x"]}, ["data.columns and data.drop"]),
+    ],
+)
+def test_drop_errors_name_the_key(tmp_path, kwargs, fragments):
+    path = _id_csv(tmp_path)
+    with pytest.raises(ValueError) as info:
+        read_csv(path, **kwargs)
+    for fragment in [str(path)] + fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+MODEL = {"n_components": 2}
+
+
+def test_drop_is_a_csv_only_config_key(tmp_path):
+    from experiments.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="data.drop: only used by dataset 'csv'"):
+        validate({"name": "t", "data": {"dataset": "iris", "drop": ["x"]}, "model": MODEL})
+    data = {"dataset": "csv", "path": "f.csv", "drop": ["id"]}
+    config = validate({"name": "t", "data": data, "model": MODEL})
+    assert config["data"]["drop"] == ["id"]
+
+
+# ------------------------------------------------------- the docs' complete CSV example
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "experiments.md"
+
+
+def measurements_csv(n_rows=40):
+    """The file of the docs' CSV example: a row id, two measurements, a site label."""
+    rng = np.random.default_rng(0)
+    lines = ["id,length,width,site"]
+    for i in range(n_rows):
+        site = ("north", "south")[i % 2]
+        centre = (4.0, 2.0) if site == "north" else (6.0, 3.0)
+        length, width = rng.normal(centre, (0.4, 0.25))
+        lines.append(f"{i + 1},{length:.2f},{width:.2f},{site}")
+    return "\n".join(lines) + "\n"
+
+
+def _doc_example():
+    """(csv head, yaml text, refusal text) of the docs' example, between its markers."""
+    text = DOC.read_text(encoding="utf-8")
+    block = text.split("<!-- csv-example:start -->")[1].split("<!-- csv-example:end -->")[0]
+    (head,) = re.findall(r"```text\n(.*?)```", block, flags=re.S)
+    (config,) = re.findall(r"```yaml\n(.*?)```", block, flags=re.S)
+    (refusal,) = re.findall(r"```console\n(.*?)```", block, flags=re.S)
+    return head, config, refusal
+
+
+def test_docs_csv_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    from experiments import run as run_module
+    from experiments import run_experiment
+
+    head, config_text, refusal = _doc_example()
+    csv_text = measurements_csv()
+    assert csv_text.startswith(head), "the docs show the first lines of the file tested"
+    monkeypatch.chdir(tmp_path)  # the docs' working directory: the repository root
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    (folder / "measurements.csv").write_text(csv_text)
+    (folder / "measurements.yaml").write_text(config_text)
+    result = run_experiment("mydata/measurements.yaml", plots=False)
+    assert result.metrics["data"]["feature_names"] == ["length", "width"]
+    assert result.metrics["data"]["n_train"] == 30 and result.metrics["data"]["standardized"]
+    em = result.rows["em"]
+    assert em["converged"] and em["ari"] == pytest.approx(1.0)  # two well separated sites
+    assert not result.metrics["warnings"]
+
+    # Without data.drop the runner refuses, with the message the docs show.
+    lines = [ln for ln in config_text.splitlines() if not ln.strip().startswith("drop:")]
+    (folder / "no_drop.yaml").write_text("\n".join(lines) + "\n")
+    command, *expected = refusal.strip().splitlines()
+    assert command == "$ python -m experiments.run mydata/no_drop.yaml"
+    assert run_module.main(["mydata/no_drop.yaml"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == expected
+    assert not (tmp_path / "results" / "measurements").exists()  # nothing fitted or written

@@ -77,7 +77,7 @@ def test_not_converged_warns():
         ({"n_components": 0}, "n_components"),
         ({"covariance_type": "fool"}, "covariance_type"),
         ({"init_params": "kmean"}, "init_params.*kmeans"),
-        ({"reg_covar": 0.0}, "reg_covar"),
+        ({"reg_covar": float("nan")}, "reg_covar"),  # 0 is allowed, as in scikit-learn
         ({"reg_covar": -1e-3}, "reg_covar"),
         ({"tol": -1.0}, "tol"),
         ({"max_iter": -1}, "max_iter"),

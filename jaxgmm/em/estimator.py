@@ -1,13 +1,18 @@
 """`GaussianMixture`: scikit-learn's estimator contract on top of the functional EM; and
-`MixtureEstimator`, what every scikit-learn-style estimator of jaxgmm shares (parameter
-checks, ``random_state``, verbose logging, get/set_params, scoring and sampling at the
-fitted parameters, and the refusal to keep non-finite fitted attributes)."""
+`MixtureEstimator`, what every scikit-learn-style estimator of jaxgmm shares: scikit-learn's
+estimator protocol without importing scikit-learn (get/set_params, clone, repr, tags,
+`NotFittedError`), scikit-learn's input conversion (object arrays, DataFrames and their
+feature names, sparse refused), parameter checks, ``random_state``, verbose logging,
+scoring and sampling at the fitted parameters in padded shape buckets, and the refusal to
+keep non-finite fitted attributes."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
+import sys
 import time
 import warnings
 
@@ -16,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgmm._registry import lookup
-from jaxgmm.em.fitter import fit_em
+from jaxgmm.em.fitter import EMState, em_fitter, fit_em
 from jaxgmm.em.steps import e_step
+from jaxgmm.fit.driver import RunState, run_fitter
 from jaxgmm.fit.results import SELECTIONS, all_finite
 from jaxgmm.fit.validation import (
     check_data,
@@ -45,6 +51,216 @@ from jaxgmm.model.spec import GMMSpec
 logger = logging.getLogger("jaxgmm")
 
 
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted estimator was called before ``fit``. The exception
+    actually raised is also an instance of scikit-learn's
+    ``sklearn.exceptions.NotFittedError`` when scikit-learn is importable (both
+    subclass ValueError and AttributeError, as scikit-learn's does)."""
+
+
+def _sklearn_not_fitted_class():
+    """jaxgmm's `NotFittedError` combined with scikit-learn's, built on first use (so
+    scikit-learn is imported only when an error is raised), or None without it."""
+    cached = globals().get("_SklearnNotFittedError")
+    if cached is not None:
+        return cached
+    try:
+        from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+    except ImportError:
+        return None
+    cls = type(
+        "_SklearnNotFittedError",
+        (NotFittedError, SklearnNotFittedError),
+        {"__module__": __name__, "__doc__": NotFittedError.__doc__},
+    )
+    globals()["_SklearnNotFittedError"] = cls
+    return cls
+
+
+def __getattr__(name):
+    # Unpickling a raised error in a fresh process looks the combined class up by name.
+    if name == "_SklearnNotFittedError" and _sklearn_not_fitted_class() is not None:
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def not_fitted_error(estimator):
+    """The error of a method called before ``fit``, worded as scikit-learn's
+    ``check_is_fitted`` words it."""
+    cls = _sklearn_not_fitted_class() or NotFittedError
+    return cls(
+        f"This {type(estimator).__name__} instance is not fitted yet. Call 'fit' with "
+        "appropriate arguments before using this estimator."
+    )
+
+
+# -- scikit-learn's input conversion ---------------------------------------------------
+
+
+def _is_sparse(x):
+    # Only scipy makes the sparse matrices users pass; if it is not imported, x is none.
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(x)
+
+
+def _is_dataframe(x):
+    return (
+        hasattr(x, "columns")
+        and hasattr(x, "to_numpy")
+        and not isinstance(x, (np.ndarray, jax.Array))
+    )
+
+
+def feature_names(x):
+    """The column names of a DataFrame ``x`` when all are strings (as an object array of
+    shape (n_features,)), else None; a TypeError for a mix of string and other names
+    (scikit-learn's ``_get_feature_names``)."""
+    if not _is_dataframe(x):
+        return None
+    names = np.asarray(list(x.columns), dtype=object)
+    if names.size == 0:
+        return None
+    types = sorted({type(v).__qualname__ for v in names})
+    if len(types) > 1 and "str" in types:
+        raise TypeError(
+            "Feature names are only supported if all input features have string names, "
+            f"but your input has {types} as feature name / column name types. If you want "
+            "feature names to be stored and validated, you must convert them all to "
+            "strings, by using X.columns = X.columns.astype(str) for example. Otherwise "
+            "you can remove feature / column names from your input data, or convert them "
+            "all to a non-string data type."
+        )
+    return names if types == ["str"] else None
+
+
+def _dataframe_values(x, name):
+    """A DataFrame's values as a float array: pandas' nullable dtypes (Int64, Float64,
+    boolean) with missing values become NaN (refused by name afterwards); float32
+    columns stay float32."""
+    if not type(x).__module__.startswith("pandas"):
+        return np.asarray(x.to_numpy())
+    import pandas as pd  # present: x is one of its frames
+
+    numeric = [
+        pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+        for dtype in x.dtypes
+    ]
+    if not all(numeric):
+        bad = [str(c) for c, ok in zip(x.columns, numeric) if not ok]
+        raise ValueError(
+            f"{name} must contain numbers; column(s) {bad} are not numeric (dtypes "
+            f"{[str(d) for d, ok in zip(x.dtypes, numeric) if not ok]}): encode or drop them"
+        )
+    float32 = all(np.dtype(getattr(d, "numpy_dtype", d)) == np.float32 for d in x.dtypes)
+    return x.to_numpy(dtype=np.float32 if float32 else np.float64, na_value=np.nan)
+
+
+def as_array(x, estimator_name, name="X"):
+    """``x`` (array-like of shape (n_samples, n_features)) as a NumPy array, converted as
+    scikit-learn's ``check_array`` converts it: object arrays of numbers and DataFrames
+    (pandas' nullable dtypes too) become floats; sparse, complex and empty input are
+    refused with scikit-learn's wording. A JAX array is returned as it is (it can be
+    none of those)."""
+    if isinstance(x, jax.Array):
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            raise ValueError(f"Complex data not supported: {name} has dtype {x.dtype}")
+        return x
+    if _is_sparse(x):
+        raise ValueError(
+            f"{name} is a scipy sparse {type(x).__name__}: sparse input is not supported, "
+            "convert with X.toarray()"
+        )
+    if _is_dataframe(x):
+        arr = _dataframe_values(x, name)
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001 - report any conversion failure plainly
+            raise ValueError(
+                f"{name} must be an array of numbers, got {type(x).__name__}"
+            ) from exc
+    if arr.dtype == object:
+        # scikit-learn reads object arrays of numbers as float64; numpy's own message
+        # says which element is not a number.
+        try:
+            arr = arr.astype(np.float64)
+        except TypeError as exc:
+            raise TypeError(f"{name} must contain numbers: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{name} must contain numbers: {exc}") from None
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"Complex data not supported: {name} has dtype {arr.dtype}")
+    if arr.ndim == 2 and 0 in arr.shape:
+        what = "sample(s)" if arr.shape[0] == 0 else "feature(s)"
+        raise ValueError(
+            f"Found array with 0 {what} (shape={arr.shape}) while a minimum of 1 is "
+            f"required by {estimator_name}: {name} must have at least one sample and one "
+            "feature"
+        )
+    return arr
+
+
+_warned_float32 = False  # the float32 warning is given once per process
+
+
+def warn_if_float32(data_dtype):
+    """Warn, once per process, when data that would be computed in float64 (float64,
+    integers, objects of numbers) are computed in float32 because JAX's x64 mode is off."""
+    global _warned_float32
+    if _warned_float32 or jax.config.jax_enable_x64:
+        return
+    if np.dtype(data_dtype) == np.float32:
+        return
+    _warned_float32 = True
+    warnings.warn(
+        f"X has dtype {np.dtype(data_dtype).name} but JAX's x64 mode is off, so jaxgmm "
+        "computes in float32 (about 7 significant digits) and returns float32 results; "
+        "for float64 results enable x64 before any JAX computation: "
+        'jax.config.update("jax_enable_x64", True) (or set JAX_ENABLE_X64=1). '
+        "Pass float32 X to silence this warning.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+# -- shape buckets -----------------------------------------------------------------------
+
+# Scoring and sampling run on rows padded to a power of two (at least _MIN_BUCKET), so
+# calls at 1000, 1001 and 1500 samples share one executable; above _MAX_BUCKET rows they
+# run in blocks of _MAX_BUCKET, which bounds both the number of executables per method
+# (9) and the padding (under one block).
+_MIN_BUCKET = 256
+_MAX_BUCKET = 1 << 16
+
+
+def bucket_size(n_rows):
+    """The padded row count for ``n_rows`` rows (one block of at most 65536 rows): the
+    next power of two, at least 256."""
+    return min(_MAX_BUCKET, max(_MIN_BUCKET, 1 << (int(n_rows) - 1).bit_length()))
+
+
+def map_row_buckets(fn, x):
+    """``fn`` over the rows of ``x`` (NumPy, (n_samples, ...)) in padded blocks: each block
+    is padded to `bucket_size` rows with copies of its first row (finite wherever the data
+    are), passed to ``fn`` as a JAX array, and the padding rows of the result dropped.
+    ``fn`` returns an array whose leading axis is the rows; returns NumPy, (n_samples, ...)."""
+    n_rows = x.shape[0]
+    outputs = []
+    for start in range(0, n_rows, _MAX_BUCKET):
+        block = x[start : start + _MAX_BUCKET]
+        size = bucket_size(block.shape[0])
+        if size > block.shape[0]:
+            pad = np.broadcast_to(block[:1], (size - block.shape[0],) + block.shape[1:])
+            block = np.concatenate([block, pad])
+        out = np.asarray(jax.device_get(fn(jnp.asarray(block))))
+        outputs.append(out[: min(_MAX_BUCKET, n_rows - start)])
+    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
+def _is_scalar_nan(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isnan(value)
+
+
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``max_iter`` before its convergence test passed."""
 
@@ -56,6 +272,7 @@ class DegeneracyWarning(UserWarning):
 _e_step = jax.jit(e_step, static_argnums=2)
 _log_prob = jax.jit(log_prob, static_argnums=2)
 _weighted_log_prob = jax.jit(weighted_log_prob, static_argnums=2)
+_sample = jax.jit(sample, static_argnums=(2, 3))
 
 
 def key_from_random_state(random_state):
@@ -164,13 +381,107 @@ def _nonfinite_error(estimator, x, what):
 
 class MixtureEstimator:
     """What jaxgmm's scikit-learn-style estimators share. A subclass defines
-    ``_param_names`` (its constructor arguments), ``fit_predict`` and
-    ``_weighted_log_prob(x)`` (the unnormalised log-responsibilities that ``predict`` and
-    ``predict_proba`` use), and sets the fitted attributes ``weights_``, ``means_``,
-    ``precisions_cholesky_``, ``spec_`` and ``n_features_in_`` through `_set_parameters`,
-    which refuses non-finite values."""
+    ``_param_names`` (its constructor arguments, every one with a default), ``fit_predict``,
+    ``_weighted_log_prob(x)`` (the unnormalised log-responsibilities that ``predict``
+    uses) and ``_log_resp(x)`` (their log-softmax, for ``predict_proba``), both on one
+    padded block of rows, and sets
+    the fitted attributes ``weights_``, ``means_``, ``precisions_cholesky_``, ``spec_`` and
+    ``n_features_in_`` through `_set_parameters`, which refuses non-finite values.
+
+    The scikit-learn estimator protocol is implemented here without importing
+    scikit-learn: ``get_params`` / ``set_params`` (nested ``a__b`` names too), so that
+    ``sklearn.base.clone``, pipelines and grid searches work; a repr listing the
+    parameters that differ from their defaults, as scikit-learn's; ``__sklearn_tags__``
+    (a density estimator; scikit-learn is imported only when it is called); fitted
+    attributes end in ``_`` and none exists before ``fit`` (``check_is_fitted``)."""
 
     _param_names: tuple = ()
+
+    # -- scikit-learn's estimator protocol -----------------------------------------
+
+    @classmethod
+    def _get_param_names(cls):
+        """The constructor's parameter names, sorted (scikit-learn's rule)."""
+        signature = inspect.signature(cls.__init__)
+        return sorted(p.name for p in signature.parameters.values() if p.name != "self")
+
+    def get_params(self, deep=True):
+        """The constructor parameters as a dict (with ``deep``, also ``name__sub`` for
+        parameters that are estimators themselves)."""
+        out = {}
+        for name in self._get_param_names():
+            value = getattr(self, name)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{name}__{k}", v) for k, v in value.get_params().items())
+            out[name] = value
+        return out
+
+    def set_params(self, **params):
+        """Set constructor parameters (``name__sub`` for a nested estimator's); returns
+        self. Values are checked by ``fit``, as in scikit-learn."""
+        if not params:
+            return self
+        valid = self.get_params(deep=True)
+        nested = {}
+        for key, value in params.items():
+            name, delim, sub = key.partition("__")
+            if name not in valid:
+                raise ValueError(
+                    f"Invalid parameter {name!r} for estimator {self}. Valid parameters "
+                    f"are: {self._get_param_names()!r}."
+                )
+            if delim:
+                nested.setdefault(name, {})[sub] = value
+            else:
+                setattr(self, name, value)
+                valid[name] = value
+        for name, sub_params in nested.items():
+            valid[name].set_params(**sub_params)
+        return self
+
+    def __repr__(self):
+        defaults = {
+            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
+        }
+
+        def changed(name, value):
+            default = defaults.get(name, inspect.Parameter.empty)
+            if default is inspect.Parameter.empty:
+                return True
+            return repr(value) != repr(default) and not (
+                _is_scalar_nan(value) and _is_scalar_nan(default)
+            )
+
+        items = [
+            f"{name}={value!r}"
+            for name, value in sorted(self.get_params(deep=False).items())
+            if changed(name, value)
+        ]
+        head = f"{type(self).__name__}("
+        # One line when it fits in 79 columns, else wrapped under the first parameter
+        # (scikit-learn's layout for simple values).
+        lines, line = [], head
+        for i, item in enumerate(items):
+            piece = item + ("," if i < len(items) - 1 else ")")
+            if line not in (head, " " * len(head)) and len(line) + 1 + len(piece) > 79:
+                lines.append(line)
+                line = " " * len(head)
+            line += ("" if line in (head, " " * len(head)) else " ") + piece
+        if not items:
+            line += ")"
+        return "\n".join([*lines, line])
+
+    def __sklearn_tags__(self):
+        from sklearn.utils import InputTags, Tags, TargetTags
+
+        return Tags(
+            estimator_type="density_estimator",
+            target_tags=TargetTags(required=False),
+            transformer_tags=None,
+            regressor_tags=None,
+            classifier_tags=None,
+            input_tags=InputTags(allow_nan=False, sparse=False),
+        )
 
     # -- parameters ----------------------------------------------------------------
 
@@ -188,18 +499,23 @@ class MixtureEstimator:
         return GMMSpec(
             n_components=int(self.n_components),
             covariance_type=self.covariance_type,
-            reg_covar=check_positive(self.reg_covar, "reg_covar"),
+            reg_covar=check_positive(self.reg_covar, "reg_covar", allow_zero=True),
         )
 
     def _fit_data(self, X, spec):
-        """X validated for fitting (and against the warm-started width)."""
-        x = check_data(X, "X", n_components=spec.n_components)
+        """X validated for fitting (and against the warm-started width), as a JAX array,
+        and its feature names (or None), to be set by `_set_parameters`."""
+        names = feature_names(X)
+        arr = as_array(X, type(self).__name__)
+        x = check_data(arr, "X", n_components=spec.n_components)
+        warn_if_float32(arr.dtype)
         if self.warm_start and hasattr(self, "means_"):
             # From means_, not n_features_in_: the fitted attributes may have been set
             # by hand (e.g. copied from scikit-learn).
             width = np.shape(self.means_)[-1]
             if x.shape[1] != width:
                 raise ValueError(f"X has {x.shape[1]} features, but the warm-started model has {width}")
+        self._fit_feature_names = names
         return x
 
     def _warm_start_params(self, x, spec):
@@ -226,8 +542,9 @@ class MixtureEstimator:
         return params
 
     def _set_parameters(self, params, spec, x, **more):
-        """Set ``weights_``, ``means_``, the covariance attributes, ``spec_`` and
-        ``n_features_in_`` from plug-in `GMMParams` (and the attributes in ``more``, by
+        """Set ``weights_``, ``means_``, the covariance attributes, ``spec_``,
+        ``n_features_in_`` and ``feature_names_in_`` (when X had string column names;
+        removed otherwise) from plug-in `GMMParams` (and the attributes in ``more``, by
         name); a ValueError (and nothing set) when any of them is not finite, so a fitted
         estimator never holds NaN."""
         params = jax.device_get(params)
@@ -246,6 +563,11 @@ class MixtureEstimator:
             setattr(self, name, value)
         self.spec_ = spec
         self.n_features_in_ = x.shape[1]
+        names = self.__dict__.pop("_fit_feature_names", None)
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
 
     def _verbose_log(self, field="log_likelihood"):
         return VerboseLog(int(self.verbose), int(self.verbose_interval), field)
@@ -253,66 +575,117 @@ class MixtureEstimator:
     # -- using a fitted model --------------------------------------------------------
 
     def fit(self, X, y=None):
-        """Estimate the parameters. X: array-like of shape (n_samples, n_features)."""
+        """Estimate the parameters. X: array-like of shape (n_samples, n_features).
+        ``y`` is ignored (scikit-learn's signature)."""
         self.fit_predict(X, y)
         return self
 
     def _check_fitted(self):
         if not hasattr(self, "means_"):
-            raise ValueError(
-                f"This {type(self).__name__} instance is not fitted yet; call fit(X) first"
+            raise not_fitted_error(self)
+
+    def _check_feature_names(self, X):
+        """scikit-learn's feature-name check (``_check_feature_names`` with reset=False):
+        a warning when only one of the fit's X and this X has names, a ValueError when
+        the names differ."""
+        fitted = getattr(self, "feature_names_in_", None)
+        given = feature_names(X)
+        name = type(self).__name__
+        if fitted is None and given is None:
+            return
+        if fitted is None:
+            warnings.warn(f"X has feature names, but {name} was fitted without feature names",
+                          UserWarning, stacklevel=4)
+            return
+        if given is None:
+            warnings.warn(
+                f"X does not have valid feature names, but {name} was fitted with feature names",
+                UserWarning,
+                stacklevel=4,
             )
+            return
+        if len(fitted) == len(given) and np.all(fitted == given):
+            return
+        unexpected = sorted(set(given) - set(fitted))
+        missing = sorted(set(fitted) - set(given))
+
+        def listed(names):
+            shown = [f"- {n}\n" for n in names[:5]]
+            return "".join(shown) + ("- ...\n" if len(names) > 5 else "")
+
+        message = "The feature names should match those that were passed during fit.\n"
+        if unexpected:
+            message += "Feature names unseen at fit time:\n" + listed(unexpected)
+        if missing:
+            message += "Feature names seen at fit time, yet now missing:\n" + listed(missing)
+        if not unexpected and not missing:
+            message += "Feature names must be in the same order as they were in fit.\n"
+        raise ValueError(message)
 
     def _params(self, dtype):
+        # Cast on the host: a cast by JAX would compile for every new dtype and shape.
         return jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, dtype),
+            lambda a: jnp.asarray(np.asarray(a, dtype)),
             GMMParams(self.weights_, self.means_, self.precisions_cholesky_),
         )
 
     def _x(self, X):
+        """X of a method of a fitted model: checked (feature names, width) and converted
+        to a NumPy array of the compute dtype, shape (n_samples, n_features)."""
         self._check_fitted()
-        x = check_data(X, "X")
+        self._check_feature_names(X)
+        arr = as_array(X, type(self).__name__)
+        x = check_data(arr, "X", as_numpy=True)
+        warn_if_float32(arr.dtype)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {x.shape[1]} features, but {type(self).__name__} was fitted with "
-                f"{self.n_features_in_} features"
+                f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
             )
         return x
+
+    def _score_samples(self, x):
+        params = self._params(x.dtype)
+        return map_row_buckets(lambda block: _log_prob(block, params, self.spec_), x)
+
+    def _labels(self, x):
+        """Most probable component per row of the NumPy ``x``, shape (n_samples,)."""
+        return np.argmax(map_row_buckets(self._weighted_log_prob, x), axis=1)
 
     def score_samples(self, X):
         """Per-sample log-density log p(x_n) at the fitted ``weights_``, ``means_`` and
         ``precisions_cholesky_``, shape (n_samples,)."""
-        x = self._x(X)
-        return np.asarray(_log_prob(x, self._params(x.dtype), self.spec_))
+        return self._score_samples(self._x(X))
 
     def score(self, X, y=None):
         """Mean of ``score_samples(X)``: the log-likelihood per sample."""
-        return float(np.mean(self.score_samples(X)))
+        return float(np.mean(self._score_samples(self._x(X))))
 
     def predict(self, X):
         """Most probable component per sample, shape (n_samples,)."""
-        x = self._x(X)
-        return np.asarray(jnp.argmax(self._weighted_log_prob(x), axis=1))
+        return self._labels(self._x(X))
+
+    def predict_proba(self, X):
+        """Responsibilities, shape (n_samples, n_components), rows summing to 1."""
+        return np.exp(map_row_buckets(self._log_resp, self._x(X)))
 
     def sample(self, n_samples=1):
         """Draw samples: returns (X of shape (n_samples, n_features), y of shape
         (n_samples,)), in random order (scikit-learn sorts them by component)."""
         self._check_fitted()
-        check_int(n_samples, "n_samples", 1)
-        params = self._params(self.means_.dtype)
+        n_samples = check_int(n_samples, "n_samples", 1)
+        params = self._params(np.asarray(self.means_).dtype)
         key = key_from_random_state(self.random_state)
-        x, labels = sample(key, params, self.spec_, int(n_samples))
-        return np.asarray(x), np.asarray(labels)
-
-    def get_params(self, deep=True):
-        return {name: getattr(self, name) for name in self._param_names}
-
-    def set_params(self, **params):
-        for name, value in params.items():
-            if name not in self._param_names:
-                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
-            setattr(self, name, value)
-        return self
+        xs, labels = [], []
+        for block, start in enumerate(range(0, n_samples, _MAX_BUCKET)):
+            # Block 0 draws with the key itself; block b > 0 with fold_in(key, b).
+            block_key = key if block == 0 else jax.random.fold_in(key, block)
+            size = bucket_size(n_samples - start)
+            x, y = jax.device_get(_sample(block_key, params, self.spec_, size))
+            keep = min(_MAX_BUCKET, n_samples - start)
+            xs.append(np.asarray(x)[:keep])
+            labels.append(np.asarray(y)[:keep])
+        return np.concatenate(xs), np.concatenate(labels)
 
 
 class GaussianMixture(MixtureEstimator):
@@ -448,28 +821,42 @@ class GaussianMixture(MixtureEstimator):
         lookup(dict.fromkeys(SELECTIONS), self.select, "select")
         x = self._fit_data(X, spec)
         key_init, key_run = jax.random.split(key_from_random_state(self.random_state))
+        warm = self.warm_start and hasattr(self, "means_")
         params = self._initial_params(key_init, x, spec)
 
         log = self._verbose_log()
         log.begin(params.means.shape[0] if params.means.ndim == 3 else 1)
+        run = dict(
+            max_iter=int(self.max_iter),
+            callback=log.chunk_done if log.verbose else None,
+            select=self.select,
+        )
         try:
-            result = fit_em(
-                key_run,
-                x,
-                spec,
-                init=params,
-                max_iter=int(self.max_iter),
-                tol=float(self.tol),
-                callback=log.chunk_done if log.verbose else None,
-                select=self.select,
-            )
+            if warm:
+                # Continue as scikit-learn does: the first tolerance test compares with
+                # the previous fit's lower_bound_, so repeated max_iter=1 fits converge.
+                state = RunState(
+                    fitter_state=EMState(params=params),
+                    previous=jnp.asarray(np.asarray(self._previous_bound(), x.dtype)),
+                    n_iter=jnp.zeros((), jnp.int32),
+                )
+                fitter = em_fitter(spec, check_positive(self.tol, "tol", allow_zero=True))
+                result = run_fitter(fitter, key_run, x, None, spec, init_state=state, **run)
+            else:
+                result = fit_em(key_run, x, spec, init=params, tol=float(self.tol), **run)
         except ValueError as error:
             # Everything else fit_em checks was checked above under this estimator's
             # names; what is left is what only running shows: no finite state exists.
             raise _nonfinite_error(self, x, "found no finite parameters from any start") from error
         self._set_fitted(result, spec, x)
         log.end(result.converged, self.lower_bound_)
-        return self.predict(x)
+        return self._labels(np.asarray(x))
+
+    def _previous_bound(self):
+        """The value the first tolerance test of a warm start compares with: the
+        previous fit's ``lower_bound_`` (-inf for attributes set by hand)."""
+        previous = getattr(self, "lower_bound_", -math.inf)
+        return float(previous) if np.isfinite(previous) else -math.inf
 
     def _set_fitted(self, result, spec, x):
         if not math.isfinite(result.log_likelihood):
@@ -517,18 +904,17 @@ class GaussianMixture(MixtureEstimator):
     def _weighted_log_prob(self, x):
         return _weighted_log_prob(x, self._params(x.dtype), self.spec_)
 
-    def predict_proba(self, X):
-        """Responsibilities, shape (n_samples, n_components), rows summing to 1."""
-        x = self._x(X)
-        _, log_resp = _e_step(x, self._params(x.dtype), self.spec_)
-        return np.exp(np.asarray(log_resp))
+    def _log_resp(self, x):
+        return _e_step(x, self._params(x.dtype), self.spec_)[1]
 
     def bic(self, X):
         """Bayesian information criterion: -2 log L + n_parameters * log(n_samples)."""
         x = self._x(X)
-        return bic(self.score(x), x.shape[0], self.n_features_in_, self.spec_)
+        score = float(np.mean(self._score_samples(x)))
+        return bic(score, x.shape[0], self.n_features_in_, self.spec_)
 
     def aic(self, X):
         """Akaike information criterion: -2 log L + 2 n_parameters."""
         x = self._x(X)
-        return aic(self.score(x), x.shape[0], self.n_features_in_, self.spec_)
+        score = float(np.mean(self._score_samples(x)))
+        return aic(score, x.shape[0], self.n_features_in_, self.spec_)

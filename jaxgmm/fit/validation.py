@@ -17,7 +17,7 @@ def default_dtype():
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
-def check_data(x, name="X", n_components=None, dtype=None):
+def check_data(x, name="X", n_components=None, dtype=None, *, as_numpy=False):
     """Validate a data matrix and return it as a JAX array of a floating dtype.
 
     Args:
@@ -25,6 +25,8 @@ def check_data(x, name="X", n_components=None, dtype=None):
         name: argument name used in error messages.
         n_components: if given, require n_samples >= n_components.
         dtype: target dtype; default keeps float64 input in x64 mode, else float32.
+        as_numpy: return the validated values as a NumPy array of that dtype instead
+            (for callers that pad or split the rows on the host before they reach JAX).
     """
     try:
         arr = np.asarray(x)
@@ -63,6 +65,8 @@ def check_data(x, name="X", n_components=None, dtype=None):
             "need n_samples >= n_components"
         )
     dtype = compute_dtype(arr.dtype, dtype)
+    if as_numpy:
+        return check_fits_dtype(arr, dtype, name)
     if isinstance(x, jax.Array) and x.dtype == dtype and x.ndim == 2:
         return x
     return jnp.asarray(check_fits_dtype(arr, dtype, name))

@@ -27,7 +27,8 @@ class GMMSpec:
             ``"tied"``, ``"diag"``, ``"spherical"`` (scikit-learn's meanings), or a
             registered family.
         reg_covar: non-negative floor added to the diagonal of every covariance estimate,
-            as in scikit-learn; must be > 0.
+            as in scikit-learn; must be >= 0 (0: none, as scikit-learn allows; a
+            collapsing component then makes the fit non-finite, reported by the fitters).
         prior: ``None`` for maximum likelihood, otherwise a hashable prior object
             (see the prior registry).
     """
@@ -59,16 +60,16 @@ class GMMSpec:
             )
         if isinstance(self.reg_covar, (bool, np.bool_)):
             raise ValueError(
-                f"GMMSpec.reg_covar must be a positive float, got {self.reg_covar!r}"
+                f"GMMSpec.reg_covar must be a non-negative float, got {self.reg_covar!r}"
             )
         try:
             reg = float(self.reg_covar)
         except (TypeError, ValueError):
             raise ValueError(
-                f"GMMSpec.reg_covar must be a positive float, got {self.reg_covar!r}"
+                f"GMMSpec.reg_covar must be a non-negative float, got {self.reg_covar!r}"
             ) from None
-        if not reg > 0 or reg == float("inf"):
-            raise ValueError(f"GMMSpec.reg_covar must be a positive finite float, got {reg}")
+        if not reg >= 0 or reg == float("inf"):
+            raise ValueError(f"GMMSpec.reg_covar must be a non-negative finite float, got {reg}")
         object.__setattr__(self, "reg_covar", reg)
         try:
             hash(self.prior)

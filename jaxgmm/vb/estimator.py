@@ -1,17 +1,19 @@
 """`BayesianGaussianMixture`: scikit-learn's variational estimator contract on top of
-`fit_vb` (closed-form mean-field variational Bayes), sharing `GaussianMixture`'s checks,
-``random_state``, verbose logging, get/set_params, plug-in scoring and sampling."""
+`fit_vb` (closed-form mean-field variational Bayes), sharing `GaussianMixture`'s
+scikit-learn protocol (`jaxgmm.em.estimator.MixtureEstimator`: params, repr, tags,
+input conversion, `NotFittedError`), checks, ``random_state``, verbose logging, plug-in
+scoring and sampling in shape buckets."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import logsumexp
 
 from jaxgmm._registry import lookup
 from jaxgmm.em.estimator import (
@@ -20,17 +22,25 @@ from jaxgmm.em.estimator import (
     MixtureEstimator,
     _nonfinite_error,
     key_from_random_state,
+    map_row_buckets,
 )
+from jaxgmm.fit.driver import RunState, run_fitter
 from jaxgmm.fit.validation import check_positive
 from jaxgmm.model.covariance import get_family
 from jaxgmm.priors import ConjugatePrior
 from jaxgmm.priors.conjugate import WEIGHT_PRIOR_TYPES
-from jaxgmm.vb.fitter import _as_posterior, fit_vb
+from jaxgmm.vb.fitter import _as_posterior, fit_vb, vb_fitter
+from jaxgmm.vb.fitter import vb_spec as resolved_vb_spec
 from jaxgmm.vb.predictive import n_active_components, posterior_predictive_log_prob
 from jaxgmm.vb.steps import UPDATES, VBPosterior, estep_log_prob
 
 _estep_log_prob = jax.jit(estep_log_prob, static_argnums=(2, 3))
 _predictive = jax.jit(posterior_predictive_log_prob, static_argnums=2)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _estep_log_resp(x, posterior, spec, exact):
+    return jax.nn.log_softmax(estep_log_prob(x, posterior, spec, exact), axis=1)
 
 _POSTERIOR_ATTRIBUTES = {
     "weight_concentration": "weight_concentration_",
@@ -212,6 +222,11 @@ class BayesianGaussianMixture(MixtureEstimator):
     def _covariance_prior(self, data, cov_type):
         n_features = data.shape[1]
         if self.covariance_prior is None:
+            if data.shape[0] < 2:
+                raise ValueError(
+                    f"X has n_samples={data.shape[0]}: the default covariance_prior is the "
+                    "covariance of X, which needs at least 2 samples; pass covariance_prior"
+                )
             variances = np.var(data, axis=0, ddof=1)
             return {
                 "full": np.atleast_2d(np.cov(data.T)),
@@ -267,32 +282,48 @@ class BayesianGaussianMixture(MixtureEstimator):
         prior, prior_attributes = self._prior(x, spec)
         vb_spec = dataclasses.replace(spec, prior=prior)
         key_init, key_run = jax.random.split(key_from_random_state(self.random_state))
-        start = {}
         warm = self.warm_start and hasattr(self, "means_")
-        if warm:
-            start["init_posterior"] = self._warm_posterior(x, vb_spec)
-            n_restarts = 1
-        else:
-            start["init"] = self._named_initial_params(key_init, x, spec)
-            n_restarts = int(self.n_init)
-
+        n_restarts = 1 if warm else int(self.n_init)
         log = self._verbose_log("sklearn_lower_bound_total")
         log.begin(n_restarts)
-        result = fit_vb(
-            key_run,
-            x,
-            vb_spec,
-            max_iter=int(self.max_iter),
-            # scikit-learn's tol is on its total lower bound; fit_vb's on the ELBO per
-            # sample, which changes by the same amount over n_samples.
-            tol=float(self.tol) / x.shape[0],
-            update=self.update,
-            callback=log.chunk_done if log.verbose else None,
-            **start,
-        )
+        # scikit-learn's tol is on its total lower bound; fit_vb's on the ELBO per
+        # sample, which changes by the same amount over n_samples.
+        tol = float(self.tol) / x.shape[0]
+        callback = log.chunk_done if log.verbose else None
+        if warm:
+            # fit_vb's init_posterior, but continuing the tolerance test as scikit-learn
+            # does: the first iteration compares with the previous fit's ELBO, so that
+            # repeated max_iter=1 fits converge.
+            vb_spec = resolved_vb_spec(vb_spec, x)
+            state = RunState(
+                fitter_state=self._warm_posterior(x, vb_spec),
+                previous=jnp.asarray(np.asarray(self._previous_elbo(), x.dtype)),
+                n_iter=jnp.zeros((), jnp.int32),
+            )
+            result = run_fitter(
+                vb_fitter(vb_spec, tol, self.update), key_run, x, None, vb_spec,
+                max_iter=int(self.max_iter), callback=callback, init_state=state,
+            )
+        else:
+            result = fit_vb(
+                key_run,
+                x,
+                vb_spec,
+                max_iter=int(self.max_iter),
+                tol=tol,
+                update=self.update,
+                callback=callback,
+                init=self._named_initial_params(key_init, x, spec),
+            )
         self._set_fitted(result, vb_spec, x, prior_attributes)
         log.end(result.converged, self.lower_bound_)
-        return self.predict(x)
+        return self._labels(np.asarray(x))
+
+    def _previous_elbo(self):
+        """The previous fit's ELBO per sample, what the first tolerance test of a warm
+        start compares with; -inf when the attributes were set by hand."""
+        previous = getattr(self, "elbo_", -math.inf)
+        return float(previous) if np.isfinite(previous) else -math.inf
 
     def _set_fitted(self, result, spec, x, prior_attributes):
         if not math.isfinite(result.log_likelihood):
@@ -362,25 +393,31 @@ class BayesianGaussianMixture(MixtureEstimator):
         get_family(self.spec_.covariance_type)
 
     def _posterior(self, dtype):
-        fields = [np.asarray(getattr(self, a)) for a in _POSTERIOR_ATTRIBUTES.values()]
-        return VBPosterior(*(jnp.asarray(f, dtype) for f in fields))
+        # Cast on the host: a cast by JAX would compile for every new dtype and shape.
+        fields = [np.asarray(getattr(self, a), dtype) for a in _POSTERIOR_ATTRIBUTES.values()]
+        return VBPosterior(*(jnp.asarray(f) for f in fields))
 
     def _weighted_log_prob(self, x):
         exact = self.update == "exact"
         return _estep_log_prob(x, self._posterior(x.dtype), self.spec_, exact)
 
+    def _log_resp(self, x):
+        exact = self.update == "exact"
+        return _estep_log_resp(x, self._posterior(x.dtype), self.spec_, exact)
+
     def predict_proba(self, X):
         """q(z): responsibilities of shape (n_samples, n_components), rows summing to 1."""
-        x = self._x(X)
-        wlp = self._weighted_log_prob(x)
-        return np.exp(np.asarray(wlp - logsumexp(wlp, axis=1, keepdims=True)))
+        return super().predict_proba(X)
 
     def score_samples_predictive(self, X):
         """log p(x_n | training data) under q, the posterior predictive (a mixture of
         Student-t, `jaxgmm.vb.posterior_predictive_log_prob`), shape (n_samples,)."""
-        x = self._x(X)
-        return np.asarray(_predictive(self._posterior(x.dtype), x, self.spec_))
+        return self._score_predictive(self._x(X))
+
+    def _score_predictive(self, x):
+        posterior = self._posterior(x.dtype)
+        return map_row_buckets(lambda block: _predictive(posterior, block, self.spec_), x)
 
     def score_predictive(self, X, y=None):
         """Mean of ``score_samples_predictive(X)``: held-out log predictive per sample."""
-        return float(np.mean(self.score_samples_predictive(X)))
+        return float(np.mean(self._score_predictive(self._x(X))))

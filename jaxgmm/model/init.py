@@ -3,6 +3,7 @@ initial responsibilities into parameters with the same M-step EM uses."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -194,9 +195,14 @@ def resolve_init(key, x, spec, init, n_init=1, *, dtype=None):
 # The jitted, vmapped initialiser per (initialiser, spec); bounded like every cache of
 # compiled functions (see `jaxgmm._cache`).
 _VMAPPED = BoundedCache(32)
+_BUILT_IN = frozenset(INITIALIZERS.values())
 
 
 def _vmapped_init(init, spec):
+    if init in _BUILT_IN:
+        # They never read the prior: one compile serves a spec under every prior (EM, MAP,
+        # VB and SVI fits of one model, each prior resolved from other data).
+        spec = dataclasses.replace(spec, prior=None)
     if (init, spec) not in _VMAPPED:
         _VMAPPED[(init, spec)] = jax.jit(jax.vmap(lambda k, x: init(k, x, spec), in_axes=(0, None)))
     return _VMAPPED[(init, spec)]

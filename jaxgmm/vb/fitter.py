@@ -12,17 +12,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxgmm.fit.driver import FitResult, RunState, run_fitter
 from jaxgmm.fit.fitter import DriverHooks, Fitter
 from jaxgmm.fit.results import RestartSummary
 from jaxgmm.fit.validation import check_data, check_int, check_positive
-from jaxgmm.model.blocked import (
-    accumulate_moments_fm,
-    mean_log_likelihood_blocks,
-    spec_blocks,
-    stats_from_moments,
-)
+from jaxgmm.model.blocked import mean_log_likelihood_blocks, spec_blocks
 from jaxgmm.model.covariance import get_family
 from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
@@ -91,7 +87,12 @@ def vb_fitter(spec, tol=1e-3, update="exact", block_size=None):
 
     ``init(key, params, data)`` starts from `GMMParams`: q(z) is their EM responsibilities
     and q(theta) the update from those (scikit-learn starts from the k-means
-    responsibilities the same way). To start from a `VBPosterior`, pass
+    responsibilities the same way). ``init`` itself returns `point_mass_posterior` of the
+    parameters (no pass over the data); the first step computes q(theta) from their
+    responsibilities and then makes iteration 1 as usual, so iteration t still maps
+    q_{t-1} to q_t. A run that makes no step (``max_iter=0``, or a first step that is not
+    finite) keeps that point mass, whose plug-in parameters are the initial ones. To
+    start from a `VBPosterior`, pass
     ``init_state=RunState(fitter_state=posterior, ...)`` to `run_fitter` (`fit_vb`'s
     ``init_posterior`` does).
     """
@@ -110,16 +111,27 @@ def vb_fitter(spec, tol=1e-3, update="exact", block_size=None):
         return vb_hyperparameters(spec, n_features, data.blocks.dtype)
 
     def init(key, params, data):
-        del key  # deterministic from the parameters
-        stats = stats_from_moments(accumulate_moments_fm(data, params, spec), params, spec)[1]
-        return vb_m_step(stats, spec, hyper_for(data), exact)
+        del key, data  # no pass over the data here: see step
+        return point_mass_posterior(params, spec)
 
     def step(key, state, data):
         del key  # coordinate ascent is deterministic
         hyper = hyper_for(data)
-        moments = accumulate_vb_moments(data, state, spec, exact)
-        log_likelihood, stats = vb_stats(moments, state, spec, exact)
-        new_state = vb_m_step(stats, spec, hyper, exact)
+
+        def update(q):
+            moments = accumulate_vb_moments(data, q, spec, exact)
+            log_likelihood, stats = vb_stats(moments, q, spec, exact)
+            return vb_m_step(stats, spec, hyper, exact), log_likelihood, stats
+
+        # From init's point mass, the first step makes two passes (q_0 from the EM
+        # responsibilities of the initial parameters, then q_1) through one loop body: the
+        # pass compiles once, in the chunk, not a second time in the driver's start.
+        n_passes = 1 + jnp.any(jnp.isinf(state.mean_precision)).astype(jnp.int32)
+        _, *rest = jax.eval_shape(update, state)
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), rest)
+        new_state, log_likelihood, stats = lax.fori_loop(
+            0, n_passes, lambda _, carry: update(carry[0]), (state, *zeros)
+        )
         info = VBInfo(
             log_likelihood=log_likelihood,
             bound=elbo(stats, new_state, spec, hyper),
@@ -142,6 +154,35 @@ def vb_fitter(spec, tol=1e-3, update="exact", block_size=None):
             score_prepared=functools.partial(mean_log_likelihood_blocks, spec=spec),
             compile_options=get_family(spec.covariance_type).em_step_compile_options,
         ),
+    )
+
+
+def point_mass_posterior(params, spec):
+    """The `VBPosterior` standing for the point mass at `GMMParams` ``params``:
+    ``mean_precision`` and ``degrees_of_freedom`` infinite, the weights as concentrations
+    whose expectations they are (sticks: Beta(v_k, 1 - v_k) with v_k the stick fraction
+    w_k / sum_{j>=k} w_j), and the parameters' means and covariances. `plugin_params` of
+    it gives ``params`` back (to rounding), and the E-step from it is EM's (see
+    `jaxgmm.vb.steps.log_weights_adjustment`). Shapes as `VBPosterior`'s."""
+    family = get_family(spec.covariance_type)
+    weights = params.weights
+    if weight_prior_type(spec.prior) == "dirichlet_process":
+        # From the mass left at each stick (a reverse cumulative sum, so no cancellation
+        # for a small last weight); b_k = left_{k+1} / left_k is 1 - v_k.
+        left = jnp.cumsum(weights[::-1])[::-1]
+        after = jnp.concatenate([left[1:], jnp.zeros_like(left[:1])])
+        weights = jnp.stack([weights / left, after / left])
+    n_components = spec.n_components
+    per_component = get_vb_family(spec.covariance_type).dof_shape_is_per_component
+    dof_shape = (n_components,) if per_component else ()
+    inf = jnp.asarray(jnp.inf, params.means.dtype)
+    return VBPosterior(
+        weight_concentration=weights,
+        mean_precision=jnp.full((n_components,), inf),
+        means=params.means,
+        degrees_of_freedom=jnp.full(dof_shape, inf),
+        covariances=family.covariance_from_prec_chol(params.prec_chol),
+        prec_chol=params.prec_chol,
     )
 
 

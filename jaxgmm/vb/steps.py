@@ -218,11 +218,16 @@ def log_weights_adjustment(posterior, spec, exact=True):
     ``exact=False`` gives scikit-learn's E-step (its ``_estimate_log_prob``), whose
     E log|Lambda| is the Wishart one for every covariance type."""
     n_features = posterior.means.shape[-1]
-    return (
+    adjusted = (
         expected_log_weights(posterior.weight_concentration, spec)
         + 0.5 * _log_det_offset(posterior, spec, exact)
         - 0.5 * n_features / posterior.mean_precision
     )
+    # A point mass (kappa = inf, `jaxgmm.vb.fitter.point_mass_posterior`) has no spread:
+    # the E-step is EM's, with log w (its E log pi and E log|Lambda| terms are NaN).
+    point_mass = jnp.isinf(posterior.mean_precision)
+    return jnp.where(point_mass, jnp.log(expected_weights(posterior.weight_concentration, spec)),
+                     adjusted)
 
 
 def estep_log_prob(x, posterior, spec, exact=True):

@@ -307,3 +307,44 @@ def test_bad_input_is_refused_by_name():
         fit_vb(key, x, spec, prior=process, init_posterior=good)
     with pytest.raises(ValueError, match="threshold"):
         n_active_components(good, vb_spec(spec, x), threshold=1.5)
+
+
+def test_max_iter_0_is_the_update_from_the_initial_responsibilities(require_x64):
+    # VB's init holds a point mass at the initial parameters; a fit that makes no step
+    # must still return q_0, the update from their responsibilities, as scikit-learn's
+    # max_iter=0 does (not the point mass, whose precisions are infinite).
+    x = _data()
+    weights = np.array([0.2, 0.3, 0.5])
+    means = x[[0, 60, 120]]
+    covariance = np.cov(x.T)
+    start = np.stack(
+        [w * scipy_stats.multivariate_normal(m, covariance).pdf(x) for w, m in zip(weights, means)],
+        axis=1,
+    )
+    start /= start.sum(axis=1, keepdims=True)
+
+    class FromResponsibilities(BayesianGaussianMixture):
+        def _initialize_parameters(self, X, random_state, xp=None):
+            self._initialize(X, start)
+
+    sk = FromResponsibilities(n_components=3, max_iter=0, random_state=0,
+                              weight_concentration_prior_type="dirichlet_distribution")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk.fit(x)
+    params = jaxgmm.model.params_from_covariances(
+        weights, means, np.broadcast_to(covariance, (3, 3, 3)), "full"
+    )
+    spec = jaxgmm.GMMSpec(3, "full", reg_covar=sk.reg_covar)
+    result = fit_vb(jax.random.PRNGKey(0), x, spec, prior=_prior_of(sk, "dirichlet_distribution"),
+                    max_iter=0, init=params)
+    assert result.n_iter == 0
+    for name, a, b in zip(VBPosterior._fields, result.state.fitter_state, _posterior_of(sk)):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-8, err_msg=name)
+    np.testing.assert_allclose(result.params.weights, sk.weights_, rtol=1e-8)
+    # the plug-in log-likelihood (scikit-learn's score for VB is not a normalised density)
+    plug_in = np.log(sum(
+        w * scipy_stats.multivariate_normal(m, c).pdf(x)
+        for w, m, c in zip(sk.weights_, sk.means_, sk.covariances_)
+    )).mean()
+    np.testing.assert_allclose(result.log_likelihood, plug_in, rtol=1e-8)

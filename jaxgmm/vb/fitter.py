@@ -18,7 +18,14 @@ from jaxgmm.fit.driver import FitResult, RunState, run_fitter
 from jaxgmm.fit.fitter import DriverHooks, Fitter
 from jaxgmm.fit.results import RestartSummary
 from jaxgmm.fit.validation import check_data, check_int, check_positive
-from jaxgmm.model.blocked import mean_log_likelihood_blocks, spec_blocks
+from jaxgmm.model.blocked import (
+    accumulate_moments_fm,
+    feature_major_blocks,
+    mean_log_likelihood_blocks,
+    spec_block_size,
+    spec_blocks,
+    stats_from_moments,
+)
 from jaxgmm.model.covariance import get_family
 from jaxgmm.model.init import resolve_init
 from jaxgmm.model.params import GMMParams
@@ -91,7 +98,7 @@ def vb_fitter(spec, tol=1e-3, update="exact", block_size=None):
     parameters (no pass over the data); the first step computes q(theta) from their
     responsibilities and then makes iteration 1 as usual, so iteration t still maps
     q_{t-1} to q_t. A run that makes no step (``max_iter=0``, or a first step that is not
-    finite) keeps that point mass, whose plug-in parameters are the initial ones. To
+    finite) would keep that point mass: `fit_vb` then returns q_0 instead. To
     start from a `VBPosterior`, pass
     ``init_state=RunState(fitter_state=posterior, ...)`` to `run_fitter` (`fit_vb`'s
     ``init_posterior`` does).
@@ -302,8 +309,36 @@ def fit_vb(
         return run(key=key_run, init_params=None, init_state=state)
     params = resolve_init(key_init, x, spec, init, n_init)
     if params.means.ndim == 2:
-        return run(key=key_run, init_params=params)
-    return _best_by_elbo(run, key_run, params)
+        result = run(key=key_run, init_params=params)
+    else:
+        result = _best_by_elbo(run, key_run, params)
+    return _without_point_mass(result, x, spec, update == "exact", block_size)
+
+
+def _without_point_mass(result, x, spec, exact, block_size):
+    """A fit that made no step (``max_iter=0``, or a first step that was not finite)
+    still holds init's point mass (infinite mean precision and degrees of freedom).
+    Replace it with q_0, the update from the initial parameters' responsibilities, as
+    scikit-learn's ``max_iter=0`` gives; its plug-in parameters and their log-likelihood
+    with it. Compiled only for such fits."""
+    no_step = np.isinf(np.asarray(result.state.fitter_state.mean_precision)).any()
+    if result.n_iter > 0 or not no_step:
+        return result
+    block = spec_block_size(*x.shape, spec, block_size)
+    posterior, params, log_likelihood = _first_posterior(x, result.params, spec, exact, block)
+    if not np.isfinite(float(log_likelihood)):
+        return result
+    state = result.state._replace(fitter_state=posterior)
+    return result._replace(params=params, log_likelihood=float(log_likelihood), state=state)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "exact", "block_size"))
+def _first_posterior(x, params, spec, exact, block_size):
+    data = feature_major_blocks(x, block_size)
+    stats = stats_from_moments(accumulate_moments_fm(data, params, spec), params, spec)[1]
+    posterior = vb_m_step(stats, spec, vb_hyperparameters(spec, x.shape[1], x.dtype), exact)
+    plugin = plugin_params(posterior, spec)
+    return posterior, plugin, mean_log_likelihood_blocks(data, plugin, spec)
 
 
 def _best_by_elbo(run, key, params):

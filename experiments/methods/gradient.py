@@ -22,10 +22,9 @@ def optimizer_options(settings):
     return options
 
 
-def run(context):
-    settings = context.settings
-    fitter = jaxgmm.gradient.gradient_fitter(
-        context.spec,
+def _fitter(spec, settings):
+    return jaxgmm.gradient.gradient_fitter(
+        spec,
         settings["optimizer"],
         learning_rate=settings["learning_rate"],
         optimizer_options=optimizer_options(settings),
@@ -38,6 +37,11 @@ def run(context):
         tol=settings["tol"],
         grad_tol=settings["grad_tol"],
     )
+
+
+def run(context):
+    settings = context.settings
+    fitter = _fitter(context.spec, settings)
     bar = context.progress(settings["max_steps"], f"gradient ({settings['optimizer']})")
     try:
         fit = jaxgmm.run_fitter(
@@ -127,18 +131,7 @@ def check(spec, settings, x):
             f"{settings['batch_size']} exceeds the {n_samples} training samples",
         )
     try:
-        jaxgmm.gradient.gradient_fitter(
-            spec,
-            settings["optimizer"],
-            learning_rate=settings["learning_rate"],
-            optimizer_options=optimizer_options(settings),
-            schedule=settings["schedule"],
-            schedule_steps=settings["max_steps"] * settings["eval_every"],
-            batch_size=settings["batch_size"],
-            eval_every=settings["eval_every"],
-            tol=settings["tol"],
-            grad_tol=settings["grad_tol"],
-        )
+        _fitter(spec, settings)
     except jaxgmm.gradient.OptimizerError as error:
         raise SettingError(error.argument, str(error)) from None
 

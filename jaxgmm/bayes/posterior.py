@@ -1,5 +1,5 @@
 """Posterior draws of `GMMParams`: label switching (relabelling draws to a reference by
-an optimal assignment), summaries with NumPyro's r-hat and ESS, plug-in and posterior
+Stephens' KL algorithm on allocation probabilities, or by matching means), summaries with NumPyro's r-hat and ESS, plug-in and posterior
 predictive log-likelihoods, WAIC.
 
 Draws are `GMMParams` whose leaves carry leading draw axes: (n_chains, n_draws, ...) for
@@ -9,6 +9,7 @@ summaries (r-hat needs chains), any leading shape for predictive densities.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import jax
@@ -18,7 +19,7 @@ from jax.scipy.special import logsumexp
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
 from jaxgmm.model.covariance import get_family
-from jaxgmm.model.density import log_prob, mean_log_likelihood
+from jaxgmm.model.density import log_prob, mean_log_likelihood, weighted_log_prob
 from jaxgmm.model.params import GMMParams, covariances, params_from_covariances
 
 
@@ -73,34 +74,73 @@ def linear_assignment(cost):
     return col
 
 
-def relabel(draws, reference, spec, scale=None):
+#: Relabelling methods of `relabel`: ``"stephens"`` (Stephens 2000, all parameters through
+#: the allocation probabilities; needs the data) and ``"means"`` (means only).
+RELABEL_METHODS = ("stephens", "means")
+
+# Stephens' relabelling uses at most this many data rows (evenly strided): the allocation
+# probabilities of S draws take S * rows * K floats.
+STEPHENS_MAX_ROWS = 2000
+
+
+def relabel(draws, reference, spec, scale=None, *, method="means", x=None, max_iter=100):
     """Undo label switching: permute each draw's components to match ``reference``.
 
-    The cost of matching draw component k to reference component j is the squared
-    distance between their means, each feature divided by ``scale`` (default: the spread
-    of the reference means per feature, or 1). ``prec_chol`` is permuted by the family's
-    ``permute_components`` (``tied``'s is shared and stays as it is).
+    ``method="means"``: the cost of matching draw component k to reference component j is
+    the squared distance between their means, each feature divided by ``scale`` (default:
+    the spread of the reference means per feature, or 1). Components with (nearly) equal
+    means are then labelled at random whatever their covariances and weights.
+
+    ``method="stephens"``: Stephens' (2000, JRSS B 62:795, algorithm 2) Kullback-Leibler
+    relabelling on the allocation probabilities p_nk(draw) = P(z_n = k | x_n, draw), which
+    depend on every parameter: starting from Q = the reference's allocation probabilities,
+    repeat (a) give each draw the permutation minimising sum_n sum_k p log(p / Q) (an
+    assignment problem per draw), (b) Q = the mean of the permuted p, until no permutation
+    changes (each pass lowers the total KL, so it stops). Needs ``x``; at most
+    `STEPHENS_MAX_ROWS` rows of it are used (evenly strided).
+
+    ``prec_chol`` is permuted by the family's ``permute_components`` (``tied``'s is shared
+    and stays as it is).
 
     Args:
         draws: `GMMParams` with leading draw axes (..., K, ...).
         reference: `GMMParams` (one solution, e.g. the EM fit).
         spec: `GMMSpec`.
-        scale: optional (n_features,) feature scales.
+        scale: optional (n_features,) feature scales (``"means"`` only).
+        method: one of `RELABEL_METHODS`.
+        x: array of shape (n_samples, n_features), the data (``"stephens"``).
+        max_iter: most passes of Stephens' iteration.
 
     Returns:
         ``(relabelled_draws, permutations)``; permutations has shape (..., K) with
         ``relabelled.means[..., j, :] = draws.means[..., permutations[..., j], :]``.
     """
+    if method not in RELABEL_METHODS:
+        raise ValueError(f"relabel method must be one of {list(RELABEL_METHODS)}, got {method!r}")
     means = np.asarray(draws.means)
     lead = means.shape[:-2]
     k = means.shape[-2]
-    ref = np.asarray(reference.means)
-    if scale is None:
-        scale = ref.std(axis=0) if k > 1 else np.ones(ref.shape[-1])
-        scale = np.where(scale > 0, scale, 1.0)
-    flat = means.reshape((-1,) + means.shape[-2:]) / scale
-    cost = np.sum(np.square(ref[None, :, None, :] / scale - flat[:, None, :, :]), axis=-1)
-    perms = np.stack([linear_assignment(c) for c in cost]).reshape(lead + (k,))
+    if method == "means":
+        perms = _means_permutations(means.reshape((-1,) + means.shape[-2:]), reference, scale)
+    else:
+        if x is None:
+            raise ValueError("relabel(method='stephens') needs x, the data the draws fit")
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != means.shape[-1]:
+            raise ValueError(
+                f"relabel: x must have shape (n_samples, {means.shape[-1]}), got {x.shape}"
+            )
+        stride = -(-x.shape[0] // STEPHENS_MAX_ROWS)
+        dtype = jax.dtypes.canonicalize_dtype(means.dtype)
+        rows = jnp.asarray(x[::stride], dtype=dtype)
+        flat = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a).reshape((-1,) + np.shape(a)[len(lead) :]), draws
+        )
+        probs = np.asarray(_allocation_probabilities(rows, flat, spec), np.float64)
+        ref = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), reference)
+        ref_probs = np.asarray(jax.nn.softmax(weighted_log_prob(rows, ref, spec), axis=-1))
+        perms = _stephens_permutations(probs, ref_probs, max_iter)
+    perms = perms.reshape(lead + (k,))
 
     def take(leaf):
         leaf = np.asarray(leaf)
@@ -113,6 +153,57 @@ def relabel(draws, reference, spec, scale=None):
         prec_chol=get_family(spec.covariance_type).permute_components(draws.prec_chol, perms),
     )
     return relabelled, perms
+
+
+def _means_permutations(flat_means, reference, scale):
+    """(S, K) permutations matching (S, K, D) draw means to the reference means."""
+    k = flat_means.shape[-2]
+    ref = np.asarray(reference.means)
+    if scale is None:
+        scale = ref.std(axis=0) if k > 1 else np.ones(ref.shape[-1])
+        scale = np.where(scale > 0, scale, 1.0)
+    flat = flat_means / scale
+    cost = np.sum(np.square(ref[None, :, None, :] / scale - flat[:, None, :, :]), axis=-1)
+    return np.stack([linear_assignment(c) for c in cost])
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _allocation_probabilities(x, flat_draws, spec):
+    """(S, n, K) P(z_n = k | x_n, draw s) of draws with one leading axis."""
+    return jax.lax.map(lambda p: jax.nn.softmax(weighted_log_prob(x, p, spec), axis=-1), flat_draws)
+
+
+# Below this many components every permutation is scored at once (K! of them).
+_ENUMERATE_MAX_K = 5
+
+
+def _best_permutations(cost):
+    """(S, K) permutations minimising sum_j cost[s, j, perm[j]] for (S, K, K) costs."""
+    n_draws, k, _ = cost.shape
+    if k <= _ENUMERATE_MAX_K:
+        candidates = np.array(list(itertools.permutations(range(k))))  # (M, K)
+        totals = cost[:, np.arange(k)[None, :], candidates].sum(axis=-1)  # (S, M)
+        return candidates[np.argmin(totals, axis=1)]
+    return np.stack([linear_assignment(c) for c in cost])
+
+
+def _stephens_permutations(probs, ref_probs, max_iter):
+    """Stephens' KL relabelling: (S, K) permutations of (S, n, K) allocation probabilities,
+    started from Q = ``ref_probs`` (n, K)."""
+    tiny = np.finfo(np.float64).tiny
+    log_q = np.log(np.maximum(ref_probs, tiny))
+    perms = None
+    for _ in range(max(1, int(max_iter))):
+        # KL(P_perm || Q) = sum P log P - sum_n P[n, perm[j]] log Q[n, j]; the first term
+        # does not depend on the permutation.
+        cost = -np.einsum("snl,nj->sjl", probs, log_q)
+        new = _best_permutations(cost)
+        if perms is not None and np.array_equal(new, perms):
+            break
+        perms = new
+        permuted = np.take_along_axis(probs, perms[:, None, :], axis=2)
+        log_q = np.log(np.maximum(permuted.mean(axis=0), tiny))
+    return perms
 
 
 def summarize(values):

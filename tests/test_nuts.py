@@ -126,6 +126,7 @@ def test_short_nuts_run_shapes_and_diagnostics():
     reference = jaxgmm.params_from_covariances(
         np.array([0.5, 0.5]), np.array([[2.0], [-2.0]]), np.full((2, 1), 0.25), "diag"
     )
+    swapped = jax.tree_util.tree_map(lambda a: a[::-1], reference)
     result = fit_nuts(
         jax.random.key(0),
         x,
@@ -135,17 +136,97 @@ def test_short_nuts_run_shapes_and_diagnostics():
         num_chains=2,
         chain_method="vectorized",
         reference=reference,
+        init=[reference, swapped],  # one start per chain, in the two labellings
     )
     assert result.log_likelihood.shape == (2, 100) and result.diverging.shape == (2, 100)
     assert np.all(np.isfinite(result.log_likelihood))
     assert result.draws.means.shape == (2, 100, 2, 1)
-    assert set(result.summary) == {"weights", "means", "covariances", "log_likelihood"}
+    assert set(result.summary) == {"weights", "means", "covariances", "log_likelihood", "log_joint"}
     assert result.summary["means"]["r_hat"].shape == (2, 1)
+    # The modes are far apart: each chain stays in the labelling it started in, so the
+    # per-chain inits were used, and relabelling undoes chain 1's swap.
+    np.testing.assert_array_equal(result.permutations[0], np.tile([0, 1], (100, 1)))
+    np.testing.assert_array_equal(result.permutations[1], np.tile([1, 0], (100, 1)))
+    raw_means = np.asarray(result.samples["means"]) if "means" in result.samples else None
+    if raw_means is not None:
+        assert raw_means[1, :, 0, 0].mean() < 0 < raw_means[0, :, 0, 0].mean()
     # Relabelled to the reference, whose component 1 is the one near -2.
     np.testing.assert_allclose(result.summary["means"]["mean"][:, 0], [2.0, -2.0], atol=0.3)
     ml = jaxgmm.fit_em(jax.random.key(0), x, jaxgmm.GMMSpec(2, "diag"), init=reference, tol=1e-8)
     # The plug-in log-likelihood at the posterior mean is at most the ML optimum.
     assert result.plug_in_log_likelihood <= ml.log_likelihood + 1e-9
+    # Log joint = log-likelihood + the prior's density of the draw (jaxgmm.log_prior of the
+    # relabelled params: the conjugate prior is exchangeable) / n.
+    log_prior = jax.vmap(jax.vmap(lambda p: jaxgmm.log_prior(p, result.spec)))(result.draws)
+    np.testing.assert_allclose(result.log_prior, log_prior, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        result.log_joint, result.log_likelihood + result.log_prior / len(x), rtol=1e-6
+    )
+    # Diagnostics: ArviZ's rank-normalised r-hat / bulk and tail ESS on every quantity.
+    az = pytest.importorskip("arviz")
+    for name in ("weights", "means", "log_likelihood", "log_joint"):
+        values = np.asarray(getattr(result, name, None) if name.startswith("log") else
+                            getattr(result.draws, name))  # fmt: skip
+        ours = result.diagnostics[name]
+        flat = values.reshape(2, 100, -1)
+        for i in range(flat.shape[-1]):
+            np.testing.assert_allclose(
+                np.ravel(ours["r_hat"])[i], az.rhat(flat[..., i], method="rank"), rtol=1e-5
+            )
+            np.testing.assert_allclose(
+                np.ravel(ours["ess_tail"])[i], az.ess(flat[..., i], method="tail"), rtol=1e-5
+            )
+    assert result.r_hat_max >= np.max(result.diagnostics["means"]["r_hat"])
+    assert result.ess_bulk_min <= np.min(result.diagnostics["log_joint"]["ess_bulk"])
+    # 200 draws cannot have both ESS above the default floor of 400.
+    assert not result.converged
+    assert result.tree_depth.shape == (2, 100) and np.all(result.tree_depth >= 1)
+    assert 0 <= result.tree_depth_saturated <= 200
+
+
+def test_per_chain_init_must_match_num_chains():
+    x = np.concatenate([np.linspace(-3, -1, 20), np.linspace(1, 3, 20)])[:, None]
+    spec = jaxgmm.GMMSpec(2, "diag", prior=make_prior("conjugate"))
+    one = jaxgmm.params_from_covariances(
+        np.array([0.5, 0.5]), np.array([[2.0], [-2.0]]), np.full((2, 1), 0.25), "diag"
+    )
+    with pytest.raises(ValueError, match=r"one per chain: got 3 for num_chains=2"):
+        fit_nuts(jax.random.key(0), x, spec, num_chains=2, reference=one, init=[one] * 3)
+    with pytest.raises(ValueError, match=r"init\[1\]\.weights must sum to 1"):
+        fit_nuts(jax.random.key(0), x, spec, num_chains=2, reference=one,
+                 init=[one, one._replace(weights=np.array([0.7, 0.7]))])  # fmt: skip
+    with pytest.raises(ValueError, match="relabel_method must be one of"):
+        fit_nuts(jax.random.key(0), x, spec, reference=one, relabel_method="ecr")
+
+
+def test_log_prior_of_8000_draws_does_not_hang():
+    """Issue 20: jit(vmap(log_prior)) over ~4000 draws hung 2 runs in 5; draws_log_prior
+    maps one draw at a time. 8000 x K draws, checked against the prior's own density."""
+    from jaxgmm.bayes.nuts import draws_log_prior
+    from jaxgmm.priors import resolve_prior
+
+    rng = np.random.default_rng(4)
+    k, d = 3, 2
+    x = rng.normal(size=(60, d))
+    spec = resolve_prior(jaxgmm.GMMSpec(k, "full", prior=make_prior("conjugate")), x)
+    n = 8000
+    weights = rng.dirichlet(np.ones(k), size=n)
+    means = rng.normal(size=(n, k, d))
+    cov = np.eye(d) * rng.uniform(0.5, 2.0, size=(n, k, 1, 1))
+    draws = jax.vmap(lambda w, m, c: jaxgmm.params_from_covariances(w, m, c, "full"))(
+        weights, means, cov
+    )
+    sites = jax.vmap(lambda p: spec.prior.site_values(p, spec))(draws)
+    sites = jax.tree_util.tree_map(lambda a: a.reshape((4, 2000) + a.shape[1:]), sites)
+    start = time.perf_counter()
+    values = draws_log_prior(sites, spec, d)
+    assert time.perf_counter() - start < 300
+    assert values.shape == (4, 2000) and np.all(np.isfinite(values))
+    expected = [
+        float(jaxgmm.log_prior(jaxgmm.GMMParams(*(leaf[i] for leaf in draws)), spec))
+        for i in range(5)
+    ]
+    np.testing.assert_allclose(values.reshape(-1)[:5], expected, rtol=1e-5)
 
 
 def test_bad_chain_method():
@@ -221,5 +302,4 @@ def test_bad_reference_names_the_argument(field, value, match):
     for argument in ("reference", "init"):
         given = {"reference": good, argument: bad}
         with pytest.raises(ValueError, match=match.replace("reference", argument)):
-            fit_nuts(jax.random.key(0), x, spec, num_warmup=1, num_samples=1, num_chains=1,
-                     **given)
+            fit_nuts(jax.random.key(0), x, spec, num_warmup=1, num_samples=1, num_chains=1, **given)

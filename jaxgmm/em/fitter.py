@@ -26,6 +26,7 @@ from jaxgmm.model.blocked import (
 )
 from jaxgmm.model.covariance import get_family
 from jaxgmm.model.params import GMMParams
+from jaxgmm.priors import log_prior
 
 
 def fit_em(
@@ -49,7 +50,8 @@ def fit_em(
         spec: `GMMSpec`.
         init: an initialiser name (see `INITIALIZERS`) or initial `GMMParams`
             (optionally batched with a leading restart axis).
-        n_init: restarts when ``init`` is a name; run vectorised, best kept.
+        n_init: restarts when ``init`` is a name; run vectorised, best kept (highest
+            log-likelihood, or log posterior under ``spec.prior``).
         max_iter: maximum EM iterations per restart.
         tol: convergence threshold on the change of the log-likelihood per sample.
         chunk_size: iterations per jitted chunk (default chosen from the size).
@@ -162,5 +164,7 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
             prepare=prepare,
             score_prepared=score_prepared,
             compile_options=get_family(spec.covariance_type).em_step_compile_options,
+            # MAP-EM: restarts ranked by the log posterior it increases, not the likelihood.
+            log_prior=None if spec.prior is None else functools.partial(log_prior, spec=spec),
         ),
     )

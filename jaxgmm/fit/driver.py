@@ -242,7 +242,13 @@ def _finish_function(fitter, spec):
             score = partial(hooks.score_prepared, data)
         else:
             score = partial(mean_log_likelihood, x, spec=spec)
-        return params, jax.vmap(lambda p: score(params=p))(params)
+        log_likelihood = jax.vmap(lambda p: score(params=p))(params)
+        if hooks.log_prior is None:
+            return params, log_likelihood, None
+        # lax.map, not vmap: a prior's density may factorise matrices, and batched LAPACK
+        # calls can hang on CPU (see `jaxgmm.model.linalg`).
+        log_priors = lax.map(hooks.log_prior, params)
+        return params, log_likelihood, log_likelihood + log_priors / x.shape[0]
 
     return jax.jit(finish)
 
@@ -356,7 +362,9 @@ def run_fitter(
             or the highest overall when every restart is degenerate (``selection`` then
             says ``"likelihood"``); ``"likelihood"`` the highest overall. A collapsed
             component's likelihood grows without bound as its covariance shrinks, so the
-            highest likelihood is often a spurious optimum.
+            highest likelihood is often a spurious optimum. A MAP fitter (one whose
+            hooks give ``log_prior``) is ranked by the final log posterior per sample
+            instead of the log-likelihood, under either rule: it is what MAP maximises.
 
     Returns:
         `FitResult` of the selected restart; its trace, ``n_iter`` and timings cover this
@@ -416,8 +424,11 @@ def run_fitter(
             callback(int(np.max(np.asarray(carry.n_iter))), out[0])
     if chunk_times:
         chunk_times[0] += prepare_s
-    final_params, final_ll = finish_fn(x, data, carry.run.fitter_state)
+    final_params, final_ll, final_lp = finish_fn(x, data, carry.run.fitter_state)
     final_ll = np.asarray(final_ll)
+    final_lp = None if final_lp is None else np.asarray(final_lp)
+    # What restarts are ranked by: the fitter's target, the log posterior for MAP.
+    final_score = final_ll if final_lp is None else final_lp
     run_s = time.perf_counter() - start
 
     n_iter = np.asarray(carry.n_iter)
@@ -435,7 +446,7 @@ def run_fitter(
         ],
         axis=0,
     )
-    finite = np.isfinite(final_ll) & params_finite
+    finite = np.isfinite(final_score) & params_finite
     if not np.any(finite):
         start = "the state they continued from" if resume else "their initial parameters"
         raise no_finite_state_error(
@@ -443,7 +454,7 @@ def run_fitter(
             f"{fitter.name!r} (kept from {start} on, at the last finite step)",
             x.dtype,
         )
-    best, best_overall, selection = select_restart(final_ll, finite, degenerate, select)
+    best, best_overall, selection = select_restart(final_score, finite, degenerate, select)
     nonfinite_at = int(np.asarray(carry.nonfinite_at)[best])
     return FitResult(
         params=jax.tree_util.tree_map(lambda a: a[best], final_params),
@@ -462,6 +473,7 @@ def run_fitter(
             degenerate=degenerate,
             degeneracies=degeneracies,
             status=status,
+            log_posterior=final_lp,
         ),
         best_restart=best,
         degeneracies=degeneracies[best],
@@ -497,7 +509,8 @@ def select_restart(log_likelihood, finite, degenerate, select="non_degenerate"):
     """The restart `run_fitter` returns.
 
     Args:
-        log_likelihood: (n_init,) final log-likelihoods per sample.
+        log_likelihood: (n_init,) final log-likelihoods per sample, or whatever the
+            restarts are ranked by (the log posterior per sample for MAP).
         finite: (n_init,) bool, whether a restart's final state is finite (at least one).
         degenerate: (n_init,) bool, whether a restart ended with a degenerate component.
         select: a key of `jaxgmm.fit.results.SELECTIONS`.

@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 
 
 class DriverHooks(NamedTuple):
-    """How the driver runs a fitter; all optional, none changes the results.
+    """How the driver runs a fitter; all optional, none but ``log_prior`` changes the
+    results.
 
     Attributes:
         prepare: ``prepare(x) -> data``, run once per fit (jitted) before ``init``;
@@ -20,11 +21,17 @@ class DriverHooks(NamedTuple):
         compile_options: XLA compile options for the executable that runs the steps, as
             a tuple of ``(name, value)`` pairs (hashable). Options this jaxlib does not
             know are dropped. A speed hint only.
+        log_prior: for a MAP fitter, ``log_prior(params) -> scalar``, the total log prior
+            density of one restart's final `GMMParams`; the driver then ranks restarts by
+            the log posterior per sample (log-likelihood + log_prior / n_samples, what the
+            fitter maximises) instead of the log-likelihood, and records it in
+            ``RestartSummary.log_posterior``. None: restarts ranked by log-likelihood.
     """
 
     prepare: Callable[..., Any] | None = None
     score_prepared: Callable[..., Any] | None = None
     compile_options: tuple = ()
+    log_prior: Callable[..., Any] | None = None
 
 
 class Fitter(NamedTuple):

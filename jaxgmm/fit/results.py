@@ -55,6 +55,9 @@ class RestartSummary(NamedTuple):
             (``degeneracies[r]`` not empty). None only from code that predates it.
         degeneracies: tuple of n_init tuples of `Degeneracy`, each restart's at its end.
         status: (n_init,) str, each restart's `FitResult.status`.
+        log_posterior: (n_init,) final log posterior per sample, log-likelihood +
+            log p(params) / n_samples (unnormalised), for a MAP fit (EM or gradient under
+            a prior), whose restarts are ranked by it; None otherwise.
     """
 
     log_likelihood: np.ndarray
@@ -63,6 +66,7 @@ class RestartSummary(NamedTuple):
     degenerate: np.ndarray | None = None
     degeneracies: tuple | None = None
     status: np.ndarray | None = None
+    log_posterior: np.ndarray | None = None
 
 
 class Degeneracy(NamedTuple):
@@ -86,7 +90,8 @@ class Degeneracy(NamedTuple):
 
 class FitResult(NamedTuple):
     """Outcome of `run_fitter` for the selected restart (by default the non-degenerate
-    restart with the highest final log-likelihood; see ``selection``).
+    restart with the highest final log-likelihood, or log posterior for MAP; see
+    ``selection``).
 
     Attributes:
         params: final `GMMParams` (always finite: a fit with no finite state raises).
@@ -116,7 +121,7 @@ class FitResult(NamedTuple):
             with a finite state was degenerate); ``"elbo"`` for `jaxgmm.fit_vb`, which
             keeps the restart with the highest final ELBO.
         best_overall_restart: index of the restart with the highest finite final
-            log-likelihood, degenerate or not (equals ``best_restart`` unless a
+            log-likelihood (log posterior for MAP), degenerate or not (equals ``best_restart`` unless a
             degenerate restart scored higher than the one returned).
     """
 

@@ -34,7 +34,7 @@ from jax import lax
 
 from jaxgmm._registry import lookup
 from jaxgmm.fit.driver import FitResult, checked_initial_params, run_fitter
-from jaxgmm.fit.fitter import Fitter
+from jaxgmm.fit.fitter import DriverHooks, Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
 from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
 from jaxgmm.model.covariance import get_family
@@ -681,6 +681,10 @@ def _gradient_fitter(
         tol_on="bound",
         tol_ulps=tol_ulps,
         stall_patience=STALL_PATIENCE,
+        # MAP: restarts ranked by the log posterior the fit maximises.
+        hooks=None
+        if spec.prior is None
+        else DriverHooks(log_prior=functools.partial(log_prior, spec=spec)),
     )
 
 
@@ -717,7 +721,8 @@ def fit_gradient(
         init: an initialiser name (see `INITIALIZERS`) or initial `GMMParams`
             (optionally batched with a leading restart axis) -- the same parameters can
             start EM and gradient fits.
-        n_init: restarts when ``init`` is a name; run vectorised, best kept.
+        n_init: restarts when ``init`` is a name; run vectorised, best kept (highest
+            log-likelihood, or log posterior under ``spec.prior``).
         optimizer: a name -- ``"lbfgs"``, ``"adam"``, ``"sgd"`` (exactly optax's: no
             momentum unless ``optimizer_options={"momentum": 0.9}``) or any optax
             optimiser (``"adamw"``, ``"contrib.prodigy"``) -- or an

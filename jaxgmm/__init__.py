@@ -10,6 +10,7 @@ and online EM), `jaxgmm.priors` and `jaxgmm.saved` (the saved-model format; `loa
 from jaxgmm import bayes, em, fit, gradient, model, priors, saved, scale, vb
 from jaxgmm._cache import clear_cache
 from jaxgmm.bayes import fit_nuts, fit_svi
+from jaxgmm.bayes.evidence import EVIDENCE_METHODS, log_evidence
 from jaxgmm.em import ConvergenceWarning, DegeneracyWarning, GaussianMixture, fit_em
 from jaxgmm.fit import Degeneracy, FitResult, Fitter, RestartSummary, Trace, run_fitter
 from jaxgmm.gradient import fit_gradient
@@ -41,6 +42,7 @@ __all__ = [
     "ConvergenceWarning",
     "Degeneracy",
     "DegeneracyWarning",
+    "EVIDENCE_METHODS",
     "FitResult",
     "Fitter",
     "GMMParams",
@@ -66,6 +68,7 @@ __all__ = [
     "gradient",
     "initial_params",
     "load",
+    "log_evidence",
     "log_prior",
     "log_prob",
     "mean_log_likelihood",

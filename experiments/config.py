@@ -18,6 +18,7 @@ import difflib
 import re
 
 import jaxgmm
+from experiments import evidence
 from experiments.config_engine import (  # noqa: F401  (re-exported: the config API)
     REQUIRED,
     TYPES,
@@ -288,6 +289,9 @@ def register_method_block(name, fields):
 for _method in METHODS.values():
     register_method_block(_method.name, _method.config)
 
+# Not a method: the run's log-evidence estimates (`experiments.evidence`).
+SCHEMA["evidence"] = dict(evidence.CONFIG)
+
 
 # ----------------------------------------------------------------------- validation
 
@@ -320,7 +324,11 @@ def _check_data_options(config):
 # Rules that involve several keys of one block: (block, check), with
 # check(resolved_config) -> [(key_path, message)]. A check may fill defaults that depend on
 # other keys; it runs only when its block has no per-key errors, so it can trust types.
-CROSS_CHECKS = [("data", _check_data_options), ("model", _check_prior_registry)]
+CROSS_CHECKS = [
+    ("data", _check_data_options),
+    ("model", _check_prior_registry),
+    ("evidence", lambda c: [(f"evidence.{k}", m) for k, m in evidence.config_check(c["evidence"])]),
+]
 
 
 def _block_check(name, check):

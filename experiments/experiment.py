@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxgmm
+from experiments import evidence as evidence_estimates
 from experiments import results_io
 from experiments.config import ConfigError, apply_overrides, dump_config, load_config, validate
 from experiments.evaluation import (
@@ -47,6 +48,7 @@ from experiments.evaluation import (
     model_selection,
     model_selection_summary,
 )
+from experiments.ledger import method_ledger
 from experiments.methods import (
     DEFAULT_PRIOR,
     METHODS,
@@ -55,7 +57,7 @@ from experiments.methods import (
     SettingError,
 )
 from experiments.progress import progress_factory
-from experiments.report import format_table, method_warnings
+from experiments.report import converged_text, format_table, ledger_warnings, method_warnings
 
 PACKAGES = (
     "jax", "jaxlib", "numpy", "optax", "numpyro", "scipy", "matplotlib", "pyyaml", "tqdm",
@@ -215,7 +217,7 @@ def build_prior(prior_config, source):
 
 
 def _prior_label(prior_config, default):
-    label = prior_config["name"]
+    label = jaxgmm.priors.prior_from_config(prior_config).label
     return f"{label} (default)" if default else label
 
 
@@ -409,6 +411,7 @@ def _run(config, source, progress, animate, show_progress):
         row["prior_hyperparameters"] = (
             None if name_spec.prior is None else dataclasses.asdict(name_spec.prior)
         )
+        row["convergence"] = converged_text(row, config[name])
         rows[name] = row
         for key, value in (arrays or {}).items():
             npz[f"{name}/{key}"] = value
@@ -418,6 +421,7 @@ def _run(config, source, progress, animate, show_progress):
             "bound": result.bound,
             "elapsed_s": result.elapsed_s,
             "bound_name": result.bound_name,
+            **result.trace_columns,
         }
         for key, value in (result.history or {}).items():
             history[f"{name}/{key}"] = np.asarray(value)
@@ -439,11 +443,28 @@ def _run(config, source, progress, animate, show_progress):
         for key, value in train.true_params.items():
             data_npz[f"true/{key}"] = np.asarray(value)
 
+    # log p(X) under the posterior methods' prior: the target of their ELBOs.
+    evidence = None
+    if evidence_estimates.wanted(config):
+        posterior_method = next(
+            m for m in config["methods"] if m in evidence_estimates.POSTERIOR_METHODS
+        )
+        evidence = evidence_estimates.estimate_evidence(
+            jax.random.fold_in(root, 3), x_train, specs[posterior_method][0],
+            config["evidence"], prior_label=specs[posterior_method][1],
+        )  # fmt: skip
+    for name, row in rows.items():
+        row["ledger"] = method_ledger(name, row, results[name], evidence, train.n_samples)
+
     grid_rows, grid_fits = None, {}
     if config["model_selection"]["n_components"] is not None:
         grid_rows = model_selection(
             config, x_train, x_test, jax.random.fold_in(root, 2), progress, fits=grid_fits
         )
+        if config["evidence"]["model_selection"]:
+            evidence_estimates.grid_evidence(
+                grid_rows, config, x_train, jax.random.fold_in(root, 4), DEFAULT_PRIOR
+            )
 
     metrics = {
         "name": config["name"],
@@ -455,7 +476,8 @@ def _run(config, source, progress, animate, show_progress):
         "jax_devices": [str(d) for d in jax.devices()],
         "jax_enable_x64": bool(jax.config.jax_enable_x64),
         "versions": _versions(),
-        "units": "log-likelihoods and bounds in nats per sample; log_prior_total is a total",
+        "units": "log-likelihoods, bounds, targets and log evidence in nats per sample; "
+        "names ending in _total are totals",
         "data": {
             "dataset": train.name,
             "n_train": train.n_samples,
@@ -474,9 +496,11 @@ def _run(config, source, progress, animate, show_progress):
         },
         "init": dict(config["init"]),
         "methods": rows,
+        "evidence": evidence,
         "model_selection": None,
         "warnings": data_warnings
-        + [w for name, row in rows.items() for w in method_warnings(name, row, config[name])],
+        + [w for name, row in rows.items() for w in method_warnings(name, row, config[name])]
+        + ledger_warnings(rows, evidence),
     }
     files = {
         "config.yaml": ("text", dump_config(config)),

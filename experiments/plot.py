@@ -3,9 +3,14 @@
 Reads config.yaml, metrics.json, traces.csv, params.npz, data.npz and, when present,
 history.npz, posterior.npz; never refits. Figures (PNG, written atomically):
 
-- ``convergence.png``: log-likelihood per sample (solid) and each method's bound (dashed)
-  against iteration and against wall time on shared axes, and EM's bound gap
-  log p(X | theta_{t+1}) - L(q_t, theta_{t+1}) (>= 0, log scale).
+- ``convergence.png``: one panel per method on its own y range: its log-likelihood (and
+  log posterior with a prior), its bound or objective (SVI's one-step ELBO faint, its
+  moving mean with a +-1 sd band and the final n_eval_samples ELBO with its error bar)
+  and the bound's target (EM's per iteration; log p(X) with its +-3 se band); under
+  them, every method's distance to its own final objective (log scale) and every
+  bound's gap to its target (symmetric log: a negative gap is drawn, never clipped).
+- ``final_values.png``: every method's final train / held-out log-likelihood,
+  objective, bound, target, log evidence and draws' log-likelihood, with +-3 se bars.
 - ``clusters.png``: data with each component's 1- and 2-sigma ellipses, one panel per
   method (plus the shared initialisation and, for generated data, the truth); for 1-D
   data, component densities over a histogram.
@@ -25,6 +30,7 @@ import argparse
 import io
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -83,80 +89,259 @@ class Run:
 # ------------------------------------------------------------------ convergence
 
 
+def _smooth(values, window):
+    """(centred moving average, moving standard deviation) of ``values`` over ``window``
+    points (shorter at the ends), NaN-aware."""
+    values = np.asarray(values, np.float64)
+    n = values.size
+    half = max(window // 2, 0)
+    mean = np.empty(n)
+    std = np.empty(n)
+    for i in range(n):
+        chunk = values[max(0, i - half) : i + half + 1]
+        chunk = chunk[np.isfinite(chunk)]
+        mean[i] = chunk.mean() if chunk.size else np.nan
+        std[i] = chunk.std() if chunk.size > 1 else 0.0
+    return mean, std
+
+
+def _is_stochastic(run, method):
+    """Whether a method's traced bound is a one-step stochastic estimate (SVI's ELBO, not
+    auto_delta's log joint)."""
+    extra = run.metrics["methods"].get(method, {}).get("extra") or {}
+    return method == "svi" and extra.get("guide") != "auto_delta"
+
+
+def _ledger_of(run, method):
+    return run.metrics["methods"].get(method, {}).get("ledger") or {}
+
+
+def _final_objective(run, method, t):
+    """The value the approach panel measures each iterate against: the method's final
+    objective (the ledger's), else its trace's last finite value."""
+    value = _ledger_of(run, method).get("objective_value")
+    if value is None:
+        finite = t["bound"][np.isfinite(t["bound"])]
+        value = finite[-1] if finite.size else np.nan
+    return value
+
+
+def _method_panel(ax, run, method, t, color):
+    """One method's trace: its log-likelihood, its bound (or objective) and the bound's
+    target, on the method's own y range."""
+    x = t["iteration"]
+    entry = _ledger_of(run, method)
+    values = []
+    if entry.get("objective") == "log-likelihood":
+        ax.plot(x, t["log_likelihood"], "-", color="0.35", lw=1.4, label="log-likelihood")
+        values.append(t["log_likelihood"])
+    else:
+        # Not what this method optimises (a log posterior, an ELBO lies far below it):
+        # on its own axis, so that the approach of the method's own quantity shows.
+        twin = ax.twinx()
+        twin.plot(x, t["log_likelihood"], "-", color="0.6", lw=1.0)
+        twin.set_ylabel("log-likelihood (grey, right axis)", color="0.45", fontsize=8)
+        twin.tick_params(axis="y", colors="0.45", labelsize=7)
+        twin.ticklabel_format(axis="y", useOffset=False)
+    if "log_prior" in t:
+        log_posterior = t["log_likelihood"] + t["log_prior"]
+        ax.plot(x, log_posterior, "-", color="black", lw=1.4,
+                label="log posterior (ll + log prior/N)")  # fmt: skip
+        values.append(log_posterior)
+    name = t["bound_name"]
+    if _is_stochastic(run, method):
+        window = max(5, len(x) // 25)
+        mean, std = _smooth(t["bound"], window)
+        ax.plot(x, t["bound"], "-", color=color, lw=0.5, alpha=0.25,
+                label=f"{name} (one-step estimate)")  # fmt: skip
+        ax.plot(x, mean, "-", color=color, lw=2, label=f"{name}, moving mean ({window} steps)")
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, label="+- 1 sd")
+        values += [mean - std, mean + std]
+        if entry.get("bound") is not None:
+            se = entry.get("bound_stderr") or 0.0
+            ax.errorbar([x[-1]], [entry["bound"]], yerr=[3 * se], fmt="o", color=color,
+                        capsize=4, label=f"final ELBO {entry['bound']:.5f} (+- 3 se)")  # fmt: skip
+            values.append(np.array([entry["bound"]]))
+    else:
+        style = "--" if name in ("em_bound", "em_map_bound", "elbo") else "-"
+        label = f"{name} (bound)" if entry.get("bound_name") else f"{name} (objective)"
+        ax.plot(x, t["bound"], style, color=color, lw=1.8, label=label)
+        values.append(t["bound"])
+    if "target" in t:
+        ax.plot(x, t["target"], ":", color="crimson", lw=1.6,
+                label=f"target: {entry.get('target_name') or 'what the bound is below'}")  # fmt: skip
+        values.append(t["target"])
+    elif entry.get("target") is not None:
+        target, se = entry["target"], entry.get("target_stderr") or 0.0
+        ax.axhline(target, color="crimson", ls=":", lw=1.6,
+                   label=f"target {entry['target_name']} ({entry['target_source']})")  # fmt: skip
+        if se:
+            ax.axhspan(target - 3 * se, target + 3 * se, color="crimson", alpha=0.12,
+                       label="target +- 3 se")  # fmt: skip
+        values.append(np.array([target]))
+    missing = entry.get("bound_name") and "target" not in t and entry.get("target") is None
+    # The y range from the second iterate on, so the approach stays visible after a poor
+    # start (the first iterate may sit far below).
+    skip = min(1, len(x) - 1)
+    pooled = np.concatenate([np.ravel(v)[skip:] if v.size > 1 else np.ravel(v) for v in values])
+    pooled = pooled[np.isfinite(pooled)]
+    if pooled.size:
+        low, high = pooled.min(), pooled.max()
+        pad = 0.06 * max(high - low, 1e-9 * max(1.0, abs(high)))
+        ax.set_ylim(low - pad, high + pad)
+    if len(x) > 50:
+        ax.set_xscale("log")
+    objective = entry.get("objective") or "-"
+    title = f"{method}: optimises {objective}"
+    if missing:
+        title += "\n" + textwrap.fill(f"(no target: {entry.get('note') or 'not estimated'})", 60)
+    ax.set(xlabel="iteration" + (" (log scale)" if len(x) > 50 else ""),
+           ylabel=UNITS)  # fmt: skip
+    ax.set_title(title, fontsize=10)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _gaps(run, method, t):
+    """(iterations, target - bound per iteration, standard error or None) of a method
+    with a bound and a target, else None. EM: its per-iteration target; VB: the ELBO
+    against log p(X); SVI: the smoothed one-step ELBO against log p(X), se from the
+    evidence estimate."""
+    entry = _ledger_of(run, method)
+    if not entry.get("bound_name"):
+        return None
+    if "target" in t:
+        return t["iteration"], t["target"] - t["bound"], None
+    if entry.get("target") is None:
+        return None
+    bound = t["bound"]
+    if _is_stochastic(run, method):
+        bound, _ = _smooth(bound, max(5, len(bound) // 25))
+    return t["iteration"], entry["target"] - bound, entry.get("target_stderr")
+
+
 def plot_convergence(run, path):
+    """convergence.png: a panel per method (its own y range) with its log-likelihood, its
+    bound or objective and the bound's target; under them, every method's approach to
+    its own final objective, |objective_t - final| on a log scale, and every bound's gap
+    to its target on a symmetric-log scale (a negative gap, a bound above its target,
+    shows below zero instead of being clipped)."""
     # Samplers' per-draw traces are not convergence curves: posterior.png shows them.
     sampled = {k.split("/")[0] for k in run.posterior}
-    traces = {m: t for m, t in run.traces.items() if m not in sampled}
-    lengths = [len(t["iteration"]) for t in traces.values() if len(t["iteration"])]
-    log_x = bool(lengths) and max(lengths) > 10 * max(min(lengths), 1)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    ax_iter, ax_time, ax_gap = axes
-    ax_time.sharey(ax_iter)
-    lows = []
-    longest = max((t["elapsed_s"][-1] for t in traces.values() if len(t["elapsed_s"])), default=0)
-    time_scale, time_unit = (1e3, "ms") if longest < 1 else (1.0, "s")
+    traces = {m: t for m, t in run.traces.items() if m not in sampled and len(t["iteration"])}
+    n = max(len(traces), 1)
+    fig = plt.figure(figsize=(max(4.6 * n, 10), 9.4))
+    grid = fig.add_gridspec(2, max(n, 2))
+    colors = {m: COLORS[i % len(COLORS)] for i, m in enumerate(run.metrics["methods"])}
     for i, (method, t) in enumerate(traces.items()):
-        if not len(t["iteration"]):
+        _method_panel(fig.add_subplot(grid[0, i]), run, method, t, colors[method])
+    half = max(n, 2) // 2
+    ax_approach = fig.add_subplot(grid[1, :half])
+    ax_gap = fig.add_subplot(grid[1, half:])
+    smallest = []
+    for method, t in traces.items():
+        final = _final_objective(run, method, t)
+        values = t["bound"]
+        if _is_stochastic(run, method):
+            values, _ = _smooth(values, max(5, len(values) // 25))
+        distance = np.abs(values - final)
+        shown = distance > 0
+        ax_approach.semilogy(t["iteration"][shown], distance[shown], "-", color=colors[method],
+                             label=f"{method}: |{t['bound_name']} - final|")  # fmt: skip
+        gaps = _gaps(run, method, t)
+        if gaps is None:
             continue
-        color = COLORS[i % len(COLORS)]
-        bound_label = f"{method}: {t['bound_name']}"
-        for ax, x in ((ax_iter, t["iteration"]), (ax_time, time_scale * t["elapsed_s"])):
-            ax.plot(
-                x, t["log_likelihood"], "-", color=color, lw=1.8, label=f"{method}: log-likelihood"
-            )
-            ax.plot(x, t["bound"], "--", color=color, lw=1.4, label=bound_label)
-        # Ignore the first iterate when choosing the y range, so that the approach
-        # to the optimum stays visible after a poor start.
-        skip = min(1, len(t["iteration"]) - 1)
-        lows.append(np.nanmin(np.concatenate([t["log_likelihood"][skip:], t["bound"][skip:]])))
-        if t["bound_name"] == "em_bound" and len(t["iteration"]) > 1:
-            # bound_t = L(q_t, theta_{t+1}); log-likelihood of theta_{t+1} is the next row.
-            ll_next = t["log_likelihood"][1:]
-            gap = ll_next - t["bound"][:-1]
-            floor = 1e-16
-            ax_gap.semilogy(
-                t["iteration"][:-1], np.maximum(gap, floor), "-", color=color,
-                label=f"{method}: log p(X|θ_t+1) − bound",
-            )  # fmt: skip
-            ax_gap.semilogy(
-                t["iteration"][:-1], np.maximum(ll_next - t["log_likelihood"][:-1], floor), ":",
-                color=color, label=f"{method}: log-likelihood gain",
-            )  # fmt: skip
-    highs = [
-        max(np.nanmax(t["log_likelihood"]), np.nanmax(t["bound"]))
-        for t in traces.values()
-        if len(t["iteration"])
-    ]
-    if lows and highs:
-        low, high = min(lows), max(highs)
-        pad = 0.05 * max(high - low, 1e-6)
-        ax_iter.set_ylim(low - pad, high + pad)
-    log_note = " (log scale)" if log_x else ""
-    ax_iter.set(
-        xlabel=f"iteration{log_note}", ylabel=f"per-sample value ({UNITS})",
-        title="against iteration",
-    )  # fmt: skip
-    ax_time.set(
-        xlabel=f"wall time ({time_unit}, compile excluded){log_note}", title="against wall time"
-    )
-    if log_x:
-        ax_iter.set_xscale("log")
-        ax_time.set_xscale("log")
-    for ax in (ax_iter, ax_time):
-        ax.ticklabel_format(axis="y", useOffset=False)
-    ax_gap.set(
-        xlabel="iteration", ylabel=f"{UNITS} (log scale)",
-        title="EM bound gap (KL of q_t from the posterior) and gain",
-    )  # fmt: skip
-    if not ax_gap.lines:
-        ax_gap.text(0.5, 0.5, "no EM trace", ha="center", va="center", transform=ax_gap.transAxes)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    ax_iter.legend(fontsize=8, loc="lower right")
+        x, gap, se = gaps
+        ax_gap.plot(x, gap, "-", color=colors[method],
+                    label=f"{method}: target - {t['bound_name']}")  # fmt: skip
+        if se:
+            ax_gap.fill_between(x, gap - 3 * se, gap + 3 * se, color=colors[method], alpha=0.15)
+        negative = np.isfinite(gap) & (gap < 0)
+        if negative.any():
+            ax_gap.plot(x[negative], gap[negative], "v", color="crimson", ms=4,
+                        label=f"{method}: {negative.sum()} negative (bound above target)")  # fmt: skip
+        finite = np.abs(gap[np.isfinite(gap) & (gap != 0)])
+        if finite.size:
+            smallest.append(finite.min())
+    ax_approach.set(xlabel="iteration", ylabel=f"{UNITS} (log scale)",
+                    title="approach: distance to each method's own final objective")  # fmt: skip
+    if ax_approach.lines:
+        ax_approach.legend(fontsize=8)
+    ax_approach.grid(alpha=0.3)
     if ax_gap.lines:
-        ax_gap.legend(fontsize=8, loc="upper right")
+        linthresh = max(min(smallest), 1e-15) if smallest else 1e-12
+        ax_gap.set_yscale("symlog", linthresh=linthresh)
+        ax_gap.axhline(0.0, color="black", lw=0.8)
+        ax_gap.legend(fontsize=8)
+    else:
+        ax_gap.text(0.5, 0.5, "no method has both a bound and a target", ha="center",
+                    va="center", transform=ax_gap.transAxes)  # fmt: skip
+    ax_gap.set(xlabel="iteration", ylabel=f"{UNITS} (symmetric log scale)",
+               title="bound gap: target - bound (>= 0 when the bound holds; band: +- 3 se)")  # fmt: skip
+    ax_gap.grid(alpha=0.3)
+    for ax in (ax_approach, ax_gap):
+        if max((len(t["iteration"]) for t in traces.values()), default=0) > 50:
+            ax.set_xscale("log")
     skipped = f"; {', '.join(sorted(sampled))}: see posterior.png" if sampled else ""
-    fig.suptitle(f"{run.title}: log-likelihood (solid) and bound (dashed){skipped}")
+    fig.suptitle(f"{run.title}: each method's bound (or objective) and target{skipped}")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------ final values
+
+
+FINAL_QUANTITIES = (
+    # label, getter(row, ledger) -> (value, stderr), marker
+    ("train ll", lambda r, e: (r.get("train_log_likelihood"), None), "o"),
+    ("test ll", lambda r, e: (r.get("test_log_likelihood"), None), "s"),
+    ("objective", lambda r, e: (e.get("objective_value"), None), "P"),
+    ("bound", lambda r, e: (e.get("bound"), e.get("bound_stderr")), "v"),
+    ("target", lambda r, e: (e.get("target"), e.get("target_stderr")), "^"),
+    ("log p(X)", lambda r, e: (e.get("log_evidence"), e.get("log_evidence_stderr")), "*"),
+    ("draws ll", lambda r, e: (e.get("draws_log_likelihood"),
+                               e.get("draws_log_likelihood_stderr")), "D"),
+)  # fmt: skip
+
+
+def plot_final_values(run, path):
+    """final_values.png: every method's final train / held-out log-likelihood, objective,
+    bound, target, log evidence and draws' log-likelihood (per sample), with 3-standard-
+    error bars where a value is a Monte Carlo estimate; one row per method."""
+    methods = list(run.metrics["methods"])
+    fig, ax = plt.subplots(figsize=(11, 1.4 + 1.2 * len(methods)))
+    n_q = len(FINAL_QUANTITIES)
+    shown = set()
+    for i, method in enumerate(methods):
+        row = run.metrics["methods"][method]
+        entry = row.get("ledger") or {}
+        for j, (label, get, marker) in enumerate(FINAL_QUANTITIES):
+            value, se = get(row, entry)
+            if value is None or not np.isfinite(value):
+                continue
+            y = i + (j - (n_q - 1) / 2) * 0.11
+            ax.errorbar(
+                [value], [y], xerr=None if not se else [3 * se], fmt=marker,
+                color=COLORS[j % len(COLORS)], ms=7, capsize=4,
+                label=None if label in shown else label,
+            )  # fmt: skip
+            shown.add(label)
+        if entry.get("gap") is not None:
+            se = entry.get("gap_stderr")
+            ax.annotate(
+                f"gap {entry['gap']:.2e}" + (f" +- {se:.1e}" if se else ""),
+                (1.0, i), xycoords=("axes fraction", "data"), xytext=(-4, 0),
+                textcoords="offset points", ha="right", va="center", fontsize=8,
+                color="crimson" if entry.get("holds") is False else "0.3",
+            )  # fmt: skip
+    ax.set_yticks(range(len(methods)), methods)
+    ax.invert_yaxis()
+    ax.set(xlabel=UNITS, title=f"{run.title}: final values (bars: +- 3 Monte Carlo se; "
+           "gap = bound - target)")  # fmt: skip
+    ax.ticklabel_format(axis="x", useOffset=False)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     _save(fig, path)
 
@@ -657,6 +842,9 @@ def plot_run(folder, animate=None):
     if run.traces:
         written.append(run.folder / "convergence.png")
         plot_convergence(run, written[-1])
+    if any((row.get("ledger") or {}) for row in run.metrics["methods"].values()):
+        written.append(run.folder / "final_values.png")
+        plot_final_values(run, written[-1])
     written.append(run.folder / "clusters.png")
     plot_clusters(run, written[-1])
     if run.posterior:

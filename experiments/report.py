@@ -9,8 +9,12 @@ and the run's warnings; all read from the
 from __future__ import annotations
 
 import math
+import textwrap
 
 from experiments.summary import summarize
+
+# The table, its legend and every line under it fit in this many columns.
+WIDTH = 100
 
 
 def _fmt(value, spec):
@@ -21,13 +25,20 @@ def _fmt(value, spec):
     return format(value, spec)
 
 
-def _converged_text(row):
-    """yes, or no and why: "no (max_iter)", "no (stalled)", "no (nonfinite@3)"."""
+def converged_text(row, settings=None):
+    """What ``converged`` means, the same for every method: "yes" when the method's own
+    stopping test passed (a tolerance met; NUTS: its convergence criteria), else "no"
+    and why ("no (max_iter)", "no (stalled)", "no (nonfinite@3)", "no (r_hat)"), or
+    "fixed steps" for a method told to run a fixed number of steps (``tol: null``, e.g.
+    SVI), where no test was asked for. None when the method reports nothing."""
     converged, status = row.get("converged"), row.get("status")
     if converged is None and status is None:
         return None
     if converged:
         return "yes"
+    if status == "max_iter" and settings is not None and "tol" in settings:
+        if settings["tol"] is None:
+            return "fixed steps"
     if status is None or status == "converged":
         return "no"
     if status == "nonfinite":
@@ -36,33 +47,197 @@ def _converged_text(row):
     return f"no ({status})"
 
 
-TABLE_COLUMNS = (
-    # header, width, getter, format
-    ("method", 8, lambda m, r: m, ""),
-    ("train ll", 10, lambda m, r: r.get("train_log_likelihood"), ".5f"),
-    ("test ll", 10, lambda m, r: r.get("test_log_likelihood"), ".5f"),
-    ("bound", 10, lambda m, r: r.get("bound_final"), ".5f"),
-    ("bound name", 13, lambda m, r: r.get("bound_name"), ""),
-    ("prior", 17, lambda m, r: r.get("prior"), ""),
-    ("log prior", 10, lambda m, r: r.get("log_prior_total"), ".3f"),
-    ("BIC", 10, lambda m, r: r.get("bic"), ".2f"),
-    ("AIC", 10, lambda m, r: r.get("aic"), ".2f"),
-    ("ARI", 6, lambda m, r: r.get("ari"), ".3f"),
-    ("mean err", 8, lambda m, r: (r.get("recovery") or {}).get("means_rmse"), ".4f"),
-    ("iters", 6, lambda m, r: r.get("n_iter"), "d"),
-    ("compile s", 9, lambda m, r: r.get("compile_s"), ".2f"),
-    ("fit s", 8, lambda m, r: r.get("fit_s"), ".3f"),
-    ("converged", 9, lambda m, r: _converged_text(r), ""),
-    ("degenerate", 10, lambda m, r: _degeneracy_text(r.get("degeneracies")), ""),
+def _converged_text(row):
+    text = row.get("convergence")
+    return text if text is not None else converged_text(row)
+
+
+def _iters_text(row):
+    n = row.get("n_iter")
+    if n is None:
+        return None
+    if row.get("bound_name") == "log_joint" and not row.get("point_estimate"):
+        return f"{n} draws"  # a sampler's rows are kept draws, not iterations
+    return str(n)
+
+
+def _compile_text(row):
+    if row.get("compile_s") is not None:
+        return format(row["compile_s"], ".2f")
+    return "in run" if row.get("fit_s") is not None else None
+
+
+def _ledger(row, key):
+    return (row.get("ledger") or {}).get(key)
+
+
+def _nonzero(value):
+    return value if value else None  # an exact term's 0 standard error is shown blank
+
+
+def _per_sample_prior(metrics):
+    n = metrics["data"]["n_train"]
+
+    def get(method, row):
+        total = row.get("log_prior_total")
+        return None if total is None else total / n
+
+    return get
+
+
+def table_blocks(metrics):
+    """The table's blocks: [(title, [(header, getter(method, row), format)])], each
+    narrower than 100 columns with its cells."""
+    return [
+        (
+            "bound ledger (nats per sample): bound <= target; gap = bound - target",
+            [
+                ("method", lambda m, r: m, ""),
+                ("train ll", lambda m, r: r.get("train_log_likelihood"), ".5f"),
+                ("test ll", lambda m, r: r.get("test_log_likelihood"), ".5f"),
+                ("objective", lambda m, r: _ledger(r, "objective_value"), ".5f"),
+                ("bound", lambda m, r: _ledger(r, "bound"), ".5f"),
+                ("+-", lambda m, r: _nonzero(_ledger(r, "bound_stderr")), ".5f"),
+                ("target", lambda m, r: _ledger(r, "target"), ".5f"),
+                ("+-", lambda m, r: _nonzero(_ledger(r, "target_stderr")), ".5f"),
+                ("gap", lambda m, r: _ledger(r, "gap"), ".2e"),
+                ("+-", lambda m, r: _nonzero(_ledger(r, "gap_stderr")), ".1e"),
+                ("holds", lambda m, r: _ledger(r, "holds"), ""),
+            ],
+        ),
+        (
+            "evidence, prior, fit (log p(X), log prior: per sample; BIC, AIC: totals)",
+            [
+                ("method", lambda m, r: m, ""),
+                ("log p(X)", lambda m, r: _ledger(r, "log_evidence"), ".5f"),
+                ("+-", lambda m, r: _ledger(r, "log_evidence_stderr"), ".5f"),
+                ("draws ll", lambda m, r: _ledger(r, "draws_log_likelihood"), ".5f"),
+                ("+-", lambda m, r: _ledger(r, "draws_log_likelihood_stderr"), ".5f"),
+                ("log prior", _per_sample_prior(metrics), ".5f"),
+                ("BIC", lambda m, r: r.get("bic"), ".2f"),
+                ("AIC", lambda m, r: r.get("aic"), ".2f"),
+                ("ARI", lambda m, r: r.get("ari"), ".3f"),
+                ("mean err", lambda m, r: (r.get("recovery") or {}).get("means_rmse"), ".4f"),
+                ("degenerate", lambda m, r: _degeneracy_text(r.get("degeneracies")), ""),
+            ],
+        ),
+        (
+            "the run",
+            [
+                ("method", lambda m, r: m, ""),
+                ("optimises", lambda m, r: _ledger(r, "objective"), ""),
+                ("traced", lambda m, r: r.get("bound_name"), ""),
+                ("prior", lambda m, r: r.get("prior"), ""),
+                ("converged", lambda m, r: _converged_text(r), ""),
+                ("iters", lambda m, r: _iters_text(r), ""),
+                ("compile s", lambda m, r: _compile_text(r), ""),
+                ("run s", lambda m, r: r.get("fit_s"), ".3f"),
+            ],
+        ),
+    ]
+
+
+LEGEND = (
+    "legend: train/test ll = log-likelihood per sample at each method's parameters (svi, "
+    "nuts, vb: a posterior summary); objective = the final value of what the method "
+    "optimises (column optimises); bound = the method's final bound (em: L(q,theta), "
+    "plus log p(theta)/N with a prior; vb, svi: the ELBO, svi's from n_eval_samples fresh "
+    "guide draws); target = what it bounds (em: log p(X|theta) [+ log p(theta)/N]; vb, svi: "
+    "log p(X), the run's log-evidence estimate); +- = Monte Carlo standard error (blank: "
+    "exact); holds = gap <= 3 (+-) plus rounding; log p(X) = log evidence under the "
+    "posterior methods' prior; draws ll = the mean log-likelihood of a sampler's draws "
+    "(E[ll | X]; +- from its effective sample size); log prior = log p(theta)/N at the reported parameters; "
+    "traced = the per-iteration column of traces.csv; "
+    "converged = the method's stopping test passed (fixed steps: none was asked for); "
+    "iters = iterations (nuts: kept draws, all chains); compile s and run s apart (in run: "
+    "compiled inside the run, and counted in run s)."
 )
+
+
+def _format_block(title, columns, methods):
+    cells = [
+        [_fmt(get(method, row), spec) for _, get, spec in columns]
+        for method, row in methods.items()
+    ]
+    widths = [
+        max([len(header)] + [len(c[i]) for c in cells]) for i, (header, _, _) in enumerate(columns)
+    ]
+
+    def line(texts):
+        return "  ".join(
+            t.rjust(w) if i else t.ljust(w) for i, (t, w) in enumerate(zip(texts, widths))
+        ).rstrip()
+
+    return [title, line([h for h, _, _ in columns])] + [line(c) for c in cells]
+
+
+def _wrap(text, indent="  ", width=WIDTH):
+    return textwrap.wrap(
+        text, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+        break_on_hyphens=False, break_long_words=False,
+    )  # fmt: skip
+
+
+def evidence_lines(metrics):
+    """The log-evidence estimates of a run's metrics, as lines (empty without any)."""
+    evidence = metrics.get("evidence")
+    if not evidence:
+        return []
+    lines = _wrap(
+        f"log evidence log p(X) under the prior {evidence.get('prior')} "
+        f"(n_train={evidence['n_train']}; per sample, the total in brackets):",
+        indent="",
+    )
+    if evidence.get("unavailable"):
+        lines.extend(_wrap(f"not estimated: {evidence['unavailable']}"))
+    for name, entry in evidence["estimates"].items():
+        if "error" in entry:
+            lines.extend(_wrap(f"{name}: failed: {entry['error']}"))
+            continue
+        diagnostics = ", ".join(
+            f"{k} {format(v, '.4g') if isinstance(v, float) else v}"
+            for k, v in (entry.get("diagnostics") or {}).items()
+            if isinstance(v, (int, float, str, bool))
+        )
+        mark = " (the ELBOs' target)" if name == evidence.get("target") else ""
+        text = (
+            f"{name}{mark}: {entry['per_sample']:.5f} +- {entry['stderr_per_sample']:.5f} "
+            f"({entry['estimate_total']:.3f} +- {entry['stderr_total']:.3f}), "
+            f"{entry['seconds']:.1f} s" + (f"; {diagnostics}" if diagnostics else "")
+        )
+        lines.extend(_wrap(text))
+    return lines
+
+
+def ledger_warnings(rows, evidence=None):
+    """Warnings of the run's ledger: a bound above its target, a target that could not
+    be estimated."""
+    found = []
+    for name, row in rows.items():
+        entry = row.get("ledger") or {}
+        if entry.get("holds") is False:
+            found.append(
+                f"{name}: its bound {entry['bound_name']} ({entry['bound']:.6f}) exceeds its "
+                f"target {entry['target_name']} ({entry['target']:.6f}) by "
+                f"{entry['gap']:.3g} +- {entry['gap_stderr']:.2g} nats per sample: a bound "
+                "that is not a bound (an estimate's error, or a defect)"
+            )
+    if evidence and evidence.get("target") is None:
+        why = evidence.get("unavailable") or "; ".join(
+            f"{k}: {v.get('error')}" for k, v in evidence["estimates"].items()
+        )
+        found.append(f"evidence: no log p(X) estimate, so the ELBOs have no target ({why})")
+    return found
 
 
 # Method extras shown under the table: (key in row["extra"], label, format).
 EXTRA_COLUMNS = (
-    ("elbo", "ELBO", ".5f"),
-    ("elbo_stderr", "+-", ".5f"),
+    # The ELBO is the ledger's bound (one per method); the SVI guide's importance-sampling
+    # log p(X) is a further evidence estimate, with its diagnostics when it reports them.
     ("log_marginal_is", "IS log p(X)", ".5f"),
-    ("elbo_below_is", "ELBO <= IS", ""),
+    ("log_marginal_is_stderr", "+-", ".5f"),
+    ("is_ess", "IS ESS", ".0f"),
+    ("is_pareto_k", "IS k-hat", ".2f"),
     ("r_hat_max", "r-hat max", ".4f"),
     ("ess_min", "ESS min", ".0f"),
     ("divergences", "divergences", "d"),
@@ -195,41 +370,34 @@ def method_warnings(name, row, settings=None):
 
 def format_table(metrics):
     """The comparison table of a run's ``metrics`` (the ``metrics.json`` dict), as text."""
-    table = [
-        [_fmt(get(method, row), spec) for _, _, get, spec in TABLE_COLUMNS]
-        for method, row in metrics["methods"].items()
-    ]
-    # A column is as wide as its widest cell ("no (nonfinite@12)" is wider than "yes").
-    widths = [
-        max([width, len(header)] + [len(cells[i]) for cells in table])
-        for i, (header, width, _, _) in enumerate(TABLE_COLUMNS)
-    ]
-    lines = [
+    methods = metrics["methods"]
+    lines = _wrap(
         f"{metrics['name']}: {metrics['data']['dataset']}, n_train={metrics['data']['n_train']}, "
         f"n_test={metrics['data']['n_test']}, K={metrics['spec']['n_components']} "
-        f"{metrics['spec']['covariance_type']}, {metrics['dtype']} on {metrics['jax_backend']}"
-        "  (ll, bound: nats per sample)",
-        "  ".join(
-            h.rjust(w) if i else h.ljust(w)
-            for i, ((h, _, _, _), w) in enumerate(zip(TABLE_COLUMNS, widths))
-        ),
-    ]
-    for cells in table:
-        lines.append(
-            "  ".join(
-                text.rjust(w) if i else text.ljust(w)
-                for i, (text, w) in enumerate(zip(cells, widths))
+        f"{metrics['spec']['covariance_type']}, {metrics['dtype']} on {metrics['jax_backend']}",
+        indent="",
+    )
+    for title, columns in table_blocks(metrics):
+        lines.append("")
+        lines.extend(_format_block(title, columns, methods))
+    lines.append("")
+    lines.extend(_wrap(LEGEND, indent=""))
+    evidence = evidence_lines(metrics)
+    if evidence:
+        lines.append("")
+        lines.extend(evidence)
+    details = [
+        line
+        for method, row in methods.items()
+        if any(row.get("extra", {}).get(key) is not None for key, _, _ in EXTRA_COLUMNS)
+        for line in _wrap(
+            f"{method}: "
+            + ", ".join(
+                f"{label} {_fmt(row['extra'][key], spec)}"
+                for key, label, spec in EXTRA_COLUMNS
+                if row.get("extra", {}).get(key) is not None
             )
         )
-    details = [
-        f"  {method}: "
-        + ", ".join(
-            f"{label} {_fmt(row['extra'][key], spec)}"
-            for key, label, spec in EXTRA_COLUMNS
-            if row.get("extra", {}).get(key) is not None
-        )
-        for method, row in metrics["methods"].items()
-        if any(row.get("extra", {}).get(key) is not None for key, _, _ in EXTRA_COLUMNS)
     ]
     if details:
         lines.append("")
@@ -239,9 +407,11 @@ def format_table(metrics):
         {r["prior"] for r in metrics["methods"].values() if "(default)" in (r.get("prior") or "")}
     )
     if defaults:
-        lines.append(
-            "  (default) prior: model.prior is null, so methods that need a prior use "
-            "conjugate with data defaults; set model.prior to choose"
+        lines.extend(
+            _wrap(
+                "(default) prior: model.prior is null, so methods that need a prior use "
+                "conjugate with data defaults; set model.prior to choose"
+            )
         )
     choices = {m: restart_choice(r) for m, r in metrics["methods"].items()}
     choices = {m: c for m, c in choices.items() if c is not None}
@@ -294,5 +464,5 @@ def format_table(metrics):
     if metrics.get("warnings"):
         lines.append("")
         lines.append("warnings:")
-        lines.extend(f"  {w}" for w in metrics["warnings"])
+        lines.extend(line for w in metrics["warnings"] for line in _wrap(w))
     return "\n".join(lines)

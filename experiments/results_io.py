@@ -6,7 +6,11 @@ Files of a run:
 - ``metrics.json``: the comparison table, machine readable, plus versions, JAX backend,
   dtype and seed.
 - ``traces.csv``: one row per method and iteration: method, iteration, log_likelihood,
-  bound, bound_name, elapsed_s (log-likelihood and bound in nats per sample).
+  bound, bound_name, elapsed_s (log-likelihood and bound in nats per sample), and the
+  optional columns of ``TRACE_OPTIONAL_COLUMNS`` (empty where a method has none):
+  ``target``, what the row's bound is below (EM: log p(X | theta_{t+1}) per sample, plus
+  log p(theta_{t+1}) / N with a prior), and ``log_prior``, log p(theta_t) / N of the
+  row's iterate (EM with a prior: log_likelihood + log_prior is its log posterior).
 - ``params.npz``: the shared initial parameters (``init/...``) and each method's final
   parameters (``<method>/weights``, ``means``, ``prec_chol``, ``covariances``,
   ``labels_train``).
@@ -50,10 +54,11 @@ from pathlib import Path
 import numpy as np
 
 TRACE_COLUMNS = ("method", "iteration", "log_likelihood", "bound", "bound_name", "elapsed_s")
+TRACE_OPTIONAL_COLUMNS = ("target", "log_prior")
 MODEL_SELECTION_COLUMNS = (
     "covariance_type", "n_components", "n_parameters", "train_log_likelihood",
-    "test_log_likelihood", "bic", "aic", "icl", "n_iter", "converged", "fit_s", "degenerate",
-    "error",
+    "test_log_likelihood", "bic", "aic", "icl", "log_evidence", "log_evidence_stderr",
+    "n_iter", "converged", "fit_s", "degenerate", "error",
 )  # fmt: skip
 
 
@@ -215,10 +220,11 @@ def read_inference_data(path, method):
 
 def write_traces(path, traces):
     """traces: dict method -> dict with iteration, log_likelihood, bound, elapsed_s arrays
-    and bound_name."""
+    and bound_name, and optionally arrays named in ``TRACE_OPTIONAL_COLUMNS``."""
+    optional = [c for c in TRACE_OPTIONAL_COLUMNS if any(c in t for t in traces.values())]
     with atomic_open(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(TRACE_COLUMNS)
+        writer.writerow(TRACE_COLUMNS + tuple(optional))
         for method, trace in traces.items():
             for i in range(len(trace["iteration"])):
                 writer.writerow(
@@ -230,6 +236,7 @@ def write_traces(path, traces):
                         trace["bound_name"],
                         repr(float(trace["elapsed_s"][i])),
                     ]
+                    + ["" if c not in trace else repr(float(trace[c][i])) for c in optional]
                 )
 
 
@@ -246,9 +253,15 @@ def read_traces(path):
             t["iteration"].append(int(row["iteration"]))
             for key in ("log_likelihood", "bound", "elapsed_s"):
                 t[key].append(float(row[key]))
+            for key in TRACE_OPTIONAL_COLUMNS:
+                if row.get(key):
+                    t.setdefault(key, []).append(float(row[key]))
     for t in traces.values():
         for key in ("iteration", "log_likelihood", "bound", "elapsed_s"):
             t[key] = np.asarray(t[key])
+        for key in TRACE_OPTIONAL_COLUMNS:
+            if key in t:
+                t[key] = np.asarray(t[key])
     return traces
 
 

@@ -50,6 +50,11 @@ class ModelSelectionSummary:
         icl: the same for ICL (None when the run predates ICL).
         top_bic, top_icl: the best `PICK` cells, best first, as (covariance_type,
             n_components, value, value - best value).
+        log_evidence: {(covariance_type, n_components): 2 log p(X)} (totals, on BIC's
+            mclust scale: BIC approximates 2 log p(X), Schwarz 1978), from the run's
+            ``evidence.model_selection`` estimates under the prior; empty without them.
+        log_evidence_stderr: the same cells' standard errors of 2 log p(X).
+        top_evidence: the best `PICK` cells by log evidence, as ``top_bic``.
         best: ``metrics.json["model_selection"]["bic_best_model"]`` with ``bic`` and
             ``icl`` in mclust's sign (cluster_sizes, weights, uncertainty_mean, ...), or
             None.
@@ -66,6 +71,9 @@ class ModelSelectionSummary:
     top_bic: tuple
     top_icl: tuple
     best: dict | None
+    log_evidence: dict = dataclasses.field(default_factory=dict)
+    log_evidence_stderr: dict = dataclasses.field(default_factory=dict)
+    top_evidence: tuple = ()
 
     def label(self, covariance_type):
         return f"{covariance_type} ({mclust_name(covariance_type, self.n_features)})"
@@ -133,6 +141,16 @@ def summarize(source):
     icl = {(r["covariance_type"], r["n_components"]): _negate(r.get("icl")) for r in rows}
     if not any(v is not None for v in icl.values()):
         icl = {}
+    evidence = {
+        (r["covariance_type"], r["n_components"]): 2.0 * r["log_evidence"]
+        for r in rows
+        if r.get("log_evidence") is not None
+    }
+    evidence_se = {
+        (r["covariance_type"], r["n_components"]): 2.0 * r["log_evidence_stderr"]
+        for r in rows
+        if r.get("log_evidence_stderr") is not None
+    }
     best = grid.get("bic_best_model")
     if best is not None:
         best = dict(best, bic=_negate(best.get("bic")), icl=_negate(best.get("icl")))
@@ -149,6 +167,9 @@ def summarize(source):
         top_bic=_top(bic),
         top_icl=_top(icl),
         best=best,
+        log_evidence=evidence,
+        log_evidence_stderr=evidence_se,
+        top_evidence=_top(evidence),
     )
 
 
@@ -200,6 +221,19 @@ def format_summary(summary):
         if summary.top_icl:
             lines.append(f"top {len(summary.top_icl)} models by ICL:")
             lines += _top_lines(summary, summary.top_icl, "ICL")
+    if summary.log_evidence:
+        lines.append("")
+        lines.append(
+            "Bayesian model selection: 2 log p(X) under the prior (totals, bigger is "
+            "better; on BIC's scale, which approximates it):"
+        )
+        lines += _grid_lines(summary, summary.log_evidence)
+        if summary.log_evidence_stderr:
+            worst = max(summary.log_evidence_stderr.values())
+            lines.append(f"  (Monte Carlo standard error of each cell at most {worst:.3f})")
+        if summary.top_evidence:
+            lines.append(f"top {len(summary.top_evidence)} models by log evidence:")
+            lines += _top_lines(summary, summary.top_evidence, "2logZ")
     best = summary.best
     if best:
         k = best["n_components"]

@@ -14,8 +14,8 @@ function and its config block (``Method.config``, a dict of
 plus a line in ``_registry`` below.
 
 Priors: a method whose `Method.needs_prior` is set (SVI, NUTS: a posterior needs a
-prior) gets ``DEFAULT_PRIOR`` (conjugate, data defaults) when ``model.prior`` is null;
-the runner records which prior every method used.
+prior) gets ``DEFAULT_PRIOR`` (conjugate, empirical-Bayes within-cluster Psi) when
+``model.prior`` is null; the runner records which prior every method used.
 
 Checks before fitting: ``Method.config_check(settings)`` returns the rules broken among
 the keys of the method's block (they are config errors when the config is loaded, e.g.
@@ -112,6 +112,9 @@ class MethodResult:
             final `jaxgmm.vb.VBPosterior`, host NumPy), see `experiments.results_io`.
         inference_data: None, or the method's ArviZ ``InferenceData`` (NUTS, SVI, when
             ArviZ is installed); the runner writes it to ``posterior.nc``.
+        trace_columns: further per-iteration arrays of shape (n_iter,), written as
+            traces.csv columns: ``target`` (what row t's bound is below, per sample; EM),
+            ``log_prior`` (log p(theta_t) / N of the row's iterate; EM with a prior).
     """
 
     params: Any | None
@@ -133,6 +136,7 @@ class MethodResult:
     history: dict | None = None
     fitted_state: Any | None = None
     inference_data: Any | None = None
+    trace_columns: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,9 +171,13 @@ class Method:
 
 
 # The prior of methods that need one when ``model.prior`` is null: the conjugate
-# Dirichlet x Normal-inverse-Wishart prior with its data-derived defaults (alpha = 1,
-# m0 = data mean, kappa = 0.01, Psi = data covariance / K^(2/D), nu = D + 2).
-DEFAULT_PRIOR = {"name": "conjugate"}
+# Dirichlet x Normal-inverse-Wishart prior (alpha = 1, m0 = data mean, kappa = 0.01,
+# nu = D + 2) with Psi at the scale of one cluster, the diagonal of the pooled
+# within-cluster covariance of a deterministic k-means of the training data: empirical
+# Bayes, and labelled so. mclust's Psi (data covariance / K^(2/D), the conjugate prior's
+# own default, a regulariser for MAP) puts the between-cluster scatter into every
+# component's prior and NUTS mixes poorly under it (docs/priors.md, measured).
+DEFAULT_PRIOR = {"name": "conjugate", "covariance_prior": "within_cluster"}
 
 
 def fit_status(fit):

@@ -1,5 +1,21 @@
 """EM via the core driver: `jaxgmm.em.em_fitter` + `jaxgmm.run_fitter` from the shared
-initial parameters, and its ``em`` config block (``CONFIG``: max_iter, tol)."""
+initial parameters, and its ``em`` config block (``CONFIG``: max_iter, tol).
+
+The bound EM reports (``MethodResult.bound``, row t for iteration t: theta_t -> theta_{t+1})
+and its per-iteration target (``MethodResult.trace_columns["target"]``):
+
+- maximum likelihood: ``em_bound`` L(q_t, theta_{t+1}) <= log p(X | theta_{t+1}) (per
+  sample; Bishop 2006 eq. 9.74 and the KL identity eq. 9.70);
+- with a prior (MAP-EM climbs the log posterior, not the likelihood): ``em_map_bound``
+  L(q_t, theta_{t+1}) + log p(theta_{t+1}) / N <= (log p(X | theta_{t+1}) +
+  log p(theta_{t+1})) / N, the log posterior up to its constant; the likelihood may fall
+  while this rises. ``trace_columns["log_prior"]`` holds log p(theta_t) / N for the row's
+  iterate, so log_likelihood + log_prior is the log posterior EM climbs.
+
+The log priors need every iterate: EM is deterministic, so the iterates are recomputed
+from the returned restart's start (`em_iterates`), one scan, after the fit and outside its
+timing.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +32,7 @@ from experiments.methods import Method, MethodResult, result_from_fit  # noqa: F
 
 # Bounded: every entry is a compiled executable, and n_iter differs from fit to fit.
 @functools.lru_cache(maxsize=8)
-def _history_function(fitter, spec, n_iter):
+def _history_function(fitter, n_iter):
     def history(params, x):
         data = jaxgmm.fit.step_data(fitter, x)
         key = jax.random.key(0)  # EM is deterministic: its init and step ignore the key
@@ -31,16 +47,36 @@ def _history_function(fitter, spec, n_iter):
     return jax.jit(history)
 
 
-def em_history(fitter, spec, x, params, n_iter):
-    """Parameters of every EM iterate theta_0..theta_n_iter, re-running EM from
-    ``params`` (deterministic, so it retraces the fit exactly)."""
-    iterates = _history_function(fitter, spec, int(n_iter))(params, x)
+def em_iterates(fitter, x, params, n_iter):
+    """`GMMParams` of every EM iterate theta_0..theta_n_iter (numpy, leading axis
+    n_iter + 1), re-running EM from ``params`` (deterministic, so it retraces the fit)."""
+    iterates = _history_function(fitter, int(n_iter))(params, x)
     stacked = jax.tree_util.tree_map(
         lambda first, rest: np.concatenate([np.asarray(first)[None], np.asarray(rest)]),
         params,
         iterates,
     )
-    stacked = jaxgmm.GMMParams(*stacked)
+    return jaxgmm.GMMParams(*stacked)
+
+
+@functools.lru_cache(maxsize=8)
+def _log_prior_function(spec):
+    # lax.map, not vmap: jit(vmap(log_prior)) over thousands of parameter sets has hung
+    # (issue 20); a sequential map costs nothing at these sizes.
+    return jax.jit(lambda stacked: lax.map(lambda p: jaxgmm.log_prior(p, spec), stacked))
+
+
+def iterate_log_priors(stacked, spec):
+    """log p(theta_t) (totals) of stacked `GMMParams`, shape (n_iterates,)."""
+    stacked = jaxgmm.GMMParams(*(jax.numpy.asarray(a) for a in stacked))
+    return np.asarray(_log_prior_function(spec)(stacked), np.float64)
+
+
+def em_history(fitter, spec, x, params, n_iter, stacked=None):
+    """Weights, means and covariances of every EM iterate theta_0..theta_n_iter (for the
+    animation), from `em_iterates` (or its result ``stacked``)."""
+    if stacked is None:
+        stacked = em_iterates(fitter, x, params, n_iter)
     return {
         "weights": stacked.weights,
         "means": stacked.means,
@@ -71,11 +107,28 @@ def run(context):
         )
     finally:
         bar.close()
+    start = jax.tree_util.tree_map(lambda a: a[fit.best_restart], context.init_params)
+    stacked = None
+    if context.spec.prior is not None or context.record_history:
+        stacked = em_iterates(fitter, context.x, start, fit.n_iter)
     history = None
     if context.record_history:
-        start = jax.tree_util.tree_map(lambda a: a[fit.best_restart], context.init_params)
-        history = em_history(fitter, context.spec, context.x, start, fit.n_iter)
-    return result_from_fit(fit, point_estimate=True, history=history)
+        history = em_history(fitter, context.spec, context.x, start, fit.n_iter, stacked)
+    result = result_from_fit(fit, point_estimate=True, history=history)
+    ll = result.log_likelihood
+    # Row t's bound is L(q_t, theta_{t+1}); its target is at theta_{t+1}: the next row's
+    # log-likelihood, and for the last row the returned parameters'.
+    target = np.append(ll[1:], float(fit.log_likelihood))[: ll.size]
+    if context.spec.prior is not None and ll.size:
+        n_samples = context.x.shape[0]
+        log_prior = iterate_log_priors(stacked, context.spec)[: ll.size + 1] / n_samples
+        result.bound = result.bound + log_prior[1:]
+        result.bound_name = "em_map_bound"
+        target = target + log_prior[1:]
+        result.trace_columns["log_prior"] = log_prior[:-1]
+        result.extra["objective"] = "log posterior"
+    result.trace_columns["target"] = target
+    return result
 
 
 def check(spec, settings, x):

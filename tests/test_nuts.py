@@ -303,3 +303,53 @@ def test_bad_reference_names_the_argument(field, value, match):
         given = {"reference": good, argument: bad}
         with pytest.raises(ValueError, match=match.replace("reference", argument)):
             fit_nuts(jax.random.key(0), x, spec, num_warmup=1, num_samples=1, num_chains=1, **given)
+
+
+def test_map_census_modes_chain_starts_and_occupancy():
+    """The runner's census: restarts started in two different merges of three clusters
+    (K = 2) end at two MAP modes, ranked by log posterior; chains start at distinct modes
+    first; draws are assigned to the nearest mode whatever their labelling."""
+    from experiments.methods.nuts import chain_starts, map_census, nearest_modes, occupancy
+    from jaxgmm.priors import resolve_prior
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.normal(-4, 0.5, 60), rng.normal(0, 0.5, 40), rng.normal(4, 0.5, 60)])
+    x = x[:, None]
+    spec = resolve_prior(jaxgmm.GMMSpec(2, "diag", prior=make_prior("conjugate")), x)
+
+    def start(m0, m1):
+        return jaxgmm.params_from_covariances(
+            np.array([0.5, 0.5]), np.array([[m0], [m1]]), np.ones((2, 1)), "diag"
+        )
+
+    starts = [start(-2.0, 4.0), start(-4.0, 2.0), start(4.0, -2.0), start(-2.1, 4.1)]
+    restarts = jax.tree_util.tree_map(lambda *a: np.stack(a), *starts)
+    census = map_census(jax.random.key(0), x, spec, restarts)
+    assert len(census["log_posterior"]) == 4 and len(census["modes"]) == 2
+    lps = [m["log_posterior"] for m in census["modes"]]
+    assert lps[0] > lps[1]
+    # Restarts 0, 3 and 2 (a relabelled copy of 0) merge the left pair, 1 the right pair.
+    assert census["mode"][0] == census["mode"][2] == census["mode"][3] != census["mode"][1]
+    for r, params in enumerate(census["params"]):
+        # MAP-EM climbed: the log posterior per sample rose from where it started.
+        before = float(jaxgmm.mean_log_likelihood(x, starts[r], spec)) + float(
+            jaxgmm.log_prior(starts[r], spec)
+        ) / len(x)
+        assert census["log_posterior"][r] > before
+        np.testing.assert_allclose(
+            census["log_posterior"][r],
+            float(jaxgmm.mean_log_likelihood(x, params, spec))
+            + float(jaxgmm.log_prior(params, spec)) / len(x),
+            rtol=1e-6,
+        )
+    modes = census["modes"]
+    assert chain_starts(modes, 3, len(x), mode_window=1e9) == [0, 1, 0]
+    assert chain_starts(modes, 3, len(x), mode_window=0.0) == [0, 0, 0]
+    # Draws: both modes, in both labellings.
+    copies = [modes[0]["params"], modes[1]["params"]]
+    copies += [jax.tree_util.tree_map(lambda a: np.asarray(a)[::-1], p) for p in copies]
+    draws = jax.tree_util.tree_map(lambda *a: np.stack(a), *copies)
+    index = nearest_modes(draws, modes, spec, scale=np.std(x, axis=0))
+    np.testing.assert_array_equal(index, [0, 1, 0, 1])
+    table = occupancy(index, np.array([0, 0, 1, 1]), 2)
+    np.testing.assert_allclose(table, [[0.5, 0.5], [0.5, 0.5]])

@@ -1,7 +1,17 @@
-"""NUTS via `jaxgmm.fit_nuts` (NumPyro's MCMC on the NumPyro model of the spec). Every
-chain starts at the shared initial parameters (the best restart by log-likelihood when
-``init.n_init > 1``), and the draws are relabelled to them (Hungarian matching of means)
-before component summaries. Its config block is ``CONFIG`` (``nuts`` in a config).
+"""NUTS via `jaxgmm.fit_nuts` (NumPyro's MCMC on the NumPyro model of the spec), started
+from a census of MAP modes. Its config block is ``CONFIG`` (``nuts`` in a config).
+
+The census (`map_census`): every shared restart (``init.n_init``) plus ``census_n_init``
+k-means++ restarts, each run to its MAP under the prior (EM when the prior has a
+closed-form M-step, else the gradient fitter, L-BFGS), with every restart's log posterior
+per sample recorded. Restarts whose log posteriors agree within ``mode_tolerance`` are one
+mode. Chains start at distinct modes first, best first, among the modes within
+``mode_window`` nats (total) of the best; when there are fewer such modes than chains the
+cycle repeats. Draws are relabelled to the best mode (Stephens' KL relabelling, all
+parameters; ``relabel: means`` for the means-only method). Each draw is assigned to the
+census mode nearest to it (standardised distance of the means after matching components),
+giving every chain's mode occupancy; chains "disagree" when two chains' occupancies differ
+by more than ``occupancy_tolerance`` in total variation.
 
 What it reports:
 
@@ -10,15 +20,27 @@ What it reports:
   are plug-in values at it.
 - trace: one row per kept draw, chains one after another (chain c's draws are rows
   c*num_samples+1 .. (c+1)*num_samples); ``log_likelihood`` = log p(X | draw) / N and
-  ``bound`` = the draw's log joint (log p(X | draw) + log p(draw)) / N
+  ``bound`` = the draw's log joint (log p(X | draw) + log p(draw)) / N, log p(draw) the
+  prior's density of the draw's full sample dict (hyper-sites included)
   (``bound_name="log_joint"``, the unnormalised log posterior; not a bound).
   ``elapsed_s``: NumPyro reports no per-draw times, so the whole MCMC wall time
   (warm-up and sampling, compile included) is spread evenly over the rows.
 - ``posterior``: draws ``weights`` (S, K), ``means`` (S, K, D), ``log_likelihood`` (S,),
-  ``log_joint`` (S,), ``chain`` (S,), S = num_chains * num_samples.
-- ``extra``: ``r_hat_max`` and ``ess_min`` over relabelled weights, means, covariances and
-  the log-likelihood (NumPyro's split r-hat and ESS), ``r_hat_log_likelihood``,
-  ``divergences``, ``plug_in_log_likelihood`` (train, at the posterior mean),
+  ``log_joint`` (S,), ``chain`` (S,), ``mode`` (S,) (nearest census mode), S =
+  num_chains * num_samples.
+- ``converged`` / ``status``: converged when rank-normalised r-hat < ``r_hat_threshold``
+  (1.01) and bulk and tail ESS > ``ess_threshold`` (400) on every relabelled parameter and
+  on the log-likelihood and log joint, and the chains agree; else status ``r_hat``,
+  ``ess`` or ``chains_disagree`` (the first that fails, in that order, chains first).
+- ``extra``: ``r_hat_max``, ``ess_bulk_min``, ``ess_tail_min`` (rank-normalised,
+  `jaxgmm.bayes.diagnostics`, over every relabelled parameter and the log-likelihood and
+  log joint), ``ess_min`` (the smaller ESS), ``r_hat_log_likelihood``,
+  ``r_hat_log_joint``, ``r_hat_threshold``, ``ess_threshold``, ``divergences``,
+  ``tree_depth_saturated`` (draws at ``max_tree_depth``), ``census`` (every restart:
+  log posterior per sample, fitter, mode), ``modes`` (per mode: log posterior, restarts,
+  weights), ``chain_starts`` (mode index per chain), ``mode_occupancy`` (per chain, the
+  fraction of its draws nearest each mode), ``chains_disagree``, ``chains_summary`` (a
+  sentence), ``relabel``, ``plug_in_log_likelihood`` (train, at the posterior mean),
   ``log_predictive_density_test`` (held-out log posterior predictive density per sample,
   log-mean-exp over draws) when there is a test split, and the settings; with ArviZ
   installed (and ``inference_data``), PSIS-LOO and WAIC from the run's ``InferenceData``
@@ -37,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxgmm
-from experiments.config_engine import Field, at_least, in_interval, one_of
+from experiments.config_engine import Field, at_least, greater_than, in_interval, one_of
 from experiments.methods import Method, MethodResult
 from jaxgmm.bayes.inference_data import import_arviz
 
@@ -49,11 +71,115 @@ def best_restart(init_params, x, spec):
     return jax.tree_util.tree_map(lambda a: a[best], init_params)
 
 
-def _nanextreme(summary, key, fn):
-    values = [np.ravel(s[key]) for s in summary.values()]
-    values = np.concatenate(values)
-    values = values[np.isfinite(values)]
-    return float(fn(values)) if values.size else None
+def _take(params, i):
+    return jaxgmm.GMMParams(*(np.asarray(leaf)[i] for leaf in params))
+
+
+def _log_posterior(fit, x, spec):
+    """Final log posterior per sample of a one-restart MAP fit."""
+    recorded = getattr(fit.restarts, "log_posterior", None)
+    if recorded is not None and np.isfinite(np.ravel(recorded)[0]):
+        return float(np.ravel(recorded)[0])
+    log_prior = float(jaxgmm.log_prior(fit.params, spec))
+    return float(fit.log_likelihood) + log_prior / x.shape[0]
+
+
+def map_census(key, x, spec, restarts, *, max_iter=1000, tol=1e-8, mode_tolerance=1e-5):
+    """Every restart run to its MAP under ``spec.prior``; a dict of lists.
+
+    Args:
+        key: PRNG key.
+        x: array of shape (n_samples, n_features).
+        spec: `GMMSpec` with a (resolved) prior.
+        restarts: `GMMParams` with a leading (n_restarts,) axis.
+        max_iter, tol: EM iterations / gradient steps and tolerance of each MAP fit.
+        mode_tolerance: log posteriors per sample within it are one mode.
+
+    Returns:
+        ``{"log_posterior": [R floats], "fitter": [R], "params": [R GMMParams],
+        "mode": [R ints], "modes": [{"log_posterior", "restarts", "params"}]}``; modes
+        best first (mode 0 has the highest log posterior).
+    """
+    closed_form = getattr(spec.prior, "em_m_step", None) is not None
+    n = int(np.shape(restarts.means)[0])
+    keys = jax.random.split(key, n)
+    out = {"log_posterior": [], "fitter": [], "params": []}
+    for r in range(n):
+        start = _take(restarts, r)
+        if closed_form:
+            fit = jaxgmm.fit_em(keys[r], x, spec, init=start, max_iter=max_iter, tol=tol)
+        else:
+            fit = jaxgmm.fit_gradient(
+                keys[r], x, spec, init=start, optimizer="lbfgs", max_steps=max_iter,
+                tol=tol,
+            )  # fmt: skip
+        params = jax.tree_util.tree_map(np.asarray, fit.params)
+        lp = _log_posterior(fit, x, spec)
+        out["log_posterior"].append(lp if np.isfinite(lp) else -np.inf)
+        out["fitter"].append("em" if closed_form else "gradient")
+        out["params"].append(jaxgmm.GMMParams(*params))
+    order = np.argsort(-np.asarray(out["log_posterior"]), kind="stable")
+    modes, mode_of = [], [None] * n
+    for r in order:
+        lp = out["log_posterior"][r]
+        if not np.isfinite(lp):
+            continue
+        if modes and abs(modes[-1]["log_posterior"] - lp) <= mode_tolerance:
+            modes[-1]["restarts"].append(int(r))
+        else:
+            modes.append({"log_posterior": lp, "restarts": [int(r)], "params": out["params"][r]})
+        mode_of[r] = len(modes) - 1
+    if not modes:
+        raise ValueError("nuts: no census restart reached a finite log posterior")
+    out["mode"] = mode_of
+    out["modes"] = modes
+    return out
+
+
+def chain_starts(modes, num_chains, n_samples, mode_window):
+    """Mode index per chain: distinct modes first (best first) among those within
+    ``mode_window`` nats (total, i.e. per sample times n) of the best, then cycling."""
+    best = modes[0]["log_posterior"]
+    eligible = [
+        i for i, m in enumerate(modes) if (best - m["log_posterior"]) * n_samples <= mode_window
+    ]
+    return [eligible[c % len(eligible)] for c in range(num_chains)]
+
+
+def nearest_modes(draws, modes, spec, scale):
+    """(S,) index of the census mode nearest to each draw (leading axis S): the smallest
+    sum over components of squared mean differences, per feature divided by ``scale``,
+    after matching components to the mode's (`jaxgmm.bayes.relabel` by means)."""
+    distances = []
+    for mode in modes:
+        matched, _ = jaxgmm.bayes.relabel(draws, mode["params"], spec, scale=scale, method="means")
+        diff = (np.asarray(matched.means) - np.asarray(mode["params"].means)) / scale
+        distances.append(np.sum(diff**2, axis=(-2, -1)))
+    return np.argmin(np.stack(distances, axis=-1), axis=-1)
+
+
+def occupancy(mode_index, chain, n_modes):
+    """(n_chains, n_modes) fraction of each chain's draws nearest each mode."""
+    chains = np.unique(chain)
+    return np.stack(
+        [
+            np.bincount(mode_index[chain == c], minlength=n_modes) / np.sum(chain == c)
+            for c in chains
+        ]
+    )
+
+
+def occupancy_sentence(table, modes, n_samples):
+    """Plain words for the occupancy table: per chain, its modes by share."""
+    parts = []
+    for c, row in enumerate(table):
+        shares = [
+            f"{100 * share:.0f}% mode {m} ({modes[m]['log_posterior'] * n_samples:.2f})"
+            for m, share in sorted(enumerate(row), key=lambda t: -t[1])
+            if share > 0
+        ]
+        parts.append(f"chain {c}: " + ", ".join(shares))
+    return "; ".join(parts) + " (mode: census MAP, its log posterior as a total)"
 
 
 def arviz_or_none():
@@ -98,22 +224,44 @@ def loo_waic(idata):
 def run(context):
     settings = context.settings
     spec, x = context.spec, context.x
-    start = best_restart(context.init_params, x, spec)
+    n = x.shape[0]
     began = time.perf_counter()
+    key_census, key_extra, key_nuts = jax.random.split(context.key, 3)
+    resolved = jaxgmm.priors.resolve_prior(spec, x)
+    restarts = jax.tree_util.tree_map(np.asarray, context.init_params)
+    if settings["census_n_init"] > 0:
+        extra_starts = jaxgmm.initial_params(
+            key_extra, x, spec, "k-means++", settings["census_n_init"]
+        )
+        restarts = jax.tree_util.tree_map(
+            lambda a, b: np.concatenate([a, np.asarray(b, a.dtype)]), restarts, extra_starts
+        )
+    census = map_census(
+        key_census, x, resolved, restarts, mode_tolerance=settings["mode_tolerance"]
+    )
+    modes = census["modes"]
+    starts = chain_starts(modes, settings["num_chains"], n, settings["mode_window"])
+    inits = [
+        jaxgmm.GMMParams(*(jnp.asarray(a, x.dtype) for a in modes[m]["params"])) for m in starts
+    ]
+    census_s = time.perf_counter() - began
     result = jaxgmm.fit_nuts(
-        context.key,
+        key_nuts,
         x,
         spec,
         num_warmup=settings["num_warmup"],
         num_samples=settings["num_samples"],
         num_chains=settings["num_chains"],
         chain_method=settings["chain_method"],
-        reference=start,
-        init=start,
+        reference=inits[0],
+        init=inits if len(inits) > 1 else inits[0],
         target_accept_prob=settings["target_accept_prob"],
         max_tree_depth=settings["max_tree_depth"],
         dense_mass=settings["dense_mass"],
         progress_bar=context.show_progress,  # NumPyro's own bar
+        relabel_method=settings["relabel"],
+        r_hat_threshold=settings["r_hat_threshold"],
+        ess_threshold=settings["ess_threshold"],
     )
     total_s = time.perf_counter() - began
 
@@ -122,18 +270,61 @@ def run(context):
         lambda a: jnp.reshape(a, (n_chains * n_draws,) + a.shape[2:]), result.draws
     )
     log_likelihood = np.asarray(result.log_likelihood, np.float64).reshape(-1)
-    log_priors = np.asarray(
-        jax.jit(jax.vmap(lambda p: jaxgmm.log_prior(p, result.spec)))(flat), np.float64
-    )
-    log_joint = log_likelihood + log_priors / x.shape[0]
+    log_joint = np.asarray(result.log_joint, np.float64).reshape(-1)
     n_total = log_likelihood.size
+    chain = np.repeat(np.arange(n_chains), n_draws)
 
-    summary = result.summary
+    scale = np.asarray(jnp.std(x, axis=0), np.float64)
+    scale = np.where(scale > 0, scale, 1.0)
+    mode_index = nearest_modes(flat, modes, result.spec, scale)
+    table = occupancy(mode_index, chain, len(modes))
+    spread = max(
+        (0.5 * np.abs(a - b).sum() for i, a in enumerate(table) for b in table[i + 1 :]),
+        default=0.0,
+    )
+    disagree = bool(spread > settings["occupancy_tolerance"])
+    diag = result.diagnostics
+    if disagree:
+        status = "chains_disagree"
+    elif not result.r_hat_max < settings["r_hat_threshold"]:
+        status = "r_hat"
+    elif not min(result.ess_bulk_min, result.ess_tail_min) > settings["ess_threshold"]:
+        status = "ess"
+    else:
+        status = "converged"
+    finite = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
     extra = {
-        "r_hat_max": _nanextreme(summary, "r_hat", np.max),
-        "ess_min": _nanextreme(summary, "ess", np.min),
-        "r_hat_log_likelihood": float(summary["log_likelihood"]["r_hat"]),
+        "r_hat_max": finite(result.r_hat_max),
+        "ess_bulk_min": finite(result.ess_bulk_min),
+        "ess_tail_min": finite(result.ess_tail_min),
+        "ess_min": finite(min(result.ess_bulk_min, result.ess_tail_min)),
+        "r_hat_log_likelihood": finite(diag["log_likelihood"]["r_hat"]),
+        "r_hat_log_joint": finite(diag["log_joint"]["r_hat"]),
+        "r_hat_threshold": settings["r_hat_threshold"],
+        "ess_threshold": settings["ess_threshold"],
         "divergences": int(result.n_divergences),
+        "tree_depth_saturated": int(result.tree_depth_saturated),
+        "max_tree_depth": settings["max_tree_depth"],
+        "relabel": result.relabel_method,
+        "census": [
+            {"restart": r, "log_posterior": finite(lp), "fitter": f, "mode": m}
+            for r, (lp, f, m) in enumerate(
+                zip(census["log_posterior"], census["fitter"], census["mode"])
+            )
+        ],
+        "modes": [
+            {"mode": i, "log_posterior": float(m["log_posterior"]), "restarts": m["restarts"],
+             "weights": [float(w) for w in np.asarray(m["params"].weights)]}
+            for i, m in enumerate(modes)
+        ],  # fmt: skip
+        "chain_starts": [int(m) for m in starts],
+        "mode_occupancy": [[float(v) for v in row] for row in table],
+        "occupancy_spread": float(spread),
+        "chains_disagree": disagree,
+        "chains_summary": occupancy_sentence(table, modes, n)
+        + ("; THE CHAINS DISAGREE: the posterior summaries mix chains that explored "
+           "different modes" if disagree else ""),
+        "census_s": census_s,
         "plug_in_log_likelihood": float(result.plug_in_log_likelihood),
         "posterior_mean_log_likelihood": float(np.mean(log_likelihood)),
         "params_summary": "posterior mean",
@@ -141,7 +332,7 @@ def run(context):
         "num_samples": n_draws,
         "num_warmup": settings["num_warmup"],
         "chain_method": settings["chain_method"],
-    }
+    }  # fmt: skip
     if context.x_test is not None:
         extra["log_predictive_density_test"] = jaxgmm.bayes.log_predictive_density(
             context.x_test, flat, result.spec
@@ -150,7 +341,6 @@ def run(context):
     if settings["inference_data"] and arviz_or_none() is not None:
         idata = result.to_inference_data(x, feature_names=context.feature_names or None)
         extra.update(loo_waic(idata))
-    r_hat = extra["r_hat_max"]
     posterior_mean = jax.tree_util.tree_map(np.asarray, result.posterior_mean)
     return MethodResult(
         params=jaxgmm.GMMParams(*posterior_mean),
@@ -163,15 +353,16 @@ def run(context):
         compile_s=None,  # NumPyro compiles inside mcmc.run; included in fit_s
         fit_s=total_s,
         n_iter=n_total,
-        converged=None if r_hat is None else bool(r_hat < 1.05),
-        status=None if r_hat is None else ("converged" if r_hat < 1.05 else "r_hat"),
+        converged=status == "converged",
+        status=status,
         extra=extra,
         posterior={
             "weights": np.asarray(flat.weights),
             "means": np.asarray(flat.means),
             "log_likelihood": log_likelihood,
             "log_joint": log_joint,
-            "chain": np.repeat(np.arange(n_chains), n_draws),
+            "chain": chain,
+            "mode": mode_index,
         },
         inference_data=idata,
     )
@@ -191,6 +382,37 @@ CONFIG = {
     ),
     "dense_mass": Field(False, "bool", None, "adapt a dense mass matrix (else diagonal)"),
     "max_tree_depth": Field(10, "int", at_least(1), "NUTS maximum tree depth"),
+    "census_n_init": Field(
+        8, "int", at_least(0),
+        "k-means++ restarts added to the shared ones for the census of MAP modes that the "
+        "chains start from",
+    ),
+    "mode_tolerance": Field(
+        1e-5, "float", at_least(0.0),
+        "census restarts whose log posteriors per sample agree within this are one mode",
+    ),
+    "mode_window": Field(
+        10.0, "float", at_least(0.0),
+        "chains start only at census modes within this many nats (total log posterior) of "
+        "the best",
+    ),
+    "occupancy_tolerance": Field(
+        0.1, "float", in_interval(0.0, 1.0),
+        "chains disagree when two chains' mode occupancies differ by more than this "
+        "(total variation)",
+    ),
+    "relabel": Field(
+        "stephens", "str", one_of(["stephens", "means"]),
+        "relabelling: stephens (KL on allocation probabilities, all parameters) or means",
+    ),
+    "r_hat_threshold": Field(
+        1.01, "float", greater_than(1.0),
+        "converged needs rank-normalised r-hat below this on every quantity",
+    ),
+    "ess_threshold": Field(
+        400.0, "float", at_least(1.0),
+        "converged needs bulk and tail ESS above this on every quantity",
+    ),
     "inference_data": Field(
         True, "bool", None,
         "with ArviZ installed: the draws' InferenceData in posterior.nc, and LOO/WAIC from it "
@@ -202,7 +424,8 @@ CONFIG = {
 METHOD = Method(
     name="nuts",
     run=run,
-    doc="NumPyro NUTS: posterior draws, r-hat/ESS/divergences, predictive density",
+    doc="NumPyro NUTS from a census of MAP modes: posterior draws, rank r-hat, bulk/tail "
+    "ESS, mode occupancy per chain, divergences, predictive density",
     needs_prior=True,
     config=CONFIG,
 )

@@ -16,7 +16,9 @@ history.npz, posterior.npz; never refits. Figures (PNG, written atomically):
   data, component densities over a histogram.
 - ``posterior.png``: for methods with posterior draws (NUTS), the posterior of the
   log-likelihood per sample, its trace per chain, and the relabelled means next to every
-  method's estimates. Sampled methods are left out of ``convergence.png``.
+  method's estimates; trace and rank plots per chain of the log-likelihood and the
+  relabelled weights and means (`experiments.plot_posterior`). Sampled methods are left
+  out of ``convergence.png``.
 - ``model_selection.png``: BIC/AIC and held-out log-likelihood over the grid.
 - ``model_selection_best.png``: the BIC-best grid cell's clusters (its fit, from
   model_selection.npz); ``uncertainty.png``: its classification uncertainty per point
@@ -43,7 +45,6 @@ import yaml  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 
 from experiments import results_io  # noqa: E402
-from experiments.metrics import match_components  # noqa: E402
 from jaxgmm.model import dense_covariances  # noqa: E402
 
 UNITS = "nats per sample"
@@ -494,77 +495,11 @@ def _estimate_kind(row):
 
 
 def plot_posterior(run, path):
-    """Per sampled method: posterior of the log-likelihood (histogram) with every method's
-    value as a vertical line, the log-likelihood of each draw per chain (mixing), and the
-    relabelled component means of the first plotted feature with every method's means."""
-    methods = sorted({k.split("/")[0] for k in run.posterior})
-    points = run.methods_with_params()
-    reference_method = next(
-        (m for m in points if run.metrics["methods"][m].get("point_estimate")), None
-    )
-    method_color = {m: COLORS[i % len(COLORS)] for i, m in enumerate(run.metrics["methods"])}
-    styles = ["-", "--", "-.", ":"]
-    pair, names = _feature_pair(run)
-    feature = pair[0]
-    component_colors = plt.get_cmap("Pastel1").colors
-    fig, axes = plt.subplots(len(methods), 3, figsize=(17, 4.4 * len(methods)), squeeze=False)
-    for row, method in enumerate(methods):
-        draws = results_io.group(run.posterior, method)
-        ax_ll, ax_trace, ax_mu = axes[row]
-        if "log_likelihood" in draws:
-            ll_draws = draws["log_likelihood"]
-            ax_ll.hist(ll_draws, bins=40, density=True, color="0.75", label=f"{method} draws")
-            for i, m in enumerate(points):
-                ll = run.metrics["methods"][m].get("train_log_likelihood")
-                summary = _estimate_kind(run.metrics["methods"][m])
-                if ll is not None:
-                    ax_ll.axvline(
-                        ll, color=method_color[m], lw=2, ls=styles[i % len(styles)],
-                        label=f"{m}{f' ({summary})' if summary else ''}: {ll:.4f}",
-                    )  # fmt: skip
-            ax_ll.set(
-                xlabel=f"log-likelihood ({UNITS})",
-                ylabel="posterior density",
-                title=f"{method}: log-likelihood of the draws",
-            )
-            ax_ll.legend(fontsize=8)
-            chains = draws.get("chain", np.zeros(len(ll_draws), dtype=int))
-            for c in np.unique(chains):
-                values = ll_draws[chains == c]
-                ax_trace.plot(np.arange(1, len(values) + 1), values, lw=0.8, alpha=0.8,
-                              label=f"chain {c}")  # fmt: skip
-            ax_trace.set(
-                xlabel="draw (after warm-up)", ylabel=f"log-likelihood ({UNITS})",
-                title=f"{method}: trace per chain",
-            )  # fmt: skip
-            ax_trace.legend(fontsize=8)
-        if "means" in draws:
-            means = draws["means"]  # (S, K, D)
-            reference = run.params[f"{reference_method}/means"] if reference_method else means[0]
-            relabelled = np.stack([d[match_components(reference, d)] for d in means])
-            for k in range(means.shape[1]):
-                ax_mu.hist(
-                    relabelled[:, k, feature], bins=40, density=True,
-                    color=component_colors[k % len(component_colors)],
-                    edgecolor="0.5", linewidth=0.3, label=f"component {k} draws",
-                )  # fmt: skip
-            for i, m in enumerate(points):
-                estimate = run.params[f"{m}/means"]
-                for k, value in enumerate(estimate[match_components(reference, estimate), feature]):
-                    ax_mu.axvline(
-                        value, color=method_color[m], lw=1.6, ls=styles[i % len(styles)],
-                        label=m if k == 0 else None,
-                    )  # fmt: skip
-            ax_mu.set(
-                xlabel=f"component mean of {names[feature]} "
-                f"(components matched to {reference_method or 'draw 0'})",
-                ylabel="posterior density",
-                title=f"{method}: component means vs each method's",
-            )
-            ax_mu.legend(fontsize=8)
-    fig.suptitle(f"{run.title}: posterior draws vs point estimates")
-    fig.tight_layout()
-    _save(fig, path)
+    """posterior.png: see `experiments.plot_posterior` (trace and rank plots per chain of
+    the relabelled weights, means and the log-likelihood, next to the point estimates)."""
+    from experiments.plot_posterior import plot_posterior as draw  # it imports this module's peers
+
+    draw(run, path)
 
 
 # --------------------------------------------------------------- model selection

@@ -421,3 +421,63 @@ def test_data_defaults_refuse_all_constant_data_and_bad_explicit_scales():
         make_prior("conjugate", covariance_prior=[1.0, 0.0])
     with pytest.raises(ValueError, match="scale_scale must be finite and > 0"):
         make_prior("lkj", scale_scale=[1.0, 0.0])
+
+
+# ------------------------------------------------ empirical-Bayes within-cluster Psi
+
+WITHIN = {"name": "conjugate", "covariance_prior": "within_cluster"}
+
+
+def _pooled_within(x, labels):
+    """sum_k sum_{n in k} (x_n - mean_k)(x_n - mean_k)^T / N, naively."""
+    total = np.zeros((x.shape[1], x.shape[1]))
+    for k in np.unique(labels):
+        r = x[labels == k] - x[labels == k].mean(0)
+        total += r.T @ r
+    return total / x.shape[0]
+
+
+def test_within_cluster_psi_matches_sklearn_kmeans_partition():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 50.0], [0.0, 9.0, -40.0]])
+    scales = np.array([1.0, 2.0, 10.0])  # per feature: the k-means runs standardised
+    x = np.concatenate([c + rng.normal(size=(60, 3)) * scales for c in centres])
+    z = (x - x.mean(0)) / x.std(0)
+    labels = KMeans(3, n_init=10, random_state=0).fit(z).labels_
+    spec = resolve_prior(jaxgmm.GMMSpec(3, "full", prior=prior_from_config(WITHIN)), x)
+    psi = np.asarray(spec.prior.covariance_prior)
+    np.testing.assert_allclose(psi, np.diag(np.diag(_pooled_within(x, labels))), rtol=1e-10)
+    # The scale of one cluster: near the clusters' variances, far below the data's.
+    np.testing.assert_allclose(np.diag(psi), scales**2, rtol=0.35)
+    assert np.all(np.diag(psi)[1:] < 0.2 * np.var(x, axis=0)[1:])
+    # Deterministic, and rescaling a feature rescales its entry only.
+    spec0 = jaxgmm.GMMSpec(3, "full", prior=prior_from_config(WITHIN))
+    assert resolve_prior(spec0, x) == spec
+    stretched = x * np.array([1.0, 30.0, 1.0])
+    psi2 = np.asarray(resolve_prior(spec0, stretched).prior.covariance_prior)
+    np.testing.assert_allclose(np.diag(psi2), np.diag(psi) * np.array([1.0, 900.0, 1.0]), rtol=1e-8)
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_within_cluster_psi_gives_every_family_a_proper_prior(cov_type, data, ml_fits):
+    prior = prior_from_config(WITHIN)
+    assert prior.label == "conjugate[within-cluster Psi, empirical Bayes]"
+    unresolved = jaxgmm.GMMSpec(2, cov_type, prior=prior_from_config({**WITHIN, "mean_prior": 0}))
+    with pytest.raises(ValueError, match=r"\['covariance_prior'\] still unset"):
+        jaxgmm.log_prior(ml_fits[cov_type], unresolved)
+    resolved = resolve_prior(jaxgmm.GMMSpec(2, cov_type, prior=prior), data)
+    assert resolved.prior.name == "conjugate" and resolved.prior.label == "conjugate"
+    assert np.isfinite(float(jaxgmm.log_prior(ml_fits[cov_type], resolved)))
+
+
+def test_within_cluster_psi_refusals():
+    with pytest.raises(ValueError, match=r"as a name must be one of \['within_cluster'\]"):
+        make_prior("conjugate", covariance_prior="within")
+    prior = prior_from_config(WITHIN)
+    with pytest.raises(ValueError, match="every feature of x is constant"):
+        prior.with_data_defaults(np.ones((5, 2)), 2)
+    # Fewer distinct points than clusters: floored, still positive definite.
+    x = np.repeat(np.array([[0.0, 1.0], [2.0, 3.0]]), 5, axis=0)
+    assert np.all(np.diag(np.asarray(prior.with_data_defaults(x, 3).covariance_prior)) > 0)

@@ -67,6 +67,12 @@ class Prior:
     def site_values(self, params, spec):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def label(self):
+        """How tables and reports name this prior: its registry name, plus any choice a
+        reader must see (e.g. an empirical-Bayes scale from the data)."""
+        return self.name
+
     # -- derived ------------------------------------------------------------------------
     def with_data_defaults(self, x, n_components=None):
         """A copy with every data-dependent default (``None``) filled from ``x``

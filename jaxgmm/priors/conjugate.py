@@ -41,6 +41,7 @@ from jaxgmm.priors._base import (
     matrix_hyperparameter,
     vector_hyperparameter,
 )
+from jaxgmm.priors.empirical import within_cluster_covariance
 from jaxgmm.priors.stick_breaking import StickBreakingWeights, weights_from_sticks
 
 #: ``weight_prior_type`` values (scikit-learn's ``weight_concentration_prior_type`` names).
@@ -69,7 +70,11 @@ class ConjugatePrior(Prior):
             Must be > D - 1 (full/tied), > 0 (diag/spherical).
         covariance_prior: Psi: scalar, (D,) diagonal or (D, D); default (data): the data
             covariance / K^(2/D) (Fraley and Raftery's choice: the covariance of one of K
-            equal-volume pieces of the data).
+            equal-volume pieces of the data), a regularisation scale for MAP / EM.
+            ``"within_cluster"`` (data, empirical Bayes): the diagonal of the pooled
+            within-cluster covariance of a deterministic k-means partition of the data
+            into K clusters (`jaxgmm.priors.empirical`), the scale of one component: the
+            posterior default of the experiment runner (see docs/priors.md).
     """
 
     name: ClassVar[str] = "conjugate"
@@ -95,6 +100,12 @@ class ConjugatePrior(Prior):
         self._check_positive("weight_concentration", "mean_precision", "degrees_of_freedom")
         _check_covariance_prior(self.name, self.covariance_prior)
 
+    @property
+    def label(self):
+        if self.covariance_prior == "within_cluster":
+            return f"{self.name}[within-cluster Psi, empirical Bayes]"
+        return self.name
+
     # hyperparameters that ``with_data_defaults`` fills; degrees_of_freedom's default
     # depends only on (D, covariance type) and is resolved at use time.
     _data_defaults: ClassVar[tuple] = ("mean_prior", "covariance_prior")
@@ -102,7 +113,12 @@ class ConjugatePrior(Prior):
     def check(self, spec, n_features):
         if spec.covariance_type not in self.covariance_types:
             super().check(spec, n_features)
-        missing = [n for n in self._data_defaults if getattr(self, n) is None]
+        # A named data default ("within_cluster") is as unset as None until resolved.
+        missing = [
+            n
+            for n in self._data_defaults
+            if getattr(self, n) is None or isinstance(getattr(self, n), str)
+        ]
         if missing:
             raise ValueError(
                 f"prior {self.name!r} has data-dependent hyperparameters {missing} still unset; "
@@ -117,19 +133,25 @@ class ConjugatePrior(Prior):
             )
 
     def with_data_defaults(self, x, n_components=None):
-        """Fill ``mean_prior`` (data mean) and ``covariance_prior`` (data covariance /
-        K^(2/D), K = ``n_components``, required when covariance_prior is unset)."""
+        """Fill ``mean_prior`` (data mean) and ``covariance_prior`` (unset: data
+        covariance / K^(2/D); ``"within_cluster"``: the diagonal of the pooled
+        within-cluster covariance of K k-means clusters), K = ``n_components`` (required
+        when covariance_prior is to be filled)."""
         mean, _, cov = data_mean_std_cov(x)
         updates = {}
         if self.mean_prior is None:
             updates["mean_prior"] = freeze(mean)
-        if self.covariance_prior is None:
+        if self.covariance_prior is None or isinstance(self.covariance_prior, str):
             if n_components is None:
                 raise ValueError(
                     f"prior {self.name!r}: the default covariance_prior needs n_components "
                     "(with_data_defaults(x, n_components))"
                 )
-            updates["covariance_prior"] = freeze(cov / n_components ** (2.0 / cov.shape[0]))
+            if self.covariance_prior is None:
+                psi = cov / n_components ** (2.0 / cov.shape[0])
+            else:
+                psi = np.diag(np.diagonal(within_cluster_covariance(x, n_components)))
+            updates["covariance_prior"] = freeze(psi)
         return dataclasses.replace(self, **updates) if updates else self
 
     def dof(self, spec, n_features):
@@ -287,10 +309,24 @@ def _stick_breaking_map_weights(nk, gamma, tiny):
     return weights_from_sticks(a / (a + b))
 
 
+#: Named data defaults of ``covariance_prior`` (filled by ``with_data_defaults``).
+COVARIANCE_PRIOR_DEFAULTS = {
+    "within_cluster": "diagonal of the pooled within-cluster covariance of K k-means clusters",
+}
+
+
 def _check_covariance_prior(name, value):
-    """ValueError unless ``value`` (None, scalar, (D,) or (D, D)) is positive definite:
-    a singular Psi makes the inverse-Wishart / inverse-Gamma prior improper."""
+    """ValueError unless ``value`` (None, a name of `COVARIANCE_PRIOR_DEFAULTS`, scalar,
+    (D,) or (D, D)) is positive definite: a singular Psi makes the inverse-Wishart /
+    inverse-Gamma prior improper."""
     if value is None:
+        return
+    if isinstance(value, str):
+        if value not in COVARIANCE_PRIOR_DEFAULTS:
+            raise ValueError(
+                f"prior {name!r}: covariance_prior given as a name must be one of "
+                f"{sorted(COVARIANCE_PRIOR_DEFAULTS)}, got {value!r}"
+            )
         return
     psi = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(psi)):

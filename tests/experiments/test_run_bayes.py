@@ -114,9 +114,11 @@ def test_default_prior_for_methods_that_need_one(tmp_path):
     assert specs["em"] == (spec, "none") and specs["gradient"] == (spec, "none")
     for method in ("svi", "nuts"):
         method_spec, label = specs[method]
-        assert label == "conjugate (default)"
+        assert label == "conjugate[within-cluster Psi, empirical Bayes] (default)"
         assert method_spec.prior.name == "conjugate"
         np.testing.assert_allclose(method_spec.prior.mean_prior, np.asarray(x).mean(0))
+        psi = np.asarray(method_spec.prior.covariance_prior)
+        assert np.count_nonzero(psi - np.diag(np.diag(psi))) == 0  # diagonal, from k-means
 
 
 PRIOR_ERRORS = [

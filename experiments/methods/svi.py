@@ -7,8 +7,12 @@ The trace holds, per step, the log-likelihood per sample at the guide's point es
 sample: the ELBO (``bound_name="elbo"``), or for ``auto_delta`` the log joint
 log p(X, theta) / N (``"log_joint"``, the MAP objective). ``extra`` holds the final ELBO
 from ``n_eval_samples`` fresh guide draws with its Monte Carlo standard error and, from
-independent draws, the importance-sampling estimate of log p(X) per sample, which the
-ELBO must lie below (``elbo_below_is``). With ArviZ installed, ``posterior_draws`` draws
+independent draws, the importance-sampling estimate of log p(X) per sample with the guide
+symmetrised over the K! relabellings (``log_marginal_is``, ``log_marginal_is_stderr``), its
+effective sample size ``is_ess`` and Pareto k-hat ``is_pareto_k`` (``is_reliable`` false and
+an ``is_warning`` above ``is_khat_threshold``, 0.7 for 2200 draws or more). The ELBO lying
+below it is no check (Jensen's inequality makes it so whatever the estimate's quality) and
+is not reported. With ArviZ installed, ``posterior_draws`` draws
 of the guide (not for ``auto_delta``, a point mass) make the method's ``InferenceData``
 (`jaxgmm.bayes.SVIResult.to_inference_data`, one chain), written to ``posterior.nc``, and its
 PSIS-LOO and WAIC go into ``extra`` (`experiments.methods.nuts.loo_waic`).
@@ -63,11 +67,11 @@ def run(context):
         # auto_delta: the log joint per sample at the MAP point (its exact objective).
         "elbo": result.elbo,
         "elbo_stderr": result.elbo_stderr,
-        "log_marginal_is": None if math.isnan(result.log_marginal_is) else result.log_marginal_is,
+        "log_marginal_is": _finite_or_none(result.log_marginal_is),
         "log_posterior_total": result.log_posterior,
     }
     if not point:
-        extra["elbo_below_is"] = bool(result.elbo <= result.log_marginal_is)
+        extra.update(_importance_extra(result))
     idata = None
     if not point and settings["posterior_draws"] > 0 and arviz_or_none() is not None:
         idata = result.to_inference_data(
@@ -80,6 +84,40 @@ def run(context):
     method_result = result_from_fit(result.fit, point_estimate=point, extra=extra)
     method_result.inference_data = idata
     return method_result
+
+
+def _finite_or_none(value):
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _importance_extra(result):
+    """The importance-sampling estimate's error and diagnostics (`SVIResult.importance`).
+
+    Its lying above the ELBO holds by Jensen's inequality whatever its quality, so it is not
+    reported as a check; the Pareto k-hat and ESS say whether it can be trusted."""
+    info = result.importance
+    k = info.get("pareto_k")
+    extra = {
+        "log_marginal_is_stderr": _finite_or_none(result.log_marginal_is_stderr),
+        "is_ess": _finite_or_none(info.get("ess")),
+        "is_pareto_k": _finite_or_none(k),
+        "is_khat_threshold": info.get("khat_threshold"),
+        "is_reliable": info.get("reliable"),
+        "is_draws": info.get("n_draws"),
+        "is_symmetrized": info.get("symmetrized"),
+        "is_symmetrization": info.get("symmetrization"),
+        "log_marginal_is_unsymmetrized": _finite_or_none(info.get("log_marginal_unsymmetrized")),
+        "elbo_symmetrized": _finite_or_none(info.get("elbo_symmetrized")),
+    }
+    if not info.get("reliable"):
+        extra["is_warning"] = (
+            f"the importance-sampling log p(X) is unreliable: Pareto k-hat {k} above "
+            f"{info.get('khat_threshold')} (the guide's tails are too light for the "
+            "posterior; its standard error is unreliable too)"
+            if k is not None
+            else f"no importance-sampling log p(X): {info.get('symmetrization')}"
+        )
+    return extra
 
 
 def _check(spec, settings, x):

@@ -11,6 +11,7 @@ objective is the log joint at a point, so it is traced as ``log_joint``, not as 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.scipy.special import logsumexp
+from numpyro import distributions as dist
 from numpyro import handlers
 from numpyro.distributions import biject_to
 from numpyro.infer import SVI, Trace_ELBO
@@ -30,6 +32,7 @@ from numpyro.infer.util import log_density
 from numpyro.optim import optax_to_numpyro
 
 from jaxgmm._registry import lookup
+from jaxgmm.bayes import psis
 from jaxgmm.bayes.inference_data import svi_inference_data
 from jaxgmm.bayes.model import gmm_model, model_prior
 from jaxgmm.fit.driver import FitResult, run_fitter
@@ -262,10 +265,20 @@ class SVIResult(NamedTuple):
             (for AutoDelta: the log joint per sample at the point).
         elbo_stderr: its Monte Carlo standard error.
         log_marginal_is: importance-sampling estimate of log p(X) per sample, from
-            ``n_eval_samples`` draws independent of the ELBO's; NaN for AutoDelta (a point
-            mass is no proposal).
+            ``n_eval_samples`` draws independent of the ELBO's, with the proposal
+            symmetrised over the K! relabellings (see `importance_estimate`); NaN for
+            AutoDelta (a point mass is no proposal) and for K > MAX_SYMMETRIZED_COMPONENTS.
+            Being above ``elbo`` says nothing about its quality (it holds by Jensen's
+            inequality): read ``importance["pareto_k"]`` (unreliable above
+            ``importance["khat_threshold"]``, 0.7 for 2200 draws or more) and
+            ``importance["ess"]``.
         log_posterior: log p(X | params) + log p(params) (total, not per sample) at the
             point estimate: the MAP objective.
+        log_marginal_is_stderr: its delta-method standard error per sample (NaN when not
+            estimated; itself unreliable when k-hat is).
+        importance: JSON-able dict of the estimate's diagnostics (`importance_estimate`'s
+            ``diagnostics``: ess, pareto_k, khat_threshold, reliable, symmetrized, ...);
+            empty for AutoDelta.
 
     `to_inference_data` gives draws of the guide to ArviZ (``az.loo``, ``az.waic``, ...).
     """
@@ -279,6 +292,8 @@ class SVIResult(NamedTuple):
     log_marginal_is: float
     log_posterior: float
     handle: SVIHandle
+    log_marginal_is_stderr: float
+    importance: dict
 
     def to_inference_data(
         self, key, x, *, num_samples=1000, feature_names=None, log_likelihood=True,
@@ -306,10 +321,86 @@ class SVIResult(NamedTuple):
         )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4))
-def log_importance_weights(key, handle, guide_params, x, n_draws):
-    """(n_draws,) log p(X, z_s) - log q(z_s), z_s ~ q (the guide), totals over samples."""
-    guide, model = handle.guide, handle.model
+# Above this many components the K! relabellings of the symmetrised proposal are refused
+# (7! = 5040 guide densities per draw); the unsymmetrised estimate is off by up to log K!.
+MAX_SYMMETRIZED_COMPONENTS = 6
+
+
+def guide_log_density(handle, guide_params, sites):
+    """log q(sites): the density of a stochastic guide (AutoNormal, AutoMultivariateNormal)
+    at ``sites`` (dict name -> value, the model's latent site values), with respect to
+    Lebesgue measure on the site values: the Gaussian density of the unconstrained values
+    minus log |det J| of the map from unconstrained to site space, as the guide's own
+    trace scores its draws. A scalar."""
+    guide = handle.guide
+    unconstrained, log_det = {}, 0.0
+    for name in guide._init_locs:
+        transform = biject_to(guide.prototype_trace[name]["fn"].support)
+        value = sites[name]
+        free = transform.inv(value)
+        log_det = log_det + jnp.sum(transform.log_abs_det_jacobian(free, value))
+        unconstrained[name] = free
+    if isinstance(guide, AutoNormal):
+        log_base = sum(
+            jnp.sum(
+                dist.Normal(
+                    guide_params[f"{name}_auto_loc"], guide_params[f"{name}_auto_scale"]
+                ).log_prob(free)
+            )
+            for name, free in unconstrained.items()
+        )
+    elif isinstance(guide, AutoMultivariateNormal):
+        # AutoContinuous guides ravel their latent sites in the prototype's order.
+        flat = jnp.concatenate([jnp.reshape(v, (-1,)) for v in unconstrained.values()])
+        log_base = dist.MultivariateNormal(
+            guide_params["auto_loc"], scale_tril=guide_params["auto_scale_tril"]
+        ).log_prob(flat)
+    else:
+        raise ValueError(f"guide_log_density needs a stochastic guide, got {type(guide).__name__}")
+    return log_base - log_det
+
+
+def _permute_params(params, perm, spec):
+    """`GMMParams` with component j taken from component perm[j] (jittable)."""
+    take = lambda a: jnp.take(a, perm, axis=0)  # noqa: E731
+    shared = spec.covariance_type == "tied"  # one matrix for all components: nothing to permute
+    return GMMParams(
+        weights=take(params.weights),
+        means=take(params.means),
+        prec_chol=params.prec_chol if shared else take(params.prec_chol),
+    )
+
+
+def symmetrization(spec):
+    """(symmetrize, reason): whether the importance-sampling proposal is symmetrised over the
+    K! relabellings for ``spec`` (prior resolved), and a sentence saying why or why not."""
+    prior, k = model_prior(spec), spec.n_components
+    if k == 1:
+        return False, "K = 1: a single labelling"
+    if not getattr(prior, "exchangeable", True):
+        return False, f"prior {prior.name!r} is not exchangeable in the labels: no symmetry"
+    if k > MAX_SYMMETRIZED_COMPONENTS:
+        return None, (
+            f"K = {k}: the symmetrised proposal would need K! = {math.factorial(k)} guide "
+            f"densities per draw (at most K = {MAX_SYMMETRIZED_COMPONENTS} is supported), and "
+            f"without it the estimate misses up to log K! = {math.lgamma(k + 1):.3f} nats"
+        )
+    return True, f"proposal averaged over the K! = {math.factorial(k)} relabellings"
+
+
+@functools.partial(jax.jit, static_argnums=(1, 4, 5))
+def importance_terms(key, handle, guide_params, x, n_draws, symmetrize=False):
+    """Per-draw terms of z_s ~ q (the guide), each of shape (n_draws,), totals over samples:
+    ``(log_joint, log_q, log_q_sym)``: log p(X, z_s), log q(z_s) (the guide's trace) and
+    log q_sym(z_s) = log mean_sigma q(sigma z_s) over the K! relabellings sigma (the
+    permuted draw's density in site space; hyper-sites, if any, unchanged), or log q(z_s)
+    again when ``symmetrize`` is False. Since p(X, .) is label-invariant under an
+    exchangeable prior, p(X, z)/q_sym(z) is the importance weight of the symmetrised
+    proposal q_sym, whose draws are z_s relabelled by a uniform random sigma."""
+    guide, model, spec = handle.guide, handle.model, handle.spec
+    prior = model_prior(spec)
+    k = spec.n_components
+    perms = jnp.asarray(list(itertools.permutations(range(k))), dtype=jnp.int32)
 
     def one(draw_key):
         seeded = handlers.seed(handlers.substitute(guide, data=guide_params), draw_key)
@@ -323,25 +414,110 @@ def log_importance_weights(key, handle, guide_params, x, n_draws):
             if not site.get("infer", {}).get("is_auxiliary", False):
                 latent[name] = site["value"]
         log_p, _ = log_density(model, (x,), {}, latent)
-        return log_p - log_q
+        if not symmetrize:
+            return log_p, log_q, log_q
+        params = prior.params_from_sites(latent, spec, handle.n_features, x.dtype)
+
+        def permuted_log_q(perm):
+            sites = {**latent, **prior.site_values(_permute_params(params, perm, spec), spec)}
+            return guide_log_density(handle, guide_params, sites)
+
+        # lax.map, not vmap: the site transforms factor matrices, and batched LAPACK calls
+        # can hang (see jaxgmm.model.linalg).
+        log_qs = jax.lax.map(permuted_log_q, perms)
+        return log_p, log_q, logsumexp(log_qs) - math.log(perms.shape[0])
 
     return jax.lax.map(one, jax.random.split(key, n_draws))
 
 
-def elbo_and_is_estimate(key, handle, guide_params, x, n_draws=1000):
-    """(elbo, elbo_stderr, log_marginal_is), all per sample, from independent draws.
+def log_importance_weights(key, handle, guide_params, x, n_draws, symmetrize=False):
+    """(n_draws,) log importance weights log p(X, z_s) - log q(z_s), z_s ~ q, totals; with
+    ``symmetrize`` the weights of the symmetrised proposal (see `importance_terms`)."""
+    log_p, _, log_q_sym = importance_terms(key, handle, guide_params, x, n_draws, symmetrize)
+    return log_p - log_q_sym
 
-    log p(X) >= E_q[log p(X, z) - log q(z)] (the ELBO); the IS estimate
-    log (1/S) sum_s exp(log p(X, z_s) - log q(z_s)) is a consistent estimate of log p(X)
-    whose expectation lies between the ELBO and log p(X) (Burda et al. 2016).
+
+def _log_mean_exp(log_weights):
+    """(log mean exp(w), its delta-method standard error), both in the units of w."""
+    s = log_weights.size
+    log_mean = float(logsumexp(log_weights) - math.log(s))
+    ess = psis.importance_ess(log_weights)
+    # SE(log mean w) ~ sd(w) / (sqrt(S) mean w) (delta method), and with the sample variance
+    # sd(w)^2 / mean(w)^2 = S (S / ESS - 1) / (S - 1).
+    stderr = math.sqrt(max(s / ess - 1.0, 0.0) / max(s - 1, 1))
+    return log_mean, stderr
+
+
+def importance_estimate(key, handle, guide_params, x, n_draws=1000, symmetrize=None):
+    """The ELBO and the importance-sampling estimate of log p(X) from a fitted guide, from
+    independent draws (``n_draws`` each).
+
+    log p(X) >= E_q[log p(X, z) - log q(z)] (the ELBO); the importance-sampling estimate
+    log (1/S) sum_s p(X, z_s) / q_sym(z_s) is consistent for log p(X), and its expectation
+    lies between the ELBO and log p(X) (Burda et al. 2016) *whatever its quality*, so being
+    above the ELBO checks nothing: its Pareto k-hat (Vehtari et al. 2024) and effective
+    sample size say whether it can be trusted (k-hat above `psis.khat_threshold`, 0.7 for
+    S >= 2200: unreliable, its standard error too). The proposal is the guide symmetrised
+    over the K! relabellings (Fruhwirth-Schnatter 2004): a guide sitting in one of the K!
+    symmetric modes of the posterior covers 1/K! of its mass, and the unsymmetrised
+    estimate misses log K! nats.
+
+    Args:
+        symmetrize: None (default) decides by `symmetrization`; True or False forces it
+            (True still refuses an exchangeable-prior check failure, not K).
+
+    Returns:
+        dict: ``elbo``, ``elbo_stderr``, ``log_marginal``, ``log_marginal_stderr`` (per
+        sample; ``log_marginal`` NaN when K is too large to symmetrise), and
+        ``diagnostics`` (JSON-able: ``ess``, ``pareto_k``, ``khat_threshold``, ``reliable``,
+        ``n_draws``, ``symmetrized``, ``symmetrization`` (why), and the unsymmetrised
+        estimate ``log_marginal_unsymmetrized`` with its ``pareto_k_unsymmetrized``, and
+        ``elbo_symmetrized``, the ELBO of q_sym, a tighter lower bound, per sample).
     """
     n = x.shape[0]
-    weights = np.asarray(log_importance_weights(key, handle, guide_params, x, 2 * n_draws))
-    w_elbo, w_is = weights[:n_draws], weights[n_draws:]
+    auto, reason = symmetrization(handle.spec)
+    if symmetrize is None:
+        symmetrize = auto
+    elif symmetrize and auto is False:
+        raise ValueError(f"symmetrize=True is not possible here: {reason}")
+    elif not symmetrize:
+        reason = "not symmetrised (symmetrize=False)"
+    key_elbo, key_is = jax.random.split(key)
+    sym = bool(symmetrize)
+    log_p, log_q, log_q_sym = (
+        np.asarray(a, np.float64)
+        for a in importance_terms(key_elbo, handle, guide_params, x, n_draws, sym)
+    )
+    w_elbo = log_p - log_q
     elbo = float(np.mean(w_elbo)) / n
-    stderr = float(np.std(w_elbo) / math.sqrt(n_draws)) / n
-    is_estimate = float(logsumexp(w_is) - math.log(n_draws)) / n
-    return elbo, stderr, is_estimate
+    elbo_stderr = float(np.std(w_elbo) / math.sqrt(n_draws)) / n
+    log_p, log_q, log_q_sym = (
+        np.asarray(a, np.float64)
+        for a in importance_terms(key_is, handle, guide_params, x, n_draws, sym)
+    )
+    raw, weights = log_p - log_q, log_p - log_q_sym
+    finite = np.isfinite(weights).all()
+    summary = psis.summarize(weights) if finite else {"ess": float("nan"), "pareto_k": None}
+    raw_log_mean, _ = _log_mean_exp(raw) if finite else (float("nan"), None)
+    log_mean, stderr = _log_mean_exp(weights) if finite else (float("nan"), float("nan"))
+    diagnostics = {
+        **summary,
+        "n_draws": int(n_draws),
+        "symmetrized": sym,
+        "symmetrization": reason,
+        "log_marginal_unsymmetrized": raw_log_mean / n,
+        "pareto_k_unsymmetrized": psis.pareto_k(raw) if finite else None,
+        "elbo_symmetrized": float(np.mean(weights)) / n if sym else elbo,
+    }
+    if symmetrize is None:  # K too large: no estimate rather than one off by up to log K!
+        log_mean, stderr = float("nan"), float("nan")
+    return {
+        "elbo": elbo,
+        "elbo_stderr": elbo_stderr,
+        "log_marginal": log_mean / n,
+        "log_marginal_stderr": stderr / n,
+        "diagnostics": diagnostics,
+    }
 
 
 def fit_svi(
@@ -378,7 +554,8 @@ def fit_svi(
         tol: stop when the per-sample objective changes by less than ``tol`` (useful for
             AutoDelta, whose objective is deterministic); None runs ``num_steps``.
         init_scale: initial scale of stochastic guides (unconstrained space).
-        n_eval_samples: draws for the final ELBO and importance-sampling estimates.
+        n_eval_samples: draws for the final ELBO and, independently, for the
+            importance-sampling estimate of log p(X) (symmetrised over relabellings).
         chunk_size, callback: see `run_fitter`.
     """
     x = check_data(x, "x", n_components=spec.n_components, dtype=getattr(x, "dtype", None))
@@ -426,16 +603,16 @@ def fit_svi(
             x.dtype,
             advice="if the trace diverged, lower the optimizer's learning rate",
         )
-    final_state = handle.svi.get_params(
-        SVIState(result.state.fitter_state.optim_state, None, None)
-    )
+    final_state = handle.svi.get_params(SVIState(result.state.fitter_state.optim_state, None, None))
     log_post = float(log_posterior(x, result.params, spec))
     if guide == "auto_delta":
         elbo, stderr, is_estimate = log_post / x.shape[0], 0.0, float("nan")
+        is_stderr, diagnostics = float("nan"), {}
     else:
-        elbo, stderr, is_estimate = elbo_and_is_estimate(
-            key_eval, handle, final_state, x, n_eval_samples
-        )
+        estimate = importance_estimate(key_eval, handle, final_state, x, n_eval_samples)
+        elbo, stderr = estimate["elbo"], estimate["elbo_stderr"]
+        is_estimate, is_stderr = estimate["log_marginal"], estimate["log_marginal_stderr"]
+        diagnostics = estimate["diagnostics"]
     if not (np.isfinite(log_post) and np.isfinite(elbo) and np.isfinite(stderr)):
         raise no_finite_state_error(
             f"fit_svi: the final log posterior ({log_post}) and ELBO estimate ({elbo}, from "
@@ -453,6 +630,8 @@ def fit_svi(
         log_marginal_is=is_estimate,
         log_posterior=log_post,
         handle=handle,
+        log_marginal_is_stderr=is_stderr,
+        importance=diagnostics,
     )
 
 

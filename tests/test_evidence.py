@@ -165,6 +165,66 @@ def test_smc_matches_exact(k):
     assert diag["min_ess"] >= 0.45 * 400 and 0 < diag["acceptance_min"] <= 1
 
 
+# ------------------------------------------------------------------------ bridge
+
+
+@pytest.mark.parametrize("k", [pytest.param(1, marks=pytest.mark.slow), 2])
+def test_bridge_matches_exact(k):
+    x = toy1d()
+    spec = conjugate_spec(k)
+    exact = jaxgmm.log_evidence(None, x, spec, method="exact").estimate
+    posterior = jaxgmm.fit_nuts(
+        jax.random.PRNGKey(10 + k), x, spec, num_warmup=200, num_samples=300, num_chains=2
+    )
+    result = jaxgmm.log_evidence(
+        jax.random.PRNGKey(k), x, spec, method="bridge", posterior=posterior
+    )
+    diag = result.diagnostics
+    assert result.method == "bridge" and 0 < result.stderr < 0.5
+    assert within(result, exact), (result, exact)
+    assert diag["n_permutations"] == math.factorial(k)
+    assert diag["n_posterior_draws"] == 2 * 150 == diag["n_proposal_draws"]
+    assert 0 < diag["posterior_ess"] <= 300 and 0 < diag["proposal_ess"] <= 300
+    assert np.isfinite(diag["pareto_k"])
+
+
+def test_bridge_permutation_set():
+    from jaxgmm.bayes.evidence.bridge import _permutation_set
+
+    prior = make_prior("conjugate")
+    key = jax.random.PRNGKey(0)
+    assert _permutation_set(prior, 3, None, key).shape == (6, 3)
+    some = _permutation_set(prior, 8, 5, key)
+    assert some.shape == (5, 8) and (np.sort(some, axis=1) == np.arange(8)).all()
+    assert (some == np.arange(8)).all(axis=1).any()  # identity included
+    with pytest.raises(ValueError, match="permutations"):
+        _permutation_set(prior, 8, None, key)
+    with pytest.raises(ValueError, match="permutations of 0..2"):
+        _permutation_set(prior, 3, [[0, 1, 1]], key)
+
+    class Labelled:
+        exchangeable = False
+
+    assert _permutation_set(Labelled(), 3, None, key).tolist() == [[0, 1, 2]]
+
+
+@pytest.mark.slow
+def test_smc_and_bridge_agree_on_faithful():
+    """configs/faithful.yaml's model on its 217 standardised training points."""
+    from experiments.datasets import load_dataset, prepare
+
+    train, _, _ = prepare(
+        load_dataset({"dataset": "faithful"}, 0), 0, standardize_data=True, test_fraction=0.2
+    )
+    x = train.x
+    assert x.shape == (217, 2)
+    spec = GMMSpec(n_components=2, covariance_type="full", prior=make_prior("conjugate"))
+    smc = jaxgmm.log_evidence(jax.random.PRNGKey(0), x, spec, method="smc")
+    bridge = jaxgmm.log_evidence(jax.random.PRNGKey(0), x, spec, method="bridge")
+    assert abs(smc.estimate - bridge.estimate) <= 3 * math.hypot(smc.stderr, bridge.stderr)
+    assert bridge.diagnostics["pareto_k"] < 0.7
+
+
 # ------------------------------------------------------------------------ bad input
 
 
@@ -185,5 +245,9 @@ def test_bad_input_is_a_clear_value_error():
         jaxgmm.log_evidence(key, x, GMMSpec(n_components=2, prior=make_prior("flat")))
     with pytest.raises(ValueError, match="n_runs"):
         jaxgmm.log_evidence(key, x, conjugate_spec(2), n_runs=1)
-    assert set(EVIDENCE_METHODS) >= {"smc", "exact"}
+    with pytest.raises(ValueError, match="7! = 5040"):
+        jaxgmm.log_evidence(key, np.tile(x, (2, 1)), conjugate_spec(7), method="bridge")
+    with pytest.raises(ValueError, match="NUTSResult"):
+        jaxgmm.log_evidence(key, x, conjugate_spec(2), method="bridge", posterior={"a": 1})
+    assert set(EVIDENCE_METHODS) >= {"smc", "bridge", "exact"}
     assert jaxgmm.EVIDENCE_METHODS is EVIDENCE_METHODS

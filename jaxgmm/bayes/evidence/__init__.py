@@ -15,12 +15,14 @@ import inspect
 
 from jaxgmm._registry import lookup
 from jaxgmm.bayes.evidence._common import LogEvidence, prepare
+from jaxgmm.bayes.evidence.bridge import log_evidence_bridge
 from jaxgmm.bayes.evidence.exact import log_evidence_exact
 from jaxgmm.bayes.evidence.importance import log_evidence_importance
 from jaxgmm.bayes.evidence.smc import log_evidence_smc
 
 EVIDENCE_METHODS = {
     "smc": log_evidence_smc,
+    "bridge": log_evidence_bridge,
     "exact": log_evidence_exact,
     "importance": log_evidence_importance,
 }
@@ -65,6 +67,7 @@ __all__ = [
     "EVIDENCE_METHODS",
     "LogEvidence",
     "log_evidence",
+    "log_evidence_bridge",
     "log_evidence_exact",
     "log_evidence_importance",
     "log_evidence_smc",

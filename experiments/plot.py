@@ -240,7 +240,7 @@ def plot_convergence(run, path):
     half = max(n, 2) // 2
     ax_approach = fig.add_subplot(grid[1, :half])
     ax_gap = fig.add_subplot(grid[1, half:])
-    smallest = []
+    smallest, lowest, highest = [], [0.0], [0.0]
     for method, t in traces.items():
         final = _final_objective(run, method, t)
         values = t["bound"]
@@ -262,9 +262,11 @@ def plot_convergence(run, path):
         if negative.any():
             ax_gap.plot(x[negative], gap[negative], "v", color="crimson", ms=4,
                         label=f"{method}: {negative.sum()} negative (bound above target)")  # fmt: skip
-        finite = np.abs(gap[np.isfinite(gap) & (gap != 0)])
+        finite = gap[np.isfinite(gap) & (gap != 0)]
         if finite.size:
-            smallest.append(finite.min())
+            smallest.append(np.abs(finite).min())
+            lowest.append(finite.min())
+            highest.append(finite.max())
     ax_approach.set(xlabel="iteration", ylabel=f"{UNITS} (log scale)",
                     title="approach: distance to each method's own final objective")  # fmt: skip
     if ax_approach.lines:
@@ -274,6 +276,10 @@ def plot_convergence(run, path):
         linthresh = max(min(smallest), 1e-15) if smallest else 1e-12
         ax_gap.set_yscale("symlog", linthresh=linthresh)
         ax_gap.axhline(0.0, color="black", lw=0.8)
+        # The limits hold every gap (a negative one included); the +-3 se bands of
+        # estimated targets may reach beyond them.
+        low = min(lowest)
+        ax_gap.set_ylim(2.0 * low if low < 0 else -linthresh, 2.0 * max(highest) + linthresh)
         ax_gap.legend(fontsize=8)
     else:
         ax_gap.text(0.5, 0.5, "no method has both a bound and a target", ha="center",

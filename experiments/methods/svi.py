@@ -48,7 +48,12 @@ def run(context):
             context.x,
             context.spec,
             guide=guide,
-            optimizer={"name": settings["optimizer"], "learning_rate": settings["learning_rate"]},
+            optimizer={
+                "name": settings["optimizer"],
+                "learning_rate": settings["learning_rate"],
+                "schedule": schedule_for(settings["schedule"], guide),
+                "schedule_steps": settings["num_steps"],
+            },
             num_steps=settings["num_steps"],
             num_particles=settings["num_particles"],
             init=context.init_params,
@@ -64,6 +69,7 @@ def run(context):
         "params_summary": "MAP" if point else "guide median",
         "optimizer": settings["optimizer"],
         "learning_rate": settings["learning_rate"],
+        "schedule": schedule_for(settings["schedule"], guide) or "constant",
         # auto_delta: the log joint per sample at the MAP point (its exact objective).
         "elbo": result.elbo,
         "elbo_stderr": result.elbo_stderr,
@@ -72,6 +78,10 @@ def run(context):
     }
     if not point:
         extra.update(_importance_extra(result))
+    if result.init_repaired:
+        # The shared init had point-mass components (a one-point initialiser): the guide
+        # started from them with the pooled within-cluster covariance instead.
+        extra["init_repaired_components"] = sorted({c for _, c in result.init_repaired})
     idata = None
     if not point and settings["posterior_draws"] > 0 and arviz_or_none() is not None:
         idata = result.to_inference_data(
@@ -84,6 +94,16 @@ def run(context):
     method_result = result_from_fit(result.fit, point_estimate=point, extra=extra)
     method_result.inference_data = idata
     return method_result
+
+
+def schedule_for(schedule, guide):
+    """The `jaxgmm.gradient.SCHEDULES` name (None: constant) that ``svi.schedule`` means for
+    ``guide``: ``auto`` is ``exponential`` for ``auto_delta`` (its objective is
+    deterministic: a step size decaying over the run lets it settle on the MAP instead of
+    hovering ~1e-6 per sample below it) and constant for stochastic guides."""
+    if schedule == "auto":
+        return "exponential" if guide == "auto_delta" else None
+    return None if schedule == "constant" else schedule
 
 
 def _finite_or_none(value):
@@ -140,7 +160,15 @@ CONFIG = {
     "optimizer": Field(
         "adam", "str", one_of(_svi_optimizers), "optax optimiser of the guide's parameters"
     ),
-    "learning_rate": Field(0.01, "float", greater_than(0), "the optimiser's step size"),
+    "learning_rate": Field(
+        0.01, "float", greater_than(0), "the optimiser's (peak) step size"
+    ),
+    "schedule": Field(
+        "auto", "str", one_of(lambda: ["auto", *jaxgmm.gradient.SCHEDULES]),
+        "step-size schedule over num_steps (jaxgmm.gradient.SCHEDULES: constant, "
+        "exponential = learning_rate * 0.01 ** (step / num_steps), cosine, warmup_cosine); "
+        "auto: exponential for auto_delta (settles on the MAP), constant otherwise",
+    ),
     "num_steps": Field(2000, "int", at_least(1), "maximum SVI steps"),
     "num_particles": Field(1, "int", at_least(1), "draws per ELBO gradient estimate"),
     "tol": Field(

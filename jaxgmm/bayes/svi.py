@@ -48,7 +48,12 @@ from jaxgmm.fit.validation import (
 from jaxgmm.gradient.fitter import OPTIMIZERS, make_optimizer
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.init import resolve_init
-from jaxgmm.model.params import GMMParams
+from jaxgmm.model.params import (
+    GMMParams,
+    covariances,
+    dense_covariances,
+    params_from_covariances,
+)
 from jaxgmm.priors import log_prior, resolve_prior
 
 GUIDES = {
@@ -60,7 +65,12 @@ GUIDES = {
 
 def make_svi_optimizer(name, learning_rate=0.01, schedule=None, schedule_steps=1000, **options):
     """An optax optimiser for SVI from the same registry the gradient fitter uses
-    (`jaxgmm.OPTIMIZERS`), minus line-search methods: SVI's gradients are stochastic."""
+    (`jaxgmm.OPTIMIZERS`), minus line-search methods: SVI's gradients are stochastic.
+
+    ``schedule``: None (constant) or a key of `jaxgmm.gradient.SCHEDULES` (``constant``,
+    ``exponential``: learning_rate * 0.01 ** (step / schedule_steps), ``cosine``,
+    ``warmup_cosine``), spanning ``schedule_steps`` updates (use ``num_steps``); options:
+    the optax function's keyword arguments. See `jaxgmm.gradient.make_optimizer`."""
     stochastic = {key: entry for key, entry in OPTIMIZERS.items() if not entry.line_search}
     message = "unknown optimizer {name} for SVI; valid optimizers: {valid}"
     lookup(stochastic, name, "optimizer", message)
@@ -147,7 +157,11 @@ def _svi_handle(spec, n_features, dtype_name, guide_name, optimizer, num_particl
 def guide_init_params(handle, params):
     """Guide parameters that put the guide's point estimate at ``params`` (`GMMParams`)."""
     prior, guide = model_prior(handle.spec), handle.guide
-    sites = prior.site_values(params, handle.spec)
+    # Hyper-sites (a hierarchical prior's, not in GMMParams) start at the prior's choice.
+    sites = {
+        **prior.initial_hyper_values(params, handle.spec),
+        **prior.site_values(params, handle.spec),
+    }
     if isinstance(guide, AutoDelta):
         return {f"{name}_auto_loc": value for name, value in sites.items()}
     unconstrained = {
@@ -225,14 +239,18 @@ def svi_fitter(
     def step(key, state, x):
         svi_state = SVIState(state.optim_state, state.mutable_state, key)
         new_state, loss = svi.update(svi_state, x)
-        new_point = point_estimate(handle, svi.get_params(new_state))
+        new_sites = median_sites(handle, svi.get_params(new_state))
+        prior = model_prior(spec)
+        new_point = prior.params_from_sites(new_sites, spec, handle.n_features, x.dtype)
         # The new point's log-likelihood is evaluated here (and carried to the next step's
         # Info) rather than at the start of the next step, so that a step to a point whose
         # log-likelihood or log prior is not finite (weights underflowing to 0 after a
         # diverging update) is itself refused by the driver's finite test: the state the
         # driver keeps then has finite values, not just finite parameters.
         new_ll = mean_log_likelihood(x, new_point, spec).astype(x.dtype)
-        new_ok = jnp.isfinite(new_ll) & jnp.isfinite(log_prior(new_point, spec))
+        # The full site dict: a hierarchical prior's hyper-sites join its density.
+        new_lp = prior.log_density_of_sites(new_sites, spec, handle.n_features, x.dtype)
+        new_ok = jnp.isfinite(new_ll) & jnp.isfinite(new_lp)
         bound = jnp.where(new_ok, -loss / x.shape[0], jnp.nan).astype(x.dtype)
         info = SVIInfo(log_likelihood=state.log_likelihood, bound=bound)
         return SVIFitState(new_state.optim_state, new_state.mutable_state, new_ll), info
@@ -279,6 +297,8 @@ class SVIResult(NamedTuple):
         importance: JSON-able dict of the estimate's diagnostics (`importance_estimate`'s
             ``diagnostics``: ess, pareto_k, khat_threshold, reliable, symmetrized, ...);
             empty for AutoDelta.
+        init_repaired: (restart, component) pairs whose point-mass initial covariance
+            was replaced (`repair_point_masses`); empty when the init was used as given.
 
     `to_inference_data` gives draws of the guide to ArviZ (``az.loo``, ``az.waic``, ...).
     """
@@ -294,6 +314,7 @@ class SVIResult(NamedTuple):
     handle: SVIHandle
     log_marginal_is_stderr: float
     importance: dict
+    init_repaired: tuple
 
     def to_inference_data(
         self, key, x, *, num_samples=1000, feature_names=None, log_likelihood=True,
@@ -520,6 +541,76 @@ def importance_estimate(key, handle, guide_params, x, n_draws=1000, symmetrize=N
     }
 
 
+def _point_mass_floor(x, spec):
+    """The covariance eigenvalue below which an initial component is a point mass: twice
+    ``reg_covar`` (what `jaxgmm.fit.results.find_degeneracies` calls collapsed), and at
+    least 1e-6 of the smallest per-feature data variance (for reg_covar 0)."""
+    return max(2.0 * spec.reg_covar, 1e-6 * float(np.min(np.var(x, axis=0))))
+
+
+def repair_point_masses(x, params, spec):
+    """Initial parameters whose point-mass components get a usable covariance.
+
+    One-point initialisers (``random_from_data``, ``k-means++``) start each component at
+    the ``reg_covar`` floor: a covariance of 1e-6 where the data's is O(1). EM's first
+    E/M step replaces it, but SVI's guide starts there, and at Adam's step size (0.01 in
+    the unconstrained space per step) its log-scale needs thousands of steps to grow,
+    while the ELBO sits at -1e7 .. -5e4 per sample (toy1d). A component whose smallest
+    covariance eigenvalue is below `_point_mass_floor` gets the pooled within-cluster
+    covariance of the partition of ``x`` by nearest initial mean, about the initial
+    means (plus ``reg_covar``), in the family's shape; weights and means are kept.
+
+    Args:
+        x: array of shape (n_samples, n_features).
+        params: `GMMParams`, optionally with a leading (n_init,) restart axis.
+        spec: `GMMSpec`.
+
+    Returns:
+        ``(params, repaired)``: ``repaired`` a tuple of (restart, component) pairs
+        (restart 0 for unbatched params), empty when nothing was repaired (``params``
+        then returned as given).
+    """
+    cov_type, k = spec.covariance_type, spec.n_components
+    batched = params.weights.ndim == 2
+    leaves = params if batched else jax.tree_util.tree_map(lambda a: a[None], params)
+    xs = np.asarray(x, np.float64)
+    n, d = xs.shape
+    floor = _point_mass_floor(xs, spec)
+    new, repaired = [], []
+    for r in range(leaves.weights.shape[0]):
+        one = jax.tree_util.tree_map(lambda a: np.asarray(a[r], np.float64), leaves)  # noqa: B023
+        cov = np.asarray(covariances(one, cov_type))
+        dense = np.asarray(dense_covariances(cov, cov_type, k, d))
+        collapsed = np.linalg.eigvalsh(dense)[:, 0] < floor
+        if not collapsed.any():
+            new.append(one)
+            continue
+        means = one.means
+        nearest = np.argmin(((xs[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+        resid = xs - means[nearest]
+        pooled = resid.T @ resid / n + spec.reg_covar * np.eye(d)
+        if cov_type == "full":
+            cov = np.where(collapsed[:, None, None], pooled, cov)
+        elif cov_type == "tied":
+            cov = pooled
+        elif cov_type == "diag":
+            cov = np.where(collapsed[:, None], np.diagonal(pooled), cov)
+        else:
+            cov = np.where(collapsed, np.trace(pooled) / d, cov)
+        fixed = params_from_covariances(
+            jnp.asarray(one.weights), jnp.asarray(means), jnp.asarray(cov), cov_type
+        )
+        new.append(jax.tree_util.tree_map(np.asarray, fixed))
+        repaired.extend((r, int(c)) for c in np.flatnonzero(collapsed))
+    if not repaired:
+        return params, ()
+    dtype = params.weights.dtype
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.asarray(np.stack(a), dtype), *new)
+    return (stacked if batched else jax.tree_util.tree_map(lambda a: a[0], stacked)), tuple(
+        repaired
+    )
+
+
 def fit_svi(
     key,
     x,
@@ -534,6 +625,7 @@ def fit_svi(
     tol: float | None = None,
     init_scale: float = 0.1,
     n_eval_samples: int = 1000,
+    repair_init: bool = True,
     chunk_size: int | None = None,
     callback: Callable | None = None,
 ) -> SVIResult:
@@ -545,7 +637,9 @@ def fit_svi(
         spec: `GMMSpec` with a prior; data-dependent prior defaults are filled from ``x``.
         guide: a name in `GUIDES`.
         optimizer: an optax GradientTransformation, or a config mapping
-            ``{"name": "adam", "learning_rate": 0.01}``; default adam(0.01).
+            ``{"name": "adam", "learning_rate": 0.01, "schedule": "exponential",
+            "schedule_steps": 2000}`` (see `make_svi_optimizer`); default adam(0.01),
+            for ``auto_delta`` with the step decaying to 1e-4 over ``num_steps``.
         num_steps: SVI steps (per restart).
         num_particles: draws per ELBO gradient estimate.
         init: initialiser name or `GMMParams` (optionally batched); the guide's point
@@ -556,6 +650,10 @@ def fit_svi(
         init_scale: initial scale of stochastic guides (unconstrained space).
         n_eval_samples: draws for the final ELBO and, independently, for the
             importance-sampling estimate of log p(X) (symmetrised over relabellings).
+        repair_init: give initial point-mass components (covariance at the ``reg_covar``
+            floor, as one-point initialisers leave them) the pooled within-cluster
+            covariance (see `repair_point_masses`; reported in ``init_repaired``); False
+            refuses such an init (ValueError) instead.
         chunk_size, callback: see `run_fitter`.
     """
     x = check_data(x, "x", n_components=spec.n_components, dtype=getattr(x, "dtype", None))
@@ -577,13 +675,23 @@ def fit_svi(
             f"{{'name': ..., 'learning_rate': ..., **options}} (see make_svi_optimizer), "
             f"got {optimizer!r}"
         )
-    optimizer = _default_adam() if optimizer is None else optimizer
+    optimizer = _default_optimizer(guide, num_steps) if optimizer is None else optimizer
     key_init, key_run, key_eval = jax.random.split(key, 3)
     if not isinstance(init, str):
         check_init_params(init, spec, x.shape[1], name="init", dtype=x.dtype)
     params = resolve_init(key_init, x, spec, init, n_init)
     if not bool(all_finite(params)):
         raise no_finite_state_error(f"fit_svi: the initial parameters from init={init!r}", x.dtype)
+    fixed, repaired = repair_point_masses(x, params, spec)
+    if repaired and not repair_init:
+        raise ValueError(
+            f"fit_svi: init={_describe_init(init)} has point-mass components (restart, "
+            f"component) {list(repaired)}: smallest covariance eigenvalue below "
+            f"{_point_mass_floor(np.asarray(x), spec):.3g}, the reg_covar floor one-point "
+            "initialisers leave; SVI's guide would start there and its ELBO stay absurdly "
+            "low for thousands of steps. Use init='kmeans', or repair_init=True"
+        )
+    params = fixed
     fitter, handle = svi_fitter(
         spec, x.shape[1], str(x.dtype), guide, optimizer, num_particles, tol, init_scale
     )
@@ -632,11 +740,21 @@ def fit_svi(
         handle=handle,
         log_marginal_is_stderr=is_stderr,
         importance=diagnostics,
+        init_repaired=repaired,
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _default_adam():
+def _describe_init(init):
+    return repr(init) if isinstance(init, str) else "the given GMMParams"
+
+
+@functools.lru_cache(maxsize=8)  # cached: the same object reuses the compiled fitter
+def _default_optimizer(guide, num_steps):
+    """adam(0.01); for AutoDelta with the step decaying to 1e-4 over ``num_steps``
+    (``exponential`` in `jaxgmm.gradient.SCHEDULES`): its objective is deterministic,
+    and a constant step leaves it hovering up to ~1e-5 per sample below the MAP."""
+    if guide == "auto_delta":
+        return make_svi_optimizer("adam", 0.01, "exponential", max(num_steps, 1))
     return optax.adam(0.01)
 
 

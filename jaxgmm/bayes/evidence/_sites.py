@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro import handlers
 from numpyro.distributions import ImproperUniform
 from numpyro.distributions.transforms import biject_to
@@ -61,6 +62,57 @@ class SiteLayout:
             sizes.append(math.prod(transform.inverse_shape(shape)))
         self.names, self.shapes, self.transforms, self.sizes = names, shapes, transforms, sizes
         self.n_unconstrained = int(sum(sizes))
+        self._component_blocks = self._find_component_blocks()
+
+    def _find_component_blocks(self):
+        """[(offset, per_component_size)] of the unconstrained blocks that hold one row per
+        component (the component sites' K axis; not weights, whose K - 1 stick-breaking
+        coordinates do not permute, nor hyper-sites or a tied covariance)."""
+        k = self.spec.n_components
+        params = self.params(self.sample_prior(jax.random.PRNGKey(0)))
+        component_sites = set(self.prior.site_values(params, self.spec))
+        blocks, offset = [], 0
+        for name, shape, t, size in zip(
+            self.names, self.shapes, self.transforms, self.sizes, strict=True
+        ):
+            u_shape = t.inverse_shape(shape)
+            is_component = (
+                name in component_sites
+                and name != "weights"
+                and len(shape) >= 1
+                and shape[0] == k
+                and len(u_shape) >= 1
+                and u_shape[0] == k
+                and (self.spec.covariance_type != "tied" or name == "means")
+            )
+            if is_component and k > 1:
+                blocks.append((offset, size // k))
+            offset += size
+        return blocks
+
+    def canonical_index(self, u, inverse=False):
+        """(d,) int index with u[index] the coordinates of ``u`` (d,) with its components
+        relabelled in order of their first mean coordinate (identity when there is no
+        ``means`` site): a frame in which label-switched particles line up. ``inverse``:
+        the index back (v[inverse index] undoes the relabelling)."""
+        d, k = self.n_unconstrained, self.spec.n_components
+        if "means" not in self.names or k == 1 or not self._component_blocks:
+            return jnp.arange(d)
+        start = sum(self.sizes[: self.names.index("means")])
+        means = u[start : start + self.sizes[self.names.index("means")]].reshape(k, -1)
+        order = jnp.argsort(means[:, 0])
+        if inverse:
+            order = jnp.argsort(order)
+        # Static per coordinate: its block's offset and row width, component, column.
+        offset = np.arange(d)
+        width = np.zeros(d, dtype=int)
+        comp = np.zeros(d, dtype=int)
+        for start_b, w in self._component_blocks:
+            local = np.arange(k * w)
+            offset[start_b : start_b + k * w] = start_b + local % w
+            width[start_b : start_b + k * w] = w
+            comp[start_b : start_b + k * w] = local // w
+        return jnp.asarray(offset) + order[jnp.asarray(comp)] * jnp.asarray(width)
 
     def sample_prior(self, key):
         """One exact prior draw: dict site -> value."""

@@ -31,7 +31,7 @@ from jaxgmm._cache import BoundedCache
 from jaxgmm.bayes.evidence._common import LogEvidence, prepare
 from jaxgmm.bayes.evidence._sites import SiteLayout, map_points
 from jaxgmm.fit.validation import check_int, check_positive
-from jaxgmm.model.linalg import cholesky
+from jaxgmm.model.linalg import cholesky, triangular_solve
 
 _COMPILED = BoundedCache(8)
 # Acceptance rate the proposal scale is steered towards (Roberts, Gelman and Gilks 1997).
@@ -131,7 +131,8 @@ class _Runner:
         d, r = state.u.shape[-1], state.u.shape[0]
         key_resample, key_move = jax.random.split(key)
         delta = jax.vmap(_next_delta, (0, 0, None))(state.log_lik, state.beta, self.target_ess)
-        log_w = delta[:, None] * state.log_lik
+        # A finished run (delta = 0) keeps equal weights, even at a particle with ll = -inf.
+        log_w = jnp.where(delta[:, None] > 0, delta[:, None] * state.log_lik, 0.0)
         log_z = state.log_z + logsumexp(log_w, axis=1) - math.log(p)
         ess = jax.vmap(_ess_fraction)(log_w)
         beta = jnp.where(delta >= 1 - state.beta, 1.0, state.beta + delta).astype(dtype)
@@ -142,19 +143,40 @@ class _Runner:
             take(state.log_prior, ancestors),
             take(state.log_lik, ancestors),
         )
-        centred = u - u.mean(axis=1, keepdims=True)
+        # The proposal lives in each particle's canonical frame (components ordered by
+        # their first mean coordinate): a label-symmetric cloud spans K! relabelled
+        # modes, whose joint covariance is the spread between modes, not within one.
+        canonical = jax.vmap(jax.vmap(self.layout.canonical_index))
+        inverse = jax.vmap(jax.vmap(lambda v: self.layout.canonical_index(v, inverse=True)))
+        gather = jax.vmap(jax.vmap(lambda v, i: v[i]))
+        u_canon = gather(u, canonical(u))
+        centred = u_canon - u_canon.mean(axis=1, keepdims=True)
         cov = jnp.einsum("rpd,rpe->rde", centred, centred) / p
         jitter = 1e-9 * (jnp.trace(cov, axis1=1, axis2=2) / d + 1.0)
         chol = cholesky(cov + jitter[:, None, None] * jnp.eye(d, dtype=dtype))
+        eye = jnp.broadcast_to(jnp.eye(d, dtype=dtype), chol.shape)
+        inv_chol = triangular_solve(chol, eye, left_side=True, lower=True)
         step_scale = state.scale[:, None, None]
+
+        def log_q(step, index):
+            """log N(step in the frame of ``index``; 0, scale^2 cov) up to a constant."""
+            z = jnp.einsum("rde,rpe->rpd", inv_chol, gather(step, index)) / step_scale
+            return -0.5 * jnp.sum(z * z, axis=-1)
 
         def move(i, carry):
             u, lp, ll, accepted = carry
             key_z, key_a = jax.random.split(jax.random.fold_in(key_move, i))
             z = jax.random.normal(key_z, u.shape, dtype)
-            proposal = u + step_scale * jnp.einsum("rpe,rde->rpd", z, chol)
+            index = canonical(u)
+            step_canon = step_scale * jnp.einsum("rpe,rde->rpd", z, chol)
+            # Back from the canonical frame: step[index] = step_canon.
+            step = gather(step_canon, inverse(u))
+            proposal = u + step
+            # Hastings correction: the reverse move is drawn in the proposal's own frame.
+            log_hastings = log_q(-step, canonical(proposal)) - log_q(step, index)
             lp_new, ll_new = self._evaluate_all(proposal, x)
             log_ratio = (lp_new + beta[:, None] * ll_new) - (lp + beta[:, None] * ll)
+            log_ratio = log_ratio + log_hastings
             log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
             accept = jnp.log(jax.random.uniform(key_a, lp.shape, dtype)) < log_ratio
             return (

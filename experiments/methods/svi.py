@@ -131,8 +131,8 @@ def _importance_extra(result):
     }
     if not info.get("reliable"):
         extra["is_warning"] = (
-            f"the importance-sampling log p(X) is unreliable: Pareto k-hat {k} above "
-            f"{info.get('khat_threshold')} (the guide's tails are too light for the "
+            f"the importance-sampling log p(X) is unreliable: Pareto k-hat {k:.2f} above "
+            f"{info.get('khat_threshold'):.2f} (the guide's tails are too light for the "
             "posterior; its standard error is unreliable too)"
             if k is not None
             else f"no importance-sampling log p(X): {info.get('symmetrization')}"

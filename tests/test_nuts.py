@@ -349,7 +349,7 @@ def test_map_census_modes_chain_starts_and_occupancy():
     copies = [modes[0]["params"], modes[1]["params"]]
     copies += [jax.tree_util.tree_map(lambda a: np.asarray(a)[::-1], p) for p in copies]
     draws = jax.tree_util.tree_map(lambda *a: np.stack(a), *copies)
-    index = nearest_modes(draws, modes, spec, scale=np.std(x, axis=0))
+    index = nearest_modes(x, draws, modes, spec)
     np.testing.assert_array_equal(index, [0, 1, 0, 1])
     table = occupancy(index, np.array([0, 0, 1, 1]), 2)
     np.testing.assert_allclose(table, [[0.5, 0.5], [0.5, 0.5]])

@@ -124,3 +124,43 @@ def test_bad_arguments():
         relabel(draws, reference, spec, method="stephens")
     with pytest.raises(ValueError, match=r"x must have shape \(n_samples, 1\)"):
         relabel(draws, reference, spec, method="stephens", x=np.zeros((10, 3)))
+
+
+def test_allocation_distance_against_brute_force():
+    """The share of points two solutions allocate differently, minimised over labellings,
+    against SciPy densities and every permutation; zero for a relabelled copy."""
+    import itertools
+
+    from scipy import stats
+
+    from jaxgmm.bayes import allocation_distance
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(-3, 1, 40), rng.normal(0, 1, 40), rng.normal(3, 1, 40)])[:, None]
+    spec = jaxgmm.GMMSpec(3, "spherical")
+
+    def params(w, m, v):
+        return jaxgmm.params_from_covariances(np.array(w), np.array(m)[:, None], np.array(v),
+                                              "spherical")  # fmt: skip
+
+    ref_args = ([0.3, 0.3, 0.4], [-3.0, 0.0, 3.0], [1.0, 1.0, 1.0])
+    draw_args = [
+        ([0.3, 0.4, 0.3], [0.0, 3.0, -3.0], [1.0, 1.0, 1.0]),  # a relabelled copy
+        ([0.5, 0.49, 0.01], [-1.5, 3.0, 40.0], [2.0, 1.0, 5.0]),  # merged, one empty
+        ([0.2, 0.5, 0.3], [1.0, -2.0, 2.5], [0.5, 2.0, 1.0]),
+    ]
+    draws = jax.tree_util.tree_map(lambda *a: np.stack(a), *[params(*a) for a in draw_args])
+    ours = allocation_distance(x, draws, params(*ref_args), spec)
+
+    def resp(w, m, v):
+        dens = np.stack([w[k] * stats.norm.pdf(x[:, 0], m[k], np.sqrt(v[k])) for k in range(3)], 1)
+        return dens / dens.sum(1, keepdims=True)
+
+    q = resp(*ref_args)
+    expected = [
+        min(0.5 * np.abs(resp(*a)[:, list(p)] - q).sum(1).mean()
+            for p in itertools.permutations(range(3)))
+        for a in draw_args
+    ]  # fmt: skip
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-7)
+    assert ours[0] < 1e-6 and ours[1] > 0.2

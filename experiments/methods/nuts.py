@@ -9,8 +9,8 @@ mode. Chains start at distinct modes first, best first, among the modes within
 ``mode_window`` nats (total) of the best; when there are fewer such modes than chains the
 cycle repeats. Draws are relabelled to the best mode (Stephens' KL relabelling, all
 parameters; ``relabel: means`` for the means-only method). Each draw is assigned to the
-census mode nearest to it (standardised distance of the means after matching components),
-giving every chain's mode occupancy; chains "disagree" when two chains' occupancies differ
+census mode nearest to it (the share of the data they allocate differently, minimised over
+relabellings: `jaxgmm.bayes.allocation_distance`), giving every chain's mode occupancy; chains "disagree" when two chains' occupancies differ
 by more than ``occupancy_tolerance`` in total variation.
 
 What it reports:
@@ -146,15 +146,11 @@ def chain_starts(modes, num_chains, n_samples, mode_window):
     return [eligible[c % len(eligible)] for c in range(num_chains)]
 
 
-def nearest_modes(draws, modes, spec, scale):
-    """(S,) index of the census mode nearest to each draw (leading axis S): the smallest
-    sum over components of squared mean differences, per feature divided by ``scale``,
-    after matching components to the mode's (`jaxgmm.bayes.relabel` by means)."""
-    distances = []
-    for mode in modes:
-        matched, _ = jaxgmm.bayes.relabel(draws, mode["params"], spec, scale=scale, method="means")
-        diff = (np.asarray(matched.means) - np.asarray(mode["params"].means)) / scale
-        distances.append(np.sum(diff**2, axis=(-2, -1)))
+def nearest_modes(x, draws, modes, spec):
+    """(S,) index of the census mode nearest to each draw (leading axis S) by
+    `jaxgmm.bayes.allocation_distance`: the share of the data the draw and the mode
+    allocate differently, minimised over relabellings."""
+    distances = [jaxgmm.bayes.allocation_distance(x, draws, mode["params"], spec) for mode in modes]
     return np.argmin(np.stack(distances, axis=-1), axis=-1)
 
 
@@ -274,9 +270,7 @@ def run(context):
     n_total = log_likelihood.size
     chain = np.repeat(np.arange(n_chains), n_draws)
 
-    scale = np.asarray(jnp.std(x, axis=0), np.float64)
-    scale = np.where(scale > 0, scale, 1.0)
-    mode_index = nearest_modes(flat, modes, result.spec, scale)
+    mode_index = nearest_modes(x, flat, modes, result.spec)
     table = occupancy(mode_index, chain, len(modes))
     spread = max(
         (0.5 * np.abs(a - b).sum() for i, a in enumerate(table) for b in table[i + 1 :]),

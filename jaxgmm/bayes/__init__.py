@@ -4,6 +4,8 @@ NUTS, and posterior tools (relabelling, summaries, predictive density, WAIC)."""
 from jaxgmm.bayes.model import gmm_model
 from jaxgmm.bayes.nuts import NUTSResult, fit_nuts
 from jaxgmm.bayes.posterior import (
+    allocation_distance,
+    allocation_probabilities,
     linear_assignment,
     log_predictive_density,
     posterior_mean_params,
@@ -17,6 +19,8 @@ __all__ = [
     "GUIDES",
     "NUTSResult",
     "SVIResult",
+    "allocation_distance",
+    "allocation_probabilities",
     "fit_nuts",
     "fit_svi",
     "gmm_model",

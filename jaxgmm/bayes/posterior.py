@@ -173,6 +173,60 @@ def _allocation_probabilities(x, flat_draws, spec):
     return jax.lax.map(lambda p: jax.nn.softmax(weighted_log_prob(x, p, spec), axis=-1), flat_draws)
 
 
+def _strided_rows(x, n_features, dtype):
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != n_features:
+        raise ValueError(f"x must have shape (n_samples, {n_features}), got {x.shape}")
+    stride = -(-x.shape[0] // STEPHENS_MAX_ROWS)
+    return jnp.asarray(x[::stride], dtype=dtype)
+
+
+def allocation_probabilities(x, draws, spec):
+    """P(z_n = k | x_n, draw) of every draw: array of shape (..., n_samples, K) for draws
+    with leading axes (...) and ``x`` of shape (n_samples, n_features)."""
+    lead = np.shape(draws.means)[:-2]
+    dtype = jax.dtypes.canonicalize_dtype(np.asarray(draws.means).dtype)
+    flat = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, dtype).reshape((-1,) + np.shape(a)[len(lead) :]), draws
+    )
+    probs = np.asarray(_allocation_probabilities(jnp.asarray(x, dtype), flat, spec))
+    return probs.reshape(lead + probs.shape[1:])
+
+
+def allocation_distance(x, draws, reference, spec):
+    """Label-invariant distance of each draw to ``reference``: the minimum over
+    permutations of the draw's components of the mean over points of the total variation
+    between its allocation probabilities and the reference's, i.e. the share of the data
+    the two allocate differently, in [0, 1]. A component that holds no data (whose mean
+    wanders with the prior) adds nothing, unlike a distance between means.
+
+    Args:
+        x: array of shape (n_samples, n_features) (at most `STEPHENS_MAX_ROWS` rows used,
+            evenly strided).
+        draws: `GMMParams` with leading axes (...); reference: one `GMMParams`.
+        spec: `GMMSpec`.
+
+    Returns:
+        array of shape (...).
+    """
+    lead = np.shape(draws.means)[:-2]
+    dtype = jax.dtypes.canonicalize_dtype(np.asarray(draws.means).dtype)
+    rows = _strided_rows(x, np.shape(draws.means)[-1], dtype)
+    probs = allocation_probabilities(rows, draws, spec)
+    probs = probs.reshape((-1,) + probs.shape[-2:])
+    ref = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), reference)
+    ref_probs = np.asarray(jax.nn.softmax(weighted_log_prob(rows, ref, spec), axis=-1))
+    # TV = 1/2 sum_k |p_k - q_k| is separable over components: an assignment problem.
+    cost = 0.5 * np.mean(
+        np.abs(probs[:, :, None, :] - ref_probs[None, :, :, None]), axis=1
+    )  # (S, j reference, l draw)
+    perms = _best_permutations(cost)
+    k = cost.shape[-1]
+    return (
+        cost[np.arange(cost.shape[0])[:, None], np.arange(k)[None, :], perms].sum(-1).reshape(lead)
+    )
+
+
 # Below this many components every permutation is scored at once (K! of them).
 _ENUMERATE_MAX_K = 5
 

@@ -156,7 +156,9 @@ def test_smc_matches_exact(k):
     x = toy1d()
     spec = conjugate_spec(k)
     exact = jaxgmm.log_evidence(None, x, spec, method="exact").estimate
-    result = jaxgmm.log_evidence(jax.random.PRNGKey(k), x, spec, method="smc", n_particles=400)
+    result = jaxgmm.log_evidence(
+        jax.random.PRNGKey(k), x, spec, method="smc", n_particles=400, n_mh_steps=10
+    )
     diag = result.diagnostics
     assert result.method == "smc" and 0 < result.stderr < 0.5
     assert within(result, exact), (result, exact)

@@ -195,7 +195,7 @@ def _method_panel(ax, run, method, t, color):
     objective = entry.get("objective") or "-"
     title = f"{method}: optimises {objective}"
     if missing:
-        title += "\n" + textwrap.fill(f"(no target: {entry.get('note') or 'not estimated'})", 60)
+        title += "\n" + textwrap.fill(f"({entry.get('note') or 'target not estimated'})", 60)
     ax.set(xlabel="iteration" + (" (log scale)" if len(x) > 50 else ""),
            ylabel=UNITS)  # fmt: skip
     ax.set_title(title, fontsize=10)

@@ -127,7 +127,6 @@ def table_blocks(metrics):
                 ("method", lambda m, r: m, ""),
                 ("optimises", lambda m, r: _ledger(r, "objective"), ""),
                 ("traced", lambda m, r: r.get("bound_name"), ""),
-                ("prior", lambda m, r: r.get("prior"), ""),
                 ("converged", lambda m, r: _converged_text(r), ""),
                 ("iters", lambda m, r: _iters_text(r), ""),
                 ("compile s", lambda m, r: _compile_text(r), ""),
@@ -380,6 +379,12 @@ def format_table(metrics):
     for title, columns in table_blocks(metrics):
         lines.append("")
         lines.extend(_format_block(title, columns, methods))
+    # Prior labels can be long (a plug-in prior's name): one line per prior, not a column.
+    priors = {}
+    for method, row in methods.items():
+        priors.setdefault(row.get("prior") or "none", []).append(method)
+    used = "; ".join(f"{label} ({', '.join(ms)})" for label, ms in priors.items())
+    lines.extend(_wrap(f"prior: {used}", indent=""))
     lines.append("")
     lines.extend(_wrap(LEGEND, indent=""))
     evidence = evidence_lines(metrics)

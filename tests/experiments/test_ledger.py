@@ -159,7 +159,9 @@ def test_converged_means_the_same_for_every_method():
 def _shrunk(name, bounded=BOUNDED):
     """Overrides that keep a shipped config's methods among ``bounded`` and make them
     tiny: EM and VB 20 iterations, SVI 60 steps with 100 evaluation draws and no posterior
-    draws, no model-selection grid, SMC evidence with 200 particles."""
+    draws, no model-selection grid; the evidence block as shipped (SMC's defaults: with
+    200 particles its estimate on faithful was 0.12 nats per sample low, -1.6468 +- 0.0738
+    against -1.52315, a bias its standard error does not cover)."""
     import yaml
 
     raw = yaml.safe_load((CONFIGS / name).read_text())
@@ -167,7 +169,6 @@ def _shrunk(name, bounded=BOUNDED):
     overrides = [f"methods=[{','.join(methods)}]", "model_selection.n_components=null"]
     overrides += ["em.max_iter=20", "vb.max_iter=20", "svi.num_steps=60"]
     overrides += ["svi.n_eval_samples=100", "svi.posterior_draws=0"]
-    overrides += ["evidence.options={smc: {n_particles: 200}}"]
     return methods, overrides
 
 

@@ -100,7 +100,7 @@ def table_blocks(metrics):
                 ("+-", lambda m, r: _nonzero(_ledger(r, "bound_stderr")), ".5f"),
                 ("target", lambda m, r: _ledger(r, "target"), ".5f"),
                 ("+-", lambda m, r: _nonzero(_ledger(r, "target_stderr")), ".5f"),
-                ("gap", lambda m, r: _ledger(r, "gap"), ".2e"),
+                ("gap", lambda m, r: _ledger(r, "gap"), ".1e"),
                 ("+-", lambda m, r: _nonzero(_ledger(r, "gap_stderr")), ".1e"),
                 ("holds", lambda m, r: _ledger(r, "holds"), ""),
             ],
@@ -154,20 +154,50 @@ LEGEND = (
 
 
 def _format_block(title, columns, methods):
+    """A block's lines; wider than `WIDTH`, it is wrapped into further blocks that repeat
+    the method column (a standard error stays with its value)."""
     cells = [
         [_fmt(get(method, row), spec) for _, get, spec in columns]
         for method, row in methods.items()
     ]
-    widths = [
-        max([len(header)] + [len(c[i]) for c in cells]) for i, (header, _, _) in enumerate(columns)
-    ]
+    headers = [h for h, _, _ in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
 
-    def line(texts):
-        return "  ".join(
-            t.rjust(w) if i else t.ljust(w) for i, (t, w) in enumerate(zip(texts, widths))
-        ).rstrip()
+    def sep(i):
+        return 1 if headers[i] == "+-" else 2  # a standard error one space after its value
 
-    return [title, line([h for h, _, _ in columns])] + [line(c) for c in cells]
+    groups, current, used = [], [], widths[0]
+    for i in range(1, len(columns)):
+        # A value and its "+-" columns move together.
+        if headers[i] == "+-" and current:
+            current.append(i)
+            used += sep(i) + widths[i]
+            continue
+        span = [i] + [j for j in range(i + 1, len(columns)) if headers[j] == "+-"][:1]
+        span = [j for j in span if j == i or j == i + 1]
+        need = sum(sep(j) + widths[j] for j in span)
+        if current and used + need > WIDTH:
+            groups.append(current)
+            current, used = [], widths[0]
+        current.append(i)
+        used += sep(i) + widths[i]
+    if current:
+        groups.append(current)
+
+    def line(texts, group):
+        out = texts[0].ljust(widths[0])
+        for i in group:
+            out += " " * sep(i) + texts[i].rjust(widths[i])
+        return out.rstrip()
+
+    lines = []
+    for n, group in enumerate(groups):
+        lines.append(title if n == 0 else f"{title} (continued)")
+        lines.append(line(headers, group))
+        lines.extend(line(c, group) for c in cells)
+        if n + 1 < len(groups):
+            lines.append("")
+    return lines
 
 
 def _wrap(text, indent="  ", width=WIDTH):
@@ -175,6 +205,14 @@ def _wrap(text, indent="  ", width=WIDTH):
         text, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
         break_on_hyphens=False, break_long_words=False,
     )  # fmt: skip
+
+
+def _wrap_items(lead, items):
+    """``lead item, item, ...`` wrapped at `WIDTH`, never inside an item ("active
+    components 3 of 10" stays on one line)."""
+    glue = "\x00"
+    text = f"{lead} " + ", ".join(item.replace(" ", glue) for item in items)
+    return [line.replace(glue, " ") for line in _wrap(text)]
 
 
 def evidence_lines(metrics):
@@ -395,13 +433,13 @@ def format_table(metrics):
         line
         for method, row in methods.items()
         if any(row.get("extra", {}).get(key) is not None for key, _, _ in EXTRA_COLUMNS)
-        for line in _wrap(
-            f"{method}: "
-            + ", ".join(
+        for line in _wrap_items(
+            f"{method}:",
+            [
                 f"{label} {_fmt(row['extra'][key], spec)}"
                 for key, label, spec in EXTRA_COLUMNS
                 if row.get("extra", {}).get(key) is not None
-            )
+            ],
         )
     ]
     if details:

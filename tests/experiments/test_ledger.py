@@ -248,3 +248,22 @@ def test_summary_ranks_the_grid_by_log_evidence_beside_bic():
     assert summary.log_evidence[("full", 2)] == -104.0  # 2 log p(X), BIC's mclust scale
     assert summary.top_evidence[0][:2] == ("full", 2)
     assert "Bayesian model selection" in summary.text()
+
+
+def test_a_wide_table_wraps_into_blocks_within_100_columns():
+    """Per-sample values of unstandardised data can be -1234.5: the table then wraps into a
+    continued block that repeats the method column, and never exceeds 100 columns."""
+    entry = {"objective": "ELBO", "objective_value": -1234.56789, "bound_name": "elbo",
+             "bound": -1234.56789, "bound_stderr": 0.001, "target": -1230.12345,
+             "target_stderr": 0.002, "gap": -4.4, "gap_stderr": 0.0022, "holds": True,
+             "log_evidence": -1230.12345, "log_evidence_stderr": 0.002}  # fmt: skip
+    row = {"train_log_likelihood": -1200.12345, "test_log_likelihood": -1300.12345,
+           "ledger": entry, "bound_name": "elbo", "n_iter": 10, "converged": True,
+           "status": "converged", "prior": "a-very-long-plug-in-prior-name " * 3}  # fmt: skip
+    metrics = {"name": "wide", "data": {"dataset": "d", "n_train": 10, "n_test": 5},
+               "spec": {"n_components": 2, "covariance_type": "full"}, "dtype": "float64",
+               "jax_backend": "cpu", "methods": {"svi": row, "vb": dict(row)},
+               "model_selection": None, "warnings": []}  # fmt: skip
+    table = format_table(metrics)
+    assert max(len(line) for line in table.splitlines()) <= WIDTH, table
+    assert "(continued)" in table and "holds" in table

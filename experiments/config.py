@@ -59,14 +59,26 @@ def _check_prior_registry(config):
     """``model.prior`` against the prior registry: the name, each hyperparameter's name and
     value (built one at a time, so an error names its key), then all of them together.
     Data-dependent checks (vector lengths, covariance types) run once the data is loaded."""
-    from jaxgmm.priors import PRIORS, hyperparameter_names, make_prior
+    from jaxgmm.priors import PRIORS, hyperparameter_names, load_prior_class, make_prior
 
     prior = config["model"]["prior"]
     if prior is None:
         return []
     name = prior["name"]
-    if name not in PRIORS:
-        return [("model.prior.name", f"expected one of {sorted(PRIORS)}, got {name!r}")]
+    if isinstance(name, str) and ":" in name:
+        # A plug-in prior, "package.module:ClassName", from the researcher's own file.
+        try:
+            load_prior_class(name)
+        except ValueError as error:
+            return [("model.prior.name", str(error))]
+    elif name not in PRIORS:
+        return [
+            (
+                "model.prior.name",
+                f"expected one of {sorted(PRIORS)} or a plug-in 'package.module:ClassName', "
+                f"got {name!r}",
+            )
+        ]
     valid = hyperparameter_names(name)
     errors = []
     for key, value in prior.items():

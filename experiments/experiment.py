@@ -237,11 +237,9 @@ def method_specs(config, spec, x_train, source):
     def resolve(prior_spec, what):
         try:
             out = jaxgmm.priors.resolve_prior(prior_spec, x_train)
-            out.prior.check(out, x_train.shape[1])
             # Trace the density once (abstractly) so hyperparameters of the wrong
             # length for the data surface here, not in the middle of a fit.
-            shapes = jaxgmm.model.abstract_params(out, x_train.shape[1], x_train.dtype)
-            jax.eval_shape(lambda p: jaxgmm.log_prior(p, out), shapes)
+            jaxgmm.priors.check_prior(out, x_train.shape[1], x_train.dtype)
         except ValueError as error:
             raise ConfigError([f"{source}: {what}: {error}"]) from None
         return out

@@ -712,7 +712,15 @@ def fit_svi(
             advice="if the trace diverged, lower the optimizer's learning rate",
         )
     final_state = handle.svi.get_params(SVIState(result.state.fitter_state.optim_state, None, None))
-    log_post = float(log_posterior(x, result.params, spec))
+    if model_prior(spec).hyper_sites:
+        # A hierarchical prior: the joint density at the guide's median, hyper-sites in.
+        sites = median_sites(handle, final_state)
+        log_post = float(
+            result.log_likelihood * x.shape[0]
+            + model_prior(spec).log_density_of_sites(sites, spec, x.shape[1], x.dtype)
+        )
+    else:
+        log_post = float(log_posterior(x, result.params, spec))
     if guide == "auto_delta":
         elbo, stderr, is_estimate = log_post / x.shape[0], 0.0, float("nan")
         is_stderr, diagnostics = float("nan"), {}

@@ -14,7 +14,7 @@ from jaxgmm.em.sharded import (
     sharded_mean_log_likelihood_blocks,
     sharded_moments_blocks,
 )
-from jaxgmm.em.steps import em_bound_from_stats, params_from_stats
+from jaxgmm.em.steps import check_em_prior, em_bound_from_stats, params_from_stats
 from jaxgmm.fit.driver import FitResult, checked_initial_params, run_fitter
 from jaxgmm.fit.fitter import DriverHooks, Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
@@ -68,6 +68,7 @@ def fit_em(
         ValueError: bad arguments, or no finite state (e.g. data whose squares overflow
         float32): the message says why and what to do.
     """
+    check_em_prior(spec)
     x = check_data(x, "x", n_components=spec.n_components, dtype=getattr(x, "dtype", None))
     tol = check_positive(tol, "tol", allow_zero=True)
     n_init = check_int(n_init, "n_init", 1)
@@ -123,6 +124,7 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
     """
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
+    check_em_prior(spec)
     if block_size is not None and (
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
     ):
@@ -165,6 +167,6 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
             score_prepared=score_prepared,
             compile_options=get_family(spec.covariance_type).em_step_compile_options,
             # MAP-EM: restarts ranked by the log posterior it increases, not the likelihood.
-            log_prior=None if spec.prior is None else functools.partial(log_prior, spec=spec),
+            log_prior=None if spec.prior is None else lambda state: log_prior(state.params, spec),
         ),
     )

@@ -36,13 +36,23 @@ def params_from_stats(stats, spec):
     """The M-step for ``spec``: maximum likelihood, or the prior's closed-form MAP step."""
     if spec.prior is None:
         return ml_params_from_stats(stats, spec)
-    map_step = getattr(spec.prior, "em_m_step", None)
-    if map_step is None:
-        raise ValueError(
-            f"EM has no closed-form M-step for the prior {spec.prior!r}; fit it with "
-            "a fitter that uses the prior's density instead (gradient MAP, SVI or NUTS)"
-        )
-    return map_step(in_data_coordinates(stats, spec), spec)
+    check_em_prior(spec)
+    return spec.prior.em_m_step(in_data_coordinates(stats, spec), spec)
+
+
+def check_em_prior(spec):
+    """ValueError, naming the prior and the fitters that can use it, unless EM has a
+    closed-form M-step for ``spec.prior`` (none, or one with ``em_m_step``)."""
+    prior = spec.prior
+    if prior is None or getattr(prior, "em_m_step", None) is not None:
+        return
+    name = getattr(prior, "name", type(prior).__name__)
+    hyper = tuple(getattr(prior, "hyper_sites", ()))
+    why = f": it is hierarchical (hyper-sites {list(hyper)})" if hyper else ""
+    raise ValueError(
+        f"EM has no closed-form M-step for the prior {name!r}{why}; fit it with a fitter "
+        "that uses the prior's density instead (gradient MAP, SVI or NUTS)"
+    )
 
 
 def m_step(x, log_resp, spec):

@@ -247,7 +247,7 @@ def _finish_function(fitter, spec):
             return params, log_likelihood, None
         # lax.map, not vmap: a prior's density may factorise matrices, and batched LAPACK
         # calls can hang on CPU (see `jaxgmm.model.linalg`).
-        log_priors = lax.map(hooks.log_prior, params)
+        log_priors = lax.map(hooks.log_prior, state)
         return params, log_likelihood, log_likelihood + log_priors / x.shape[0]
 
     return jax.jit(finish)

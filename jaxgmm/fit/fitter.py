@@ -21,8 +21,9 @@ class DriverHooks(NamedTuple):
         compile_options: XLA compile options for the executable that runs the steps, as
             a tuple of ``(name, value)`` pairs (hashable). Options this jaxlib does not
             know are dropped. A speed hint only.
-        log_prior: for a MAP fitter, ``log_prior(params) -> scalar``, the total log prior
-            density of one restart's final `GMMParams`; the driver then ranks restarts by
+        log_prior: for a MAP fitter, ``log_prior(state) -> scalar``, the total log prior
+            density at one restart's final fitter state (its parameters, and any
+            hyper-parameters it optimises beside them); the driver then ranks restarts by
             the log posterior per sample (log-likelihood + log_prior / n_samples, what the
             fitter maximises) instead of the log-likelihood, and records it in
             ``RestartSummary.log_posterior``. None: restarts ranked by log-likelihood.

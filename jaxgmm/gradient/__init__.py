@@ -13,20 +13,30 @@ from jaxgmm.gradient.fitter import (
     optax_optimizer_names,
     resolve_optimizer,
 )
-from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
+from jaxgmm.gradient.unconstrained import (
+    MAPVariables,
+    UnconstrainedParams,
+    from_unconstrained,
+    hyper_values,
+    to_map_variables,
+    to_unconstrained,
+)
 
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "GradientInfo",
     "GradientState",
+    "MAPVariables",
     "OptimizerError",
     "UnconstrainedParams",
     "fit_gradient",
     "from_unconstrained",
     "gradient_fitter",
+    "hyper_values",
     "make_optimizer",
     "optax_optimizer_names",
     "resolve_optimizer",
+    "to_map_variables",
     "to_unconstrained",
 ]

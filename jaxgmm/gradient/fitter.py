@@ -36,7 +36,14 @@ from jaxgmm._registry import lookup
 from jaxgmm.fit.driver import FitResult, checked_initial_params, run_fitter
 from jaxgmm.fit.fitter import DriverHooks, Fitter
 from jaxgmm.fit.validation import check_data, check_int, check_positive
-from jaxgmm.gradient.unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained
+from jaxgmm.gradient.unconstrained import (
+    MAPVariables,
+    UnconstrainedParams,
+    from_unconstrained,
+    hyper_values,
+    params_of,
+    to_map_variables,
+)
 from jaxgmm.model.covariance import get_family
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.params import GMMParams
@@ -348,7 +355,8 @@ def objective(u, x, spec, n_total=None):
     """The gradient fitter's objective per sample (maximised).
 
     Args:
-        u: `UnconstrainedParams`.
+        u: `UnconstrainedParams`, or `MAPVariables` under a hierarchical prior (the
+            hyper-sites' values join the prior's density).
         x: array of shape (n_samples, n_features) (the data, or a minibatch of it).
         spec: `GMMSpec`.
         n_total: number of samples in the full data set (default ``x.shape[0]``); the
@@ -359,17 +367,30 @@ def objective(u, x, spec, n_total=None):
         ``mean_log_likelihood(x, theta) + log_prior(theta) / n_total`` with
         ``theta = from_unconstrained(u, spec)``, a scalar.
     """
-    params = from_unconstrained(u, spec)
+    params = from_unconstrained(params_of(u), spec)
     n_total = x.shape[0] if n_total is None else n_total
     value = mean_log_likelihood(x, params, spec)
     if spec.prior is not None:
-        value = value + log_prior(params, spec) / n_total
+        value = value + _log_prior_of(u, params, spec) / n_total
     return value
 
 
+def _log_prior_of(u, params, spec):
+    """The prior's total log density at the iterate: of ``params`` alone, or, under a
+    hierarchical prior (``u`` a `MAPVariables`), jointly with the hyper-sites' values."""
+    if not isinstance(u, MAPVariables):
+        return log_prior(params, spec)
+    sites = {**spec.prior.site_values(params, spec), **hyper_values(u, spec)}
+    return spec.prior.log_density_of_sites(
+        sites, spec, params.means.shape[-1], params.means.dtype
+    )
+
+
 def objective_and_grad(params, x, spec):
-    """(objective per sample, its gradient as `UnconstrainedParams`) at `GMMParams`."""
-    return jax.value_and_grad(objective)(to_unconstrained(params, spec), x, spec)
+    """(objective per sample, its gradient as `UnconstrainedParams`) at `GMMParams`
+    (under a hierarchical prior, `MAPVariables` with the hyper-sites at the prior's
+    ``initial_hyper_values``)."""
+    return jax.value_and_grad(objective)(to_map_variables(params, spec), x, spec)
 
 
 # --------------------------------------------------------------------------- fitter
@@ -388,11 +409,12 @@ class GradientState(NamedTuple):
     """Carried by the gradient fitter.
 
     Attributes:
-        u: `UnconstrainedParams` of the current iterate.
+        u: `UnconstrainedParams` of the current iterate (`MAPVariables` under a
+            hierarchical prior: its hyper-sites are optimised too).
         opt_state: the optax optimiser state.
     """
 
-    u: UnconstrainedParams
+    u: UnconstrainedParams | MAPVariables
     opt_state: Any
 
 
@@ -610,14 +632,17 @@ def _gradient_fitter(
 
     def init(key, params, x):
         del key, x  # deterministic; the optimiser state depends on the parameters only
-        u = to_unconstrained(params, spec)
+        u = to_map_variables(params, spec)
         return GradientState(u=u, opt_state=opt.init(u))
+
+    def current_params(state):
+        return from_unconstrained(params_of(state.u), spec)
 
     def make_info(state, x, value, grad, linesearch_steps, minibatch_objective):
         log_likelihood = (
             value
             if spec.prior is None
-            else mean_log_likelihood(x, from_unconstrained(state.u, spec), spec)
+            else mean_log_likelihood(x, current_params(state), spec)
         )
         grad_norm = optax.tree.norm(grad)
         converged = jnp.asarray(False)
@@ -676,15 +701,16 @@ def _gradient_fitter(
         bound_name="log_likelihood" if spec.prior is None else "log_posterior",
         init=init,
         step=full_batch_step if batch_size is None else minibatch_step,
-        get_params=lambda state: from_unconstrained(state.u, spec),
+        get_params=current_params,
         tol=tol,
         tol_on="bound",
         tol_ulps=tol_ulps,
         stall_patience=STALL_PATIENCE,
-        # MAP: restarts ranked by the log posterior the fit maximises.
+        # MAP: restarts ranked by the log posterior the fit maximises (the hyper-sites'
+        # values included under a hierarchical prior).
         hooks=None
         if spec.prior is None
-        else DriverHooks(log_prior=functools.partial(log_prior, spec=spec)),
+        else DriverHooks(log_prior=lambda state: _log_prior_of(state.u, current_params(state), spec)),
     )
 
 

@@ -94,3 +94,60 @@ def from_unconstrained(u, spec):
     family = get_family(spec.covariance_type)
     prec_chol = family.decode_unconstrained(u.cov_factor, spec.reg_covar)
     return GMMParams(weights=jax.nn.softmax(u.logits, axis=-1), means=u.means, prec_chol=prec_chol)
+
+
+class MAPVariables(NamedTuple):
+    """What gradient MAP optimises under a hierarchical prior (one with hyper-sites,
+    `jaxgmm.priors.Prior.hyper_sites`): the parameters' `UnconstrainedParams` and each
+    hyper-site's unconstrained value.
+
+    Attributes:
+        params: `UnconstrainedParams`.
+        hyper: {hyper-site name: array}, mapped onto the site's support by
+            ``numpyro.distributions.transforms.biject_to(support)``; the MAP objective
+            adds no Jacobian, as for the component sites (a function is maximised).
+    """
+
+    params: UnconstrainedParams
+    hyper: dict
+
+
+def hyper_transforms(spec, n_features, dtype):
+    """{hyper-site: the bijection from the reals onto its support} for ``spec.prior``
+    (empty without a prior or hyper-sites)."""
+    from numpyro.distributions.transforms import biject_to
+
+    prior = spec.prior
+    if prior is None or not prior.hyper_sites:
+        return {}
+    supports = prior.hyper_site_supports(spec, n_features, dtype)
+    return {name: biject_to(supports[name]) for name in prior.hyper_sites}
+
+
+def to_map_variables(params, spec):
+    """What gradient fitting optimises from `GMMParams`: `UnconstrainedParams`, or
+    `MAPVariables` with the hyper-sites at the prior's ``initial_hyper_values``."""
+    u = to_unconstrained(params, spec)
+    transforms = hyper_transforms(spec, params.means.shape[-1], params.means.dtype)
+    if not transforms:
+        return u
+    start = spec.prior.initial_hyper_values(params, spec)
+    hyper = {
+        name: t.inv(jnp.asarray(start[name], params.means.dtype)) for name, t in transforms.items()
+    }
+    return MAPVariables(params=u, hyper=hyper)
+
+
+def params_of(v):
+    """The `UnconstrainedParams` of `UnconstrainedParams` or `MAPVariables`."""
+    return v.params if isinstance(v, MAPVariables) else v
+
+
+def hyper_values(v, spec):
+    """{hyper-site: constrained value} of `MAPVariables` (empty for
+    `UnconstrainedParams`)."""
+    if not isinstance(v, MAPVariables):
+        return {}
+    dtype = v.params.means.dtype
+    transforms = hyper_transforms(spec, v.params.means.shape[-1], dtype)
+    return {name: transforms[name](value) for name, value in v.hyper.items()}

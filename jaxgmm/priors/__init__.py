@@ -15,6 +15,7 @@ from jaxgmm._registry import lookup
 from jaxgmm.priors._base import DATA_DEFAULT_FLOOR, Prior, freeze
 from jaxgmm.priors.conjugate import ConjugatePrior
 from jaxgmm.priors.flat import FlatPrior
+from jaxgmm.priors.hierarchical import HierarchicalConjugatePrior
 from jaxgmm.priors.lkj import LKJPrior
 from jaxgmm.priors.sparse_dirichlet import SparseDirichletPrior
 
@@ -23,6 +24,7 @@ PRIORS = {
     "conjugate": ConjugatePrior,
     "lkj": LKJPrior,
     "sparse_dirichlet": SparseDirichletPrior,
+    "hierarchical_conjugate": HierarchicalConjugatePrior,
 }
 
 
@@ -32,7 +34,41 @@ def hyperparameter_names(name):
 
 
 def _prior_class(name):
+    if isinstance(name, str) and ":" in name:
+        return load_prior_class(name)
     return lookup(PRIORS, name, "prior", "unknown prior {name}; valid priors: {valid}")
+
+
+def load_prior_class(path):
+    """The `Prior` subclass named by ``"package.module:ClassName"`` (a plug-in prior in
+    the researcher's own file), imported with `importlib` from ``sys.path`` (the working
+    directory first under ``python -m``). ValueError naming the module (and its file) for
+    an unimportable module, a missing class, or a class that is not a dataclass subclass
+    of `Prior`."""
+    import importlib
+    import os
+
+    module_name, _, class_name = str(path).partition(":")
+    if not module_name or not class_name or ":" in class_name:
+        raise ValueError(f"a plug-in prior is named 'package.module:ClassName', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # any failure of the user's module: name it, say why
+        raise ValueError(
+            f"cannot import module {module_name!r} of prior {path!r} "
+            f"({type(error).__name__}: {error}); modules are imported from the working "
+            f"directory ({os.getcwd()}) and sys.path"
+        ) from None
+    where = getattr(module, "__file__", None) or module_name
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"module {module_name!r} ({where}) has no class {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Prior) and dataclasses.is_dataclass(cls)):
+        raise ValueError(
+            f"{path!r} ({where}) is not a prior: expected a frozen dataclass subclass of "
+            f"jaxgmm.priors.Prior, got {cls!r}"
+        )
+    return cls
 
 
 def make_prior(name, **hyperparameters):
@@ -72,6 +108,29 @@ def prior_from_config(config):
     )
 
 
+def check_prior(spec, n_features, dtype):
+    """Trace ``spec.prior``'s density abstractly (nothing is computed), so that a
+    hyperparameter of the wrong length for the data raises its ValueError here rather
+    than inside a fit; a hierarchical prior is traced with its hyper-sites."""
+    import jax
+
+    from jaxgmm.model import abstract_params
+
+    prior = spec.prior
+    if prior is None:
+        return
+    prior.check(spec, n_features)
+    shapes = abstract_params(spec, n_features, dtype)
+
+    def density(params):
+        if not prior.hyper_sites:
+            return log_prior(params, spec)
+        sites = {**prior.initial_hyper_values(params, spec), **prior.site_values(params, spec)}
+        return prior.log_density_of_sites(sites, spec, n_features, dtype)
+
+    jax.eval_shape(density, shapes)
+
+
 def register_prior(name, cls):
     """Add a `Prior` subclass to `PRIORS` under ``name`` (refuses to overwrite)."""
     if not (isinstance(cls, type) and issubclass(cls, Prior) and dataclasses.is_dataclass(cls)):
@@ -109,10 +168,13 @@ __all__ = [
     "PRIORS",
     "ConjugatePrior",
     "FlatPrior",
+    "HierarchicalConjugatePrior",
     "LKJPrior",
     "Prior",
     "SparseDirichletPrior",
+    "check_prior",
     "hyperparameter_names",
+    "load_prior_class",
     "make_prior",
     "prior_from_config",
     "register_prior",

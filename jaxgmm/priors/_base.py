@@ -13,6 +13,17 @@ site values substituted), ``params_from_sites`` (the sample statements run with 
 values substituted). Optional: ``em_m_step(stats, spec)`` (closed-form MAP M-step) and
 ``with_data_defaults(x)`` (fill hyperparameters left as ``None`` from the data).
 
+Hierarchical priors: ``sample`` may draw *hyper-sites*, variables `GMMParams` does not
+hold (a scale the component covariances share, a global shrinkage parameter), named in
+the class's ``hyper_sites``. ``site_values`` still returns the component sites only.
+Their density is then a joint one, ``log_density_of_sites`` of the full site dict;
+``log_density(params)`` would be the marginal over the hyper-sites, which is refused
+unless the prior overrides it with a closed form. Gradient MAP optimises the hyper-sites
+beside the parameters (started at ``initial_hyper_values``), SVI and NUTS infer them; EM
+and VB refuse such a prior. ``exchangeable`` is False for a prior that treats the
+component labels differently (stick-breaking weights): label-symmetry corrections apply
+only when it is True.
+
 MAP, for every fitter, means: maximise ``log p(X | params) + log_density(params, spec)``,
 where ``log_density`` is the density of the prior's *site variables* with respect to
 Lebesgue measure on those variables (no Jacobian of any other parameterisation is added).
@@ -59,6 +70,10 @@ class Prior:
     name: ClassVar[str] = "prior"
     #: covariance types the prior supports; others raise ValueError.
     covariance_types: ClassVar[tuple] = ("full",)
+    #: names of the sample sites ``sample`` draws beyond those ``site_values`` returns.
+    hyper_sites: ClassVar[tuple] = ()
+    #: whether the density is invariant to permuting the component labels.
+    exchangeable: ClassVar[bool] = True
 
     # -- to implement -------------------------------------------------------------------
     def sample(self, spec, n_features, dtype):  # pragma: no cover - abstract
@@ -82,13 +97,83 @@ class Prior:
         return self
 
     def log_density(self, params, spec):
-        """log p(sites(params)): a scalar total, traced from the sample statements."""
+        """log p(sites(params)): a scalar total, traced from the sample statements.
+
+        ValueError for a hierarchical prior (``hyper_sites``): its density of the
+        parameters alone is the marginal over the hyper-sites, which only a prior that
+        overrides this method provides; `log_density_of_sites` gives the joint one.
+        """
         self.check(spec, params.means.shape[-1])
-        values = self.site_values(params, spec)
-        log_joint, _ = _numpyro_log_density(
-            self.sample, (spec, params.means.shape[-1], params.means.dtype), {}, values
+        if self.hyper_sites:
+            raise ValueError(
+                f"prior {self.name!r} is hierarchical (hyper-sites {list(self.hyper_sites)}): "
+                "log p(params) is the marginal over its hyper-sites, which it does not "
+                "define; use prior.log_density_of_sites(sites, spec, n_features, dtype) on "
+                "the full sample dict (site_values(params) plus the hyper-sites' values)"
+            )
+        return self.log_density_of_sites(
+            self.site_values(params, spec), spec, params.means.shape[-1], params.means.dtype
         )
+
+    def log_density_of_sites(self, sites, spec, n_features, dtype):
+        """log p(sites): the joint density of a full sample dict (component sites and
+        hyper-sites), a scalar total, traced from the sample statements."""
+        missing = sorted(set(self.hyper_sites) - set(sites))
+        if missing:
+            raise ValueError(
+                f"prior {self.name!r}: the sample dict lacks hyper-site(s) {missing}; "
+                f"it has {sorted(sites)}"
+            )
+        log_joint, _ = _numpyro_log_density(self.sample, (spec, n_features, dtype), {}, sites)
         return log_joint
+
+    def hyper_site_supports(self, spec, n_features, dtype):
+        """{hyper-site: its support (a NumPyro constraint)}, read from the sample
+        statements by abstract evaluation (nothing is computed)."""
+        import jax
+
+        supports = {}
+
+        def run():
+            trace = handlers.trace(handlers.seed(self.sample, rng_seed=0)).get_trace(
+                spec, n_features, dtype
+            )
+            supports.update({n: trace[n]["fn"].support for n in self.hyper_sites if n in trace})
+            return 0
+
+        jax.eval_shape(run)
+        return supports
+
+    def initial_hyper_values(self, params, spec):
+        """{hyper-site: a starting value} given `GMMParams` ``params``, for gradient MAP
+        and SVI's guides. Default: each hyper-site's prior mean (where it is finite, else
+        the image of 0 under the bijection onto its support). A prior with a closed-form
+        conditional mode given the parameters should return it instead."""
+        if not self.hyper_sites:
+            return {}
+        import jax.numpy as jnp
+        from numpyro.distributions.transforms import biject_to
+
+        n_features, dtype = params.means.shape[-1], params.means.dtype
+        values = {}
+        for name, site in self._hyper_trace(spec, n_features, dtype, params):
+            fn = site["fn"]
+            fallback = biject_to(fn.support)(jnp.zeros(fn.shape(), dtype))
+            try:
+                mean = jnp.broadcast_to(jnp.asarray(fn.mean, dtype), fallback.shape)
+            except NotImplementedError:
+                mean = fallback
+            values[name] = jnp.where(jnp.isfinite(mean), mean, fallback)
+        return values
+
+    def _hyper_trace(self, spec, n_features, dtype, params):
+        """[(name, trace site)] of the hyper-sites: the sample statements traced with the
+        component sites of ``params`` substituted."""
+        model = handlers.substitute(self.sample, data=self.site_values(params, spec))
+        trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(
+            spec, n_features, dtype
+        )
+        return [(name, trace[name]) for name in self.hyper_sites if name in trace]
 
     def params_from_sites(self, sites, spec, n_features, dtype):
         """`GMMParams` from a dict of site values (the sample statements, substituted)."""

@@ -169,6 +169,7 @@ class ConjugatePrior(Prior):
         self.check(spec, n_features)
         k, cov_type = spec.n_components, spec.covariance_type
         m0, psi, nu, kappa = self._hyper(spec, n_features, dtype)
+        psi = self._sample_covariance_prior(psi, dtype)
         if self.weight_prior_type == "dirichlet_process":
             weights_fn = StickBreakingWeights(jnp.asarray(self.weight_concentration, dtype), k)
         else:
@@ -210,6 +211,16 @@ class ConjugatePrior(Prior):
             )
             prec_chol = lax.rsqrt(variances)
         return GMMParams(weights=weights, means=means, prec_chol=prec_chol)
+
+    def _sample_covariance_prior(self, psi, dtype):
+        """Psi as the covariances' prior uses it; a hierarchical subclass draws it here."""
+        del dtype
+        return psi
+
+    @property
+    def exchangeable(self):
+        # Stick-breaking favours the first labels; the Dirichlet is symmetric.
+        return self.weight_prior_type != "dirichlet_process"
 
     def site_values(self, params, spec):
         family = get_family(spec.covariance_type)

@@ -578,14 +578,14 @@ def repair_point_masses(x, params, spec):
     floor = _point_mass_floor(xs, spec)
     new, repaired = [], []
     for r in range(leaves.weights.shape[0]):
-        one = jax.tree_util.tree_map(lambda a: np.asarray(a[r], np.float64), leaves)  # noqa: B023
-        cov = np.asarray(covariances(one, cov_type))
+        one = jax.tree_util.tree_map(lambda a: a[r], leaves)  # noqa: B023
+        cov = np.asarray(covariances(one, cov_type), np.float64)
         dense = np.asarray(dense_covariances(cov, cov_type, k, d))
         collapsed = np.linalg.eigvalsh(dense)[:, 0] < floor
         if not collapsed.any():
             new.append(one)
             continue
-        means = one.means
+        means = np.asarray(one.means, np.float64)
         nearest = np.argmin(((xs[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
         resid = xs - means[nearest]
         pooled = resid.T @ resid / n + spec.reg_covar * np.eye(d)
@@ -597,15 +597,19 @@ def repair_point_masses(x, params, spec):
             cov = np.where(collapsed[:, None], np.diagonal(pooled), cov)
         else:
             cov = np.where(collapsed, np.trace(pooled) / d, cov)
+        dtype = params.weights.dtype  # float32 stays float32 (x64 may be off)
         fixed = params_from_covariances(
-            jnp.asarray(one.weights), jnp.asarray(means), jnp.asarray(cov), cov_type
+            jnp.asarray(one.weights, dtype),
+            jnp.asarray(means, dtype),
+            jnp.asarray(cov, dtype),
+            cov_type,
         )
-        new.append(jax.tree_util.tree_map(np.asarray, fixed))
+        new.append(fixed)
         repaired.extend((r, int(c)) for c in np.flatnonzero(collapsed))
     if not repaired:
         return params, ()
     dtype = params.weights.dtype
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.asarray(np.stack(a), dtype), *new)
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a).astype(dtype), *new)
     return (stacked if batched else jax.tree_util.tree_map(lambda a: a[0], stacked)), tuple(
         repaired
     )

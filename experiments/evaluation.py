@@ -97,7 +97,13 @@ def evaluate(result, spec, train, test, x_train, x_test, dtype):
     if test is not None:
         test_ll, labels_test = (np.asarray(a) for a in score(x_test, params, spec))
         row["test_log_likelihood"] = float(test_ll)
-    row["log_prior_total"] = None if spec.prior is None else float(jaxgmm.log_prior(params, spec))
+    # None for a hierarchical prior: its density of the parameters alone (the marginal
+    # over its hyper-sites) is not defined.
+    row["log_prior_total"] = (
+        None
+        if spec.prior is None or spec.prior.hyper_sites
+        else float(jaxgmm.log_prior(params, spec))
+    )
     row["n_parameters"] = jaxgmm.n_parameters(spec, n_features)
     if result.point_estimate:
         row["bic"] = jaxgmm.bic(train_ll, n_samples, n_features, spec)

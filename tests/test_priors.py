@@ -99,10 +99,15 @@ def test_sites_round_trip_and_finite_density(name, cov_type, data, ml_fits):
     spec = resolve_prior(jaxgmm.GMMSpec(2, cov_type, prior=make_prior(name)), data)
     params = ml_fits[cov_type]
     prior = spec.prior
-    back = prior.params_from_sites(prior.site_values(params, spec), spec, 2, data.dtype)
+    sites = {**prior.initial_hyper_values(params, spec), **prior.site_values(params, spec)}
+    back = prior.params_from_sites(sites, spec, 2, data.dtype)
     for a, b in zip(back, params, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-    assert np.isfinite(float(prior.log_density(params, spec)))
+    assert np.isfinite(float(prior.log_density_of_sites(sites, spec, 2, data.dtype)))
+    if not prior.hyper_sites:
+        assert float(prior.log_density(params, spec)) == float(
+            prior.log_density_of_sites(sites, spec, 2, data.dtype)
+        )
 
 
 def test_conjugate_full_density_matches_scipy(data, ml_fits):

@@ -8,7 +8,6 @@ and the run's warnings; all read from the
 
 from __future__ import annotations
 
-import math
 import textwrap
 
 from experiments.summary import summarize
@@ -276,7 +275,9 @@ EXTRA_COLUMNS = (
     ("is_ess", "IS ESS", ".0f"),
     ("is_pareto_k", "IS k-hat", ".2f"),
     ("r_hat_max", "r-hat max", ".4f"),
-    ("ess_min", "ESS min", ".0f"),
+    ("ess_bulk_min", "bulk ESS min", ".0f"),
+    ("ess_tail_min", "tail ESS min", ".0f"),
+    ("tree_depth_saturated", "saturated trees", "d"),
     ("divergences", "divergences", "d"),
     ("plug_in_log_likelihood", "plug-in ll (posterior mean)", ".5f"),
     ("posterior_mean_log_likelihood", "E[ll | X]", ".5f"),
@@ -333,6 +334,34 @@ def _restart_text(restart):
     return f"restart {restart['restart']} ({', '.join(parts)})"
 
 
+def _sampler_warning(name, status, extra):
+    """The warning of a sampler that did not converge (NUTS statuses r_hat, ess,
+    chains_disagree), with the thresholds it was judged by."""
+    r_hat = extra.get("r_hat_max")
+    r_hat_text = "r-hat max -" if r_hat is None else f"r-hat max {r_hat:.3f}"
+    limits = (
+        f"r-hat < {extra.get('r_hat_threshold', 1.01):g}, bulk and tail ESS > "
+        f"{extra.get('ess_threshold', 400):g}"
+    )
+    if status == "chains_disagree":
+        why = extra.get("chains_summary") or "the chains sit in different modes"
+        return (
+            f"{name}: chains disagree ({why}; {r_hat_text}): the draws are not one "
+            "posterior; see posterior.png and extra.census"
+        )
+    if status == "ess":
+        ess = [extra.get("ess_bulk_min"), extra.get("ess_tail_min")]
+        ess_text = ", ".join("-" if v is None else f"{v:.0f}" for v in ess)
+        return (
+            f"{name}: too few effective draws (bulk, tail ESS min {ess_text}; needs "
+            f"{limits}): run more draws"
+        )
+    return (
+        f"{name}: chains have not mixed ({r_hat_text}; needs {limits}): the posterior "
+        "summaries are not reliable; run longer or more chains"
+    )
+
+
 def method_warnings(name, row, settings=None):
     """The warnings of one method's metrics row, as sentences starting with its name.
 
@@ -369,11 +398,8 @@ def method_warnings(name, row, settings=None):
             f"{name}: stopped at the iteration limit ({row.get('n_iter')}) before the "
             f"change fell below {name}.tol={settings['tol']:g}"
         )
-    elif status == "r_hat":
-        found.append(
-            f"{name}: chains have not mixed (r-hat max {extra.get('r_hat_max', math.nan):.3f}"
-            " >= 1.05): the posterior summaries are not reliable; run longer or more chains"
-        )
+    elif status in ("r_hat", "ess", "chains_disagree"):
+        found.append(_sampler_warning(name, status, extra))
     if row.get("degeneracies"):
         found.append(f"{name}: degenerate result: {_degeneracy_words(row['degeneracies'])}")
     choice = restart_choice(row)
@@ -453,7 +479,8 @@ def format_table(metrics):
         lines.extend(
             _wrap(
                 "(default) prior: model.prior is null, so methods that need a prior use "
-                "conjugate with data defaults; set model.prior to choose"
+                "the posterior default, conjugate with a within-cluster Psi (empirical "
+                "Bayes: docs/priors.md); set model.prior to choose"
             )
         )
     choices = {m: restart_choice(r) for m, r in metrics["methods"].items()}

@@ -258,6 +258,20 @@ def ledger_warnings(rows, evidence=None):
                 f"{entry['gap']:.3g} +- {entry['gap_stderr']:.2g} nats per sample: a bound "
                 "that is not a bound (an estimate's error, or a defect)"
             )
+        elif (
+            entry.get("holds")
+            and not entry.get("bound_stderr")
+            and entry["gap"] > 1e-9 * (1.0 + abs(entry["target"]))  # beyond rounding
+        ):
+            # Within the target's error bars, yet an exact bound (no Monte Carlo error)
+            # above an estimate of what it bounds says how far the estimate is low.
+            found.append(
+                f"{name}: its exact bound {entry['bound_name']} ({entry['bound']:.6f}) lies "
+                f"above the estimate of {entry['target_name']} ({entry['target']:.6f}) by "
+                f"{entry['gap']:.3g} nats per sample, within that estimate's +- "
+                f"{entry['gap_stderr']:.2g}; since {entry['target_name']} >= the bound, the "
+                "estimate is at least that much low (its estimator's bias or noise)"
+            )
     if evidence and evidence.get("target") is None:
         why = evidence.get("unavailable") or "; ".join(
             f"{k}: {v.get('error')}" for k, v in evidence["estimates"].items()

@@ -267,3 +267,26 @@ def test_a_wide_table_wraps_into_blocks_within_100_columns():
     table = format_table(metrics)
     assert max(len(line) for line in table.splitlines()) <= WIDTH, table
     assert "(continued)" in table and "holds" in table
+
+
+def test_exact_bound_above_an_evidence_estimate_is_reported():
+    """VB's ELBO is exact: an estimate of log p(X) below it is low by at least the gap,
+    even when the gap is within the estimate's error bars (holds)."""
+    from experiments.report import ledger_warnings
+
+    def row(bound, bound_stderr, target, target_stderr):
+        gap = bound - target
+        return {"ledger": {
+            "bound_name": "elbo", "bound": bound, "bound_stderr": bound_stderr,
+            "target_name": "log p(X)", "target": target, "gap": gap,
+            "gap_stderr": (bound_stderr or 0.0) + target_stderr, "holds": True,
+        }}  # fmt: skip
+
+    rows = {
+        "vb": row(-1.99, None, -2.05, 0.05),  # exact bound above the estimate
+        "svi": row(-2.02, 0.001, -2.05, 0.05),  # a noisy bound: no such conclusion
+        "em": row(-1.2 + 1e-13, None, -1.2, 0.0),  # rounding only
+    }
+    warnings = ledger_warnings(rows)
+    assert len(warnings) == 1 and warnings[0].startswith("vb: its exact bound elbo")
+    assert "at least that much low" in warnings[0]

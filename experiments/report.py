@@ -8,6 +8,7 @@ and the run's warnings; all read from the
 
 from __future__ import annotations
 
+import math
 import textwrap
 
 from experiments.summary import summarize
@@ -245,6 +246,31 @@ def evidence_lines(metrics):
     return lines
 
 
+def _evidence_disagreements(evidence):
+    """Estimators of the same log p(X) more than 3 combined standard errors from the
+    target's estimate: at least one of them is biased (its error bars do not show it)."""
+    if not evidence or evidence.get("target") is None:
+        return []
+    estimates = evidence["estimates"]
+    ref_name = evidence["target"]
+    ref = estimates[ref_name]
+    found = []
+    for name, entry in estimates.items():
+        if name == ref_name or "error" in entry:
+            continue
+        diff = entry["per_sample"] - ref["per_sample"]
+        se = math.hypot(entry["stderr_per_sample"], ref["stderr_per_sample"])
+        if abs(diff) > 3 * se:
+            found.append(
+                f"evidence: {name} ({entry['per_sample']:.5f} +- "
+                f"{entry['stderr_per_sample']:.2g}) and {ref_name} ({ref['per_sample']:.5f} "
+                f"+- {ref['stderr_per_sample']:.2g}) disagree by {diff:+.3g} nats per sample, "
+                f"{abs(diff) / se:.0f} standard errors: at least one is biased "
+                "(docs/evidence.md)"
+            )
+    return found
+
+
 def ledger_warnings(rows, evidence=None):
     """Warnings of the run's ledger: a bound above its target, a target that could not
     be estimated."""
@@ -272,6 +298,7 @@ def ledger_warnings(rows, evidence=None):
                 f"{entry['gap_stderr']:.2g}; since {entry['target_name']} >= the bound, the "
                 "estimate is at least that much low (its estimator's bias or noise)"
             )
+    found.extend(_evidence_disagreements(evidence))
     if evidence and evidence.get("target") is None:
         why = evidence.get("unavailable") or "; ".join(
             f"{k}: {v.get('error')}" for k, v in evidence["estimates"].items()

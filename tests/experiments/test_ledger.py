@@ -290,3 +290,23 @@ def test_exact_bound_above_an_evidence_estimate_is_reported():
     warnings = ledger_warnings(rows)
     assert len(warnings) == 1 and warnings[0].startswith("vb: its exact bound elbo")
     assert "at least that much low" in warnings[0]
+
+
+def test_evidence_estimators_that_disagree_are_reported():
+    from experiments.report import ledger_warnings
+
+    def entry(per_sample, stderr):
+        return {"per_sample": per_sample, "stderr_per_sample": stderr}
+
+    evidence = {
+        "target": "bridge",
+        "estimates": {
+            "bridge": entry(-1.97027, 0.0002),
+            "smc": entry(-2.05207, 0.02064),  # 4 standard errors below
+            "importance": entry(-1.9705, 0.001),  # within 1
+            "broken": {"error": "refused"},
+        },
+    }
+    warnings = ledger_warnings({}, evidence)
+    assert len(warnings) == 1 and warnings[0].startswith("evidence: smc (-2.05207")
+    assert "4 standard errors" in warnings[0]

@@ -157,12 +157,12 @@ def test_smc_matches_exact(k):
     spec = conjugate_spec(k)
     exact = jaxgmm.log_evidence(None, x, spec, method="exact").estimate
     result = jaxgmm.log_evidence(
-        jax.random.PRNGKey(k), x, spec, method="smc", n_particles=400, n_mh_steps=10
+        jax.random.PRNGKey(k), x, spec, method="smc", n_particles=400, n_mh_steps=10, n_runs=5
     )
     diag = result.diagnostics
     assert result.method == "smc" and 0 < result.stderr < 0.5
     assert within(result, exact), (result, exact)
-    assert len(diag["run_estimates"]) == 8 and min(diag["n_stages"]) >= 1
+    assert len(diag["run_estimates"]) == 5 and min(diag["n_stages"]) >= 1
     assert diag["betas"][-1] == 1.0 and np.all(np.diff(diag["betas"]) > 0)
     assert diag["min_ess"] >= 0.45 * 400 and 0 < diag["acceptance_min"] <= 1
 

@@ -13,6 +13,7 @@ from jaxgmm.model.stats import (
     ml_params_from_stats,
     sufficient_statistics,
 )
+from jaxgmm.priors import hyper_sites
 
 
 def e_step(x, params, spec):
@@ -47,7 +48,7 @@ def check_em_prior(spec):
     if prior is None or getattr(prior, "em_m_step", None) is not None:
         return
     name = getattr(prior, "name", type(prior).__name__)
-    hyper = tuple(getattr(prior, "hyper_sites", ()))
+    hyper = hyper_sites(prior)
     why = f": it is hierarchical (hyper-sites {list(hyper)})" if hyper else ""
     raise ValueError(
         f"EM has no closed-form M-step for the prior {name!r}{why}; fit it with a fitter "

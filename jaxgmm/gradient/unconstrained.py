@@ -117,11 +117,13 @@ def hyper_transforms(spec, n_features, dtype):
     (empty without a prior or hyper-sites)."""
     from numpyro.distributions.transforms import biject_to
 
-    prior = spec.prior
-    if prior is None or not prior.hyper_sites:
+    from jaxgmm.priors import hyper_sites
+
+    names = hyper_sites(spec.prior)
+    if not names:
         return {}
-    supports = prior.hyper_site_supports(spec, n_features, dtype)
-    return {name: biject_to(supports[name]) for name in prior.hyper_sites}
+    supports = spec.prior.hyper_site_supports(spec, n_features, dtype)
+    return {name: biject_to(supports[name]) for name in names}
 
 
 def to_map_variables(params, spec):

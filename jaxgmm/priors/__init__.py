@@ -123,7 +123,7 @@ def check_prior(spec, n_features, dtype):
     shapes = abstract_params(spec, n_features, dtype)
 
     def density(params):
-        if not prior.hyper_sites:
+        if not hyper_sites(prior):
             return log_prior(params, spec)
         sites = {**prior.initial_hyper_values(params, spec), **prior.site_values(params, spec)}
         return prior.log_density_of_sites(sites, spec, n_features, dtype)
@@ -139,6 +139,12 @@ def register_prior(name, cls):
         raise ValueError(f"a prior named {name!r} is already registered ({PRIORS[name].__name__})")
     PRIORS[name] = cls
     return cls
+
+
+def hyper_sites(prior):
+    """The hyper-sites of ``prior`` (a tuple; empty for None or for a duck-typed prior
+    that defines only ``log_density``, which the gradient fitter accepts)."""
+    return tuple(getattr(prior, "hyper_sites", ()))
 
 
 def log_prior(params, spec):

@@ -123,7 +123,8 @@ def test_runner_lists_data_warnings_and_refuses_a_folder_as_data_path(tmp_path, 
     assert result.metrics["data"]["feature_names"] == ["a", "b"]
     (warning,) = result.metrics["warnings"]
     assert "column 'empty' is not used" in warning and str(csv_path) in warning
-    assert "warnings:" in result.table() and "column 'empty'" in result.table()
+    table = " ".join(result.table().split())  # the table wraps long warnings
+    assert "warnings:" in table and "column 'empty' is not used" in table
 
     config.write_text(config.read_text().replace(str(csv_path), str(tmp_path)))
     assert run_module.main([str(config), "--output", str(tmp_path / "out")] + FAST) == 2

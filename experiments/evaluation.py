@@ -101,7 +101,7 @@ def evaluate(result, spec, train, test, x_train, x_test, dtype):
     # over its hyper-sites) is not defined.
     row["log_prior_total"] = (
         None
-        if spec.prior is None or spec.prior.hyper_sites
+        if spec.prior is None or jaxgmm.priors.hyper_sites(spec.prior)
         else float(jaxgmm.log_prior(params, spec))
     )
     row["n_parameters"] = jaxgmm.n_parameters(spec, n_features)

@@ -98,10 +98,6 @@ def wanted(config):
 def _one(key, x, spec, name, options):
     """One estimator's entry (see `estimate_evidence`)."""
     n_samples = x.shape[0]
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        # A raw uint32 key: NumPyro's seed handler inside a traced function refuses a
-        # typed key (jax.random.key) there, and both carry the same bits.
-        key = jax.random.key_data(key)
     began = time.perf_counter()
     try:
         found = jaxgmm.log_evidence(key, x, spec, method=name, **options)

@@ -253,3 +253,11 @@ def test_bad_input_is_a_clear_value_error():
         jaxgmm.log_evidence(key, x, conjugate_spec(2), method="bridge", posterior={"a": 1})
     assert set(EVIDENCE_METHODS) >= {"smc", "bridge", "exact"}
     assert jaxgmm.EVIDENCE_METHODS is EVIDENCE_METHODS
+
+
+def test_typed_and_raw_keys_give_the_same_estimate():
+    x, spec = toy1d(), conjugate_spec(1)
+    options = dict(method="smc", n_particles=50, n_mh_steps=2, n_runs=2)
+    typed = jaxgmm.log_evidence(jax.random.key(3), x, spec, **options)
+    raw = jaxgmm.log_evidence(jax.random.PRNGKey(3), x, spec, **options)
+    assert typed.estimate == raw.estimate and np.isfinite(typed.estimate)

@@ -449,3 +449,11 @@ def test_float32_fits_that_stop_on_tol_say_converged(optimizer):
     assert converged[-1] and not converged[:-1].any()
     threshold = np.maximum(1e-9, np.abs(np.spacing(result.trace.bound[:-1])))
     np.testing.assert_array_equal(converged[1:], np.abs(change[1:]) < threshold)
+
+
+def test_check_prior_accepts_a_prior_with_log_density_alone():
+    from jaxgmm.priors import check_prior, hyper_sites
+
+    spec = jaxgmm.GMMSpec(2, "full", prior=_ShrinkagePrior())
+    assert hyper_sites(spec.prior) == ()
+    check_prior(spec, 3, jnp.float32)  # traces the density; raises on a shape mismatch

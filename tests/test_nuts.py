@@ -353,3 +353,20 @@ def test_map_census_modes_chain_starts_and_occupancy():
     np.testing.assert_array_equal(index, [0, 1, 0, 1])
     table = occupancy(index, np.array([0, 0, 1, 1]), 2)
     np.testing.assert_allclose(table, [[0.5, 0.5], [0.5, 0.5]])
+
+
+def test_map_census_under_a_prior_without_a_map_ranks_ml_restarts():
+    """sparse_dirichlet (concentration 0.01 < 1) has an unbounded posterior density and so
+    no MAP: the census runs maximum-likelihood EM instead of failing, and says so."""
+    from experiments.methods.nuts import map_census
+    from jaxgmm.priors import resolve_prior
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(-3, 0.5, 40), rng.normal(3, 0.5, 40)])[:, None]
+    spec = resolve_prior(jaxgmm.GMMSpec(2, "diag", prior=make_prior("sparse_dirichlet")), x)
+    assert spec.prior.no_map_reason(spec)
+    restarts = jaxgmm.initial_params(jax.random.key(0), x, spec, "k-means++", 3)
+    census = map_census(jax.random.key(1), x, spec, restarts)
+    assert set(census["fitter"]) == {"em (ML: no MAP)"}
+    ml = jaxgmm.fit_em(jax.random.key(2), x, jaxgmm.GMMSpec(2, "diag"), n_init=3)
+    np.testing.assert_allclose(max(census["log_posterior"]), ml.log_likelihood, atol=1e-6)

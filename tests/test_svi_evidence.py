@@ -111,3 +111,12 @@ def test_symmetrization_choice_and_refusals():
         log_evidence(jax.random.key(0), x, big, method="importance")
     with pytest.raises(ValueError, match="auto_delta"):
         log_evidence(jax.random.key(0), x, base, method="importance", guide="auto_delta")
+
+
+def test_a_zero_importance_weight_is_allowed_nan_or_all_zero_is_not():
+    from jaxgmm.bayes.svi import usable_log_weights
+
+    assert usable_log_weights(np.array([-3.0, -np.inf, -1.0]))
+    assert not usable_log_weights(np.array([-3.0, np.nan, -1.0]))
+    assert not usable_log_weights(np.array([-3.0, np.inf]))
+    assert not usable_log_weights(np.full(3, -np.inf))

@@ -51,6 +51,7 @@ What it reports:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -98,9 +99,16 @@ def map_census(key, x, spec, restarts, *, max_iter=1000, tol=1e-8, mode_toleranc
     Returns:
         ``{"log_posterior": [R floats], "fitter": [R], "params": [R GMMParams],
         "mode": [R ints], "modes": [{"log_posterior", "restarts", "params"}]}``; modes
-        best first (mode 0 has the highest log posterior).
+        best first (mode 0 has the highest log posterior). When the prior has no MAP
+        (its ``no_map_reason``), the restarts are maximum-likelihood EM fits and
+        "log_posterior" holds their log-likelihood per sample (fitter "em (ML: no MAP)").
     """
-    closed_form = getattr(spec.prior, "em_m_step", None) is not None
+    # A prior whose density is unbounded (e.g. sparse Dirichlet weights) has no MAP: the
+    # census then runs EM without the prior and ranks restarts by log-likelihood.
+    no_map = getattr(spec.prior, "no_map_reason", lambda s: None)(spec)
+    if no_map:
+        spec = dataclasses.replace(spec, prior=None)
+    closed_form = getattr(spec.prior, "em_m_step", None) is not None or spec.prior is None
     n = int(np.shape(restarts.means)[0])
     keys = jax.random.split(key, n)
     out = {"log_posterior": [], "fitter": [], "params": []}
@@ -116,7 +124,7 @@ def map_census(key, x, spec, restarts, *, max_iter=1000, tol=1e-8, mode_toleranc
         params = jax.tree_util.tree_map(np.asarray, fit.params)
         lp = _log_posterior(fit, x, spec)
         out["log_posterior"].append(lp if np.isfinite(lp) else -np.inf)
-        out["fitter"].append("em" if closed_form else "gradient")
+        out["fitter"].append(("em (ML: no MAP)" if no_map else "em") if closed_form else "gradient")
         out["params"].append(jaxgmm.GMMParams(*params))
     order = np.argsort(-np.asarray(out["log_posterior"]), kind="stable")
     modes, mode_of = [], [None] * n

@@ -421,7 +421,10 @@ def importance_terms(key, handle, guide_params, x, n_draws, symmetrize=False):
     guide, model, spec = handle.guide, handle.model, handle.spec
     prior = model_prior(spec)
     k = spec.n_components
-    perms = jnp.asarray(list(itertools.permutations(range(k))), dtype=jnp.int32)
+    # K! rows: built only when used (K = 10 would be 3.6 million).
+    perms = (
+        jnp.asarray(list(itertools.permutations(range(k))), dtype=jnp.int32) if symmetrize else None
+    )
 
     def one(draw_key):
         seeded = handlers.seed(handlers.substitute(guide, data=guide_params), draw_key)
@@ -456,6 +459,14 @@ def log_importance_weights(key, handle, guide_params, x, n_draws, symmetrize=Fal
     ``symmetrize`` the weights of the symmetrised proposal (see `importance_terms`)."""
     log_p, _, log_q_sym = importance_terms(key, handle, guide_params, x, n_draws, symmetrize)
     return log_p - log_q_sym
+
+
+def usable_log_weights(log_weights):
+    """Whether an importance estimate can be formed from ``log_weights``: no NaN or +inf,
+    and at least one finite weight (-inf is a zero weight, e.g. a draw whose likelihood
+    underflows, and is allowed)."""
+    w = np.asarray(log_weights)
+    return bool(not np.isnan(w).any() and not np.isposinf(w).any() and np.isfinite(w).any())
 
 
 def _log_mean_exp(log_weights):
@@ -517,7 +528,7 @@ def importance_estimate(key, handle, guide_params, x, n_draws=1000, symmetrize=N
         for a in importance_terms(key_is, handle, guide_params, x, n_draws, sym)
     )
     raw, weights = log_p - log_q, log_p - log_q_sym
-    finite = np.isfinite(weights).all()
+    finite = usable_log_weights(weights) and usable_log_weights(raw)
     summary = psis.summarize(weights) if finite else {"ess": float("nan"), "pareto_k": None}
     raw_log_mean, _ = _log_mean_exp(raw) if finite else (float("nan"), None)
     log_mean, stderr = _log_mean_exp(weights) if finite else (float("nan"), float("nan"))

@@ -119,7 +119,8 @@ def check_prior(spec, n_features, dtype):
     prior = spec.prior
     if prior is None:
         return
-    prior.check(spec, n_features)
+    if hasattr(prior, "check"):  # a duck-typed prior may define log_density alone
+        prior.check(spec, n_features)
     shapes = abstract_params(spec, n_features, dtype)
 
     def density(params):

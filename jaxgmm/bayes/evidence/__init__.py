@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 
 from jaxgmm._registry import lookup
-from jaxgmm.bayes.evidence._common import LogEvidence, prepare
+from jaxgmm.bayes.evidence._common import LogEvidence, prepare, raw_key
 from jaxgmm.bayes.evidence.bridge import log_evidence_bridge
 from jaxgmm.bayes.evidence.exact import log_evidence_exact
 from jaxgmm.bayes.evidence.importance import log_evidence_importance
@@ -38,7 +38,7 @@ def log_evidence(key, x, spec, method="smc", **options) -> LogEvidence:
     """Estimate log p(X) under ``spec.prior`` by ``method``.
 
     Args:
-        key: PRNG key.
+        key: PRNG key (raw ``PRNGKey`` or typed ``jax.random.key``; unused by ``exact``).
         x: array of shape (n_samples, n_features).
         spec: `GMMSpec` with a proper prior (data-dependent defaults are filled from x).
         method: a key of `EVIDENCE_METHODS`.
@@ -60,7 +60,7 @@ def log_evidence(key, x, spec, method="smc", **options) -> LogEvidence:
         raise ValueError(
             f"evidence method {method!r} has no option(s) {unknown}; valid options: {valid}"
         )
-    return fn(key, x, spec, **options)
+    return fn(raw_key(key), x, spec, **options)
 
 
 __all__ = [

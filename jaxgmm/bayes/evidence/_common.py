@@ -26,6 +26,16 @@ class LogEvidence(NamedTuple):
     diagnostics: dict
 
 
+def raw_key(key):
+    """``key`` as a raw uint32 key: NumPyro's seed handler inside a traced function refuses
+    a typed key (``jax.random.key``), and both carry the same bits."""
+    import jax
+
+    if key is not None and jax.dtypes.issubdtype(jax.numpy.asarray(key).dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    return key
+
+
 def prepare(x, spec, name="x"):
     """(x as a checked JAX array, spec with its prior's data defaults filled from x).
 

@@ -28,7 +28,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from jaxgmm._cache import BoundedCache
-from jaxgmm.bayes.evidence._common import LogEvidence, prepare
+from jaxgmm.bayes.evidence._common import LogEvidence, prepare, raw_key
 from jaxgmm.bayes.evidence._sites import SiteLayout, map_points
 from jaxgmm.fit.validation import check_int, check_positive
 from jaxgmm.model.linalg import cholesky, triangular_solve
@@ -244,7 +244,7 @@ def log_evidence_smc(
     runner = _COMPILED.get(cache_key)
     if runner is None:
         runner = _COMPILED[cache_key] = _Runner(layout, n_particles, n_mh_steps, target_ess)
-    key_init, key_stages = jax.random.split(key)
+    key_init, key_stages = jax.random.split(raw_key(key))
     state = runner.init(jax.random.split(key_init, n_runs), x)
     n_stages = np.zeros(n_runs, dtype=int)
     betas, ess, acc = [], [], []

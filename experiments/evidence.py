@@ -161,7 +161,7 @@ def target(evidence):
 
 
 def grid_evidence(rows, config, x_train, key, default_prior):
-    """Add ``log_evidence`` and ``log_evidence_stderr`` (totals, nats) to every fitted
+    """Add ``log_evidence_total`` and ``log_evidence_stderr_total`` (nats) to every fitted
     model-selection grid row, under ``model.prior`` or ``default_prior`` (a prior config
     dict) resolved for the cell's K and covariance type, by the first estimator listed; a
     cell the estimator refuses gets ``log_evidence_error``. Rows are changed in place."""
@@ -188,7 +188,7 @@ def grid_evidence(rows, config, x_train, key, default_prior):
         if "error" in entry:
             row["log_evidence_error"] = entry["error"]
             continue
-        row["log_evidence"] = entry["estimate_total"]
-        row["log_evidence_stderr"] = entry["stderr_total"]
+        row["log_evidence_total"] = entry["estimate_total"]
+        row["log_evidence_stderr_total"] = entry["stderr_total"]
         row["log_evidence_method"] = name
     return rows

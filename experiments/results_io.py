@@ -57,7 +57,7 @@ TRACE_COLUMNS = ("method", "iteration", "log_likelihood", "bound", "bound_name",
 TRACE_OPTIONAL_COLUMNS = ("target", "log_prior")
 MODEL_SELECTION_COLUMNS = (
     "covariance_type", "n_components", "n_parameters", "train_log_likelihood",
-    "test_log_likelihood", "bic", "aic", "icl", "log_evidence", "log_evidence_stderr",
+    "test_log_likelihood", "bic", "aic", "icl", "log_evidence_total", "log_evidence_stderr_total",
     "n_iter", "converged", "fit_s", "degenerate", "error",
 )  # fmt: skip
 

@@ -142,14 +142,14 @@ def summarize(source):
     if not any(v is not None for v in icl.values()):
         icl = {}
     evidence = {
-        (r["covariance_type"], r["n_components"]): 2.0 * r["log_evidence"]
+        (r["covariance_type"], r["n_components"]): 2.0 * r["log_evidence_total"]
         for r in rows
-        if r.get("log_evidence") is not None
+        if r.get("log_evidence_total") is not None
     }
     evidence_se = {
-        (r["covariance_type"], r["n_components"]): 2.0 * r["log_evidence_stderr"]
+        (r["covariance_type"], r["n_components"]): 2.0 * r["log_evidence_stderr_total"]
         for r in rows
-        if r.get("log_evidence_stderr") is not None
+        if r.get("log_evidence_stderr_total") is not None
     }
     best = grid.get("bic_best_model")
     if best is not None:

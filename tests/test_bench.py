@@ -17,6 +17,7 @@ def test_score_float64_matches_sklearn():
     np.testing.assert_allclose(ours, gm.score(x), rtol=1e-10)
 
 
+@pytest.mark.slow  # a full benchmark run in subprocesses (105 s); opt-in with -m slow
 def test_bench_smallest_size(tmp_path, monkeypatch):
     # The optional peers (when installed) are tested on their own below.
     monkeypatch.setattr(cli, "TOOLS", {t: cli.TOOLS[t] for t in ("jaxgmm", "jaxgmm-cores", "sklearn")})
@@ -208,6 +209,7 @@ def test_vb_adapters_agree_from_the_shared_start(cov_type):
     assert abs(ll - em.score(x)) > 1e-6
 
 
+@pytest.mark.slow  # a benchmark run (44 s); the VB adapters' agreement is tested above
 def test_bench_vb_rows_and_ratios(tmp_path, monkeypatch, capsys):
     tools = ("jaxgmm", "sklearn", "jaxgmm-vb", "sklearn-vb")
     monkeypatch.setattr(cli, "TOOLS", {t: cli.TOOLS[t] for t in tools})

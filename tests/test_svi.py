@@ -95,7 +95,9 @@ def test_map_agrees_em_gradient_auto_delta(x, require_x64):
     assert float(log_posterior(x, ml.params, spec)) < values[0] - 1e-3
 
 
-@pytest.mark.parametrize("guide", ["auto_normal", "auto_multivariate_normal"])
+@pytest.mark.parametrize(
+    "guide", ["auto_normal", pytest.param("auto_multivariate_normal", marks=pytest.mark.slow)]
+)
 def test_stochastic_guides_elbo_below_importance_sampling(guide, x):
     spec = jaxgmm.GMMSpec(2, "full", prior=make_prior("conjugate"))
     svi = fit_svi(jax.random.key(3), x, spec, guide=guide, num_steps=1500)
@@ -117,6 +119,7 @@ def _two_clusters():
     )
 
 
+@pytest.mark.slow  # 57 s; VB's sparse priors empty components in the default run (test_vb*)
 def test_sparse_dirichlet_empties_surplus_components():
     """K=4 on two clusters: the two surplus components empty out (with the same settings
     and weight_concentration=1 they keep about 1% of the mass; see docs/bayes.md)."""

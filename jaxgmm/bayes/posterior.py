@@ -125,14 +125,8 @@ def relabel(draws, reference, spec, scale=None, *, method="means", x=None, max_i
     else:
         if x is None:
             raise ValueError("relabel(method='stephens') needs x, the data the draws fit")
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != means.shape[-1]:
-            raise ValueError(
-                f"relabel: x must have shape (n_samples, {means.shape[-1]}), got {x.shape}"
-            )
-        stride = -(-x.shape[0] // STEPHENS_MAX_ROWS)
         dtype = jax.dtypes.canonicalize_dtype(means.dtype)
-        rows = jnp.asarray(x[::stride], dtype=dtype)
+        rows = _strided_rows(x, means.shape[-1], dtype, "relabel")
         flat = jax.tree_util.tree_map(
             lambda a: jnp.asarray(a).reshape((-1,) + np.shape(a)[len(lead) :]), draws
         )
@@ -173,10 +167,11 @@ def _allocation_probabilities(x, flat_draws, spec):
     return jax.lax.map(lambda p: jax.nn.softmax(weighted_log_prob(x, p, spec), axis=-1), flat_draws)
 
 
-def _strided_rows(x, n_features, dtype):
+def _strided_rows(x, n_features, dtype, caller):
+    """At most `STEPHENS_MAX_ROWS` evenly strided rows of ``x`` (checked), as ``dtype``."""
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != n_features:
-        raise ValueError(f"x must have shape (n_samples, {n_features}), got {x.shape}")
+        raise ValueError(f"{caller}: x must have shape (n_samples, {n_features}), got {x.shape}")
     stride = -(-x.shape[0] // STEPHENS_MAX_ROWS)
     return jnp.asarray(x[::stride], dtype=dtype)
 
@@ -211,7 +206,7 @@ def allocation_distance(x, draws, reference, spec):
     """
     lead = np.shape(draws.means)[:-2]
     dtype = jax.dtypes.canonicalize_dtype(np.asarray(draws.means).dtype)
-    rows = _strided_rows(x, np.shape(draws.means)[-1], dtype)
+    rows = _strided_rows(x, np.shape(draws.means)[-1], dtype, "allocation_distance")
     probs = allocation_probabilities(rows, draws, spec)
     probs = probs.reshape((-1,) + probs.shape[-2:])
     ref = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), reference)

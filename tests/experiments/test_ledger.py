@@ -237,8 +237,8 @@ def test_summary_ranks_the_grid_by_log_evidence_beside_bic():
             "n_components": k,
             "bic": b,
             "icl": b + 1.0,
-            "log_evidence": z,
-            "log_evidence_stderr": 0.05,
+            "log_evidence_total": z,
+            "log_evidence_stderr_total": 0.05,
         }  # fmt: skip
         for k, b, z in ((1, 100.0, -60.0), (2, 90.0, -52.0), (3, 95.0, -55.0))
     ]

@@ -69,3 +69,15 @@ def test_maximum_likelihood_restarts_have_no_log_posterior(problem):
     result = jaxgmm.fit_em(jax.random.PRNGKey(0), x, ml, init=batch, max_iter=5)
     assert result.restarts.log_posterior is None
     assert result.best_restart == int(np.argmax(result.restarts.log_likelihood))
+
+
+def test_svi_auto_delta_keeps_restart_with_highest_log_posterior(problem):
+    x, spec, _, alone, log_post, _ = problem
+    # Started at the two EM modes, a few small steps keep each restart at its mode.
+    result = jaxgmm.fit_svi(
+        jax.random.PRNGKey(0), x, spec, guide="auto_delta", num_steps=5,
+        optimizer={"name": "adam", "learning_rate": 1e-5}, init=_stack([r.params for r in alone]),
+    )  # fmt: skip
+    fit = result.fit
+    assert fit.best_restart == int(np.argmax(log_post)), fit.restarts.log_posterior
+    np.testing.assert_allclose(fit.restarts.log_posterior * x.shape[0], log_post, rtol=1e-4)

@@ -36,7 +36,7 @@ from jaxgmm.bayes import psis
 from jaxgmm.bayes.inference_data import svi_inference_data
 from jaxgmm.bayes.model import gmm_model, model_prior
 from jaxgmm.fit.driver import FitResult, run_fitter
-from jaxgmm.fit.fitter import Fitter
+from jaxgmm.fit.fitter import DriverHooks, Fitter
 from jaxgmm.fit.results import all_finite
 from jaxgmm.fit.validation import (
     check_data,
@@ -259,6 +259,16 @@ def svi_fitter(
     def get_params(state):
         return point_estimate(handle, svi.get_params(SVIState(state.optim_state, None, None)))
 
+    hooks = None
+    if guide == "auto_delta":
+        # A MAP fit: the driver ranks restarts by log posterior, as for EM and gradient MAP.
+        prior, dtype = model_prior(spec), jnp.dtype(dtype_name)
+
+        def restart_log_prior(state):
+            sites = median_sites(handle, svi.get_params(SVIState(state.optim_state, None, None)))
+            return prior.log_density_of_sites(sites, spec, n_features, dtype)
+
+        hooks = DriverHooks(log_prior=restart_log_prior)
     return Fitter(
         name=f"svi_{guide}",
         bound_name="log_joint" if guide == "auto_delta" else "elbo",
@@ -267,6 +277,7 @@ def svi_fitter(
         get_params=get_params,
         tol=tol,
         tol_on="bound",
+        hooks=hooks,
     ), handle
 
 

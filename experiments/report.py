@@ -271,6 +271,25 @@ def _evidence_disagreements(evidence):
     return found
 
 
+def _evidence_bias(evidence):
+    """A warning per estimate whose runs spread so much that the mean of their log Z is
+    biased low by more than its standard error (smc's ``jensen_bias``)."""
+    found = []
+    n = (evidence or {}).get("n_train") or 1
+    for name, entry in ((evidence or {}).get("estimates") or {}).items():
+        bias = (entry.get("diagnostics") or {}).get("jensen_bias")
+        if bias is None or "error" in entry or not bias > max(entry["stderr_total"], 1.0):
+            continue
+        found.append(
+            f"evidence {name}: its runs' log p(X) spread (sd "
+            f"{entry['diagnostics']['run_sd']:.3g} nats) biases their mean low by about "
+            f"{bias / n:.3g} nats per sample (var / 2), more than its +- "
+            f"{entry['stderr_per_sample']:.2g}, which omits it; raise "
+            f"evidence.options.{name}.n_mh_steps or n_particles"
+        )
+    return found
+
+
 def ledger_warnings(rows, evidence=None):
     """Warnings of the run's ledger: a bound above its target, a target that could not
     be estimated."""
@@ -299,6 +318,7 @@ def ledger_warnings(rows, evidence=None):
                 "estimate is at least that much low (its estimator's bias or noise)"
             )
     found.extend(_evidence_disagreements(evidence))
+    found.extend(_evidence_bias(evidence))
     if evidence and evidence.get("target") is None:
         why = evidence.get("unavailable") or "; ".join(
             f"{k}: {v.get('error')}" for k, v in evidence["estimates"].items()

@@ -163,6 +163,11 @@ def test_smc_matches_exact(k):
     assert result.method == "smc" and 0 < result.stderr < 0.5
     assert within(result, exact), (result, exact)
     assert len(diag["run_estimates"]) == 5 and min(diag["n_stages"]) >= 1
+    runs = np.asarray(diag["run_estimates"])
+    np.testing.assert_allclose(diag["jensen_bias"], np.var(runs, ddof=1) / 2, rtol=1e-12)
+    log_mean_z = np.log(np.mean(np.exp(runs - runs.max()))) + runs.max()
+    np.testing.assert_allclose(diag["log_mean_z"], log_mean_z, rtol=1e-12)
+    assert log_mean_z >= result.estimate  # Jensen: the log of the mean Z is above
     assert diag["betas"][-1] == 1.0 and np.all(np.diff(diag["betas"]) > 0)
     assert diag["min_ess"] >= 0.45 * 400 and 0 < diag["acceptance_min"] <= 1
 

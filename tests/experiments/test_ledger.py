@@ -310,3 +310,21 @@ def test_evidence_estimators_that_disagree_are_reported():
     warnings = ledger_warnings({}, evidence)
     assert len(warnings) == 1 and warnings[0].startswith("evidence: smc (-2.05207")
     assert "4 standard errors" in warnings[0]
+
+
+def test_smc_runs_that_spread_are_reported_as_biased_low():
+    from experiments.report import ledger_warnings
+
+    def smc(runs):
+        runs = np.asarray(runs)
+        stderr = runs.std(ddof=1) / np.sqrt(runs.size)
+        diag = {"run_sd": runs.std(ddof=1), "jensen_bias": runs.var(ddof=1) / 2}
+        return {"per_sample": runs.mean() / 150, "stderr_total": stderr,
+                "stderr_per_sample": stderr / 150, "diagnostics": diag}  # fmt: skip
+
+    iris = {"target": "smc", "n_train": 150,
+            "estimates": {"smc": smc([-311.27, -313.68, -299.60, -306.69])}}  # fmt: skip
+    (warning,) = ledger_warnings({}, iris)
+    assert warning.startswith("evidence smc:") and "0.128 nats per sample" in warning
+    tight = {"target": "smc", "n_train": 150, "estimates": {"smc": smc([-300.1, -300.3, -299.9])}}
+    assert ledger_warnings({}, tight) == []

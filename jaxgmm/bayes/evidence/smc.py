@@ -228,7 +228,10 @@ def log_evidence_smc(
         `LogEvidence`; diagnostics: ``run_estimates`` (R log Z),
         ``n_stages`` (per run), ``min_ess`` (the smallest incremental-weight ESS of any
         stage, in particles), ``acceptance_min`` / ``acceptance_mean`` (of the stages'
-        mean Metropolis acceptance), ``betas`` (run 0's temperature ladder).
+        mean Metropolis acceptance), ``betas`` (run 0's temperature ladder), ``run_sd``
+        (the runs' standard deviation of log Z), ``jensen_bias`` (run_sd^2 / 2, about how
+        far the estimate, a mean of log Z, is low: it is not in ``stderr``; more MH steps
+        or particles shrink it) and ``log_mean_z`` (log of the runs' mean Z).
     """
     x, spec = prepare(x, spec)
     n_particles = check_int(n_particles, "n_particles", 2)
@@ -282,6 +285,12 @@ def log_evidence_smc(
         "acceptance_min": float(acc.min()),
         "acceptance_mean": float(acc.mean()),
         "betas": [b for b in betas if b is not None],
+        # Each run's Z estimate is unbiased, so its log is biased low by about
+        # Var(log Z_r) / 2 (exactly so for a log-normal Z_r); the mean of the runs' log Z
+        # keeps that bias however many runs there are, and the standard error omits it.
+        "run_sd": float(estimates.std(ddof=1)),
+        "jensen_bias": float(estimates.var(ddof=1) / 2.0),
+        "log_mean_z": float(logsumexp(estimates) - math.log(n_runs)),
     }
     return LogEvidence(
         estimate=float(estimates.mean()),

@@ -8,7 +8,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, special, stats
 from scipy.special import betaln, logsumexp
 
 import jaxgmm
@@ -139,9 +139,32 @@ def test_exact_refuses_what_it_cannot_enumerate():
         )
     with pytest.raises(ValueError, match="tied"):
         jaxgmm.log_evidence(None, x, conjugate_spec(2, "tied"), method="exact")
-    with pytest.raises(ValueError, match="dirichlet_distribution"):
-        spec = conjugate_spec(2, weight_prior_type="dirichlet_process")
-        jaxgmm.log_evidence(None, x, spec, method="exact")
+
+
+def test_stick_breaking_allocation_probability_matches_integration():
+    """exact's p(z) under stick-breaking weights (sticks ~ Beta(1, gamma)) against the
+    sticks integrated numerically (K = 3) and the Dirichlet(1, gamma) closed form (K = 2)."""
+    from scipy.special import gammaln
+
+    from jaxgmm.bayes.evidence.exact import _log_allocation_probability
+
+    gamma, counts = 0.7, np.array([[3.0, 1.0, 2.0]])
+    # E over sticks v1, v2 ~ Beta(1, gamma) of prod_k w_k^{n_k}, by Gauss-Legendre on [0, 1]^2
+    # (smooth here: the (1 - v)^(gamma - 1) factors meet positive powers of 1 - v).
+    nodes, weights = special.roots_legendre(200)
+    v, quad_w = (nodes + 1) / 2, weights / 2
+    v1, v2 = np.meshgrid(v, v, indexing="ij")
+    w = np.stack([v1, (1 - v1) * v2, (1 - v1) * (1 - v2)])
+    beta = stats.beta(1, gamma)
+    integrand = beta.pdf(v1) * beta.pdf(v2) * np.prod(w ** counts[0][:, None, None], axis=0)
+    value = quad_w @ integrand @ quad_w
+    got = _log_allocation_probability(counts, "dirichlet_process", gamma)
+    np.testing.assert_allclose(got, [math.log(value)], rtol=1e-9)
+    n1, n2 = 4.0, 3.0
+    dirichlet = (gammaln(1 + gamma) - gammaln(1 + gamma + n1 + n2) + gammaln(1 + n1)
+                 + gammaln(gamma + n2) - gammaln(gamma))  # fmt: skip
+    got = _log_allocation_probability(np.array([[n1, n2]]), "dirichlet_process", gamma)
+    np.testing.assert_allclose(got, [dirichlet], rtol=1e-12)
 
 
 # ------------------------------------------------------------------------ smc
@@ -195,6 +218,18 @@ def test_bridge_matches_exact(k):
     assert np.isfinite(diag["pareto_k"])
 
 
+def test_smc_matches_exact_under_stick_breaking_weights_and_bridge_refuses():
+    x = toy1d()
+    spec = conjugate_spec(2, weight_prior_type="dirichlet_process", weight_concentration=0.5)
+    exact = jaxgmm.log_evidence(None, x, spec, method="exact").estimate
+    result = jaxgmm.log_evidence(
+        jax.random.PRNGKey(5), x, spec, method="smc", n_particles=400, n_mh_steps=10
+    )
+    assert within(result, exact), (result, exact)
+    with pytest.raises(ValueError, match="not exchangeable.*use method 'smc'"):
+        jaxgmm.log_evidence(jax.random.PRNGKey(0), x, spec, method="bridge", num_samples=4)
+
+
 def test_bridge_permutation_set():
     from jaxgmm.bayes.evidence.bridge import _permutation_set
 
@@ -212,7 +247,9 @@ def test_bridge_permutation_set():
     class Labelled:
         exchangeable = False
 
-    assert _permutation_set(Labelled(), 3, None, key).tolist() == [[0, 1, 2]]
+    assert _permutation_set(Labelled(), 1, None, key).tolist() == [[0]]
+    with pytest.raises(ValueError, match="not exchangeable"):
+        _permutation_set(Labelled(), 3, None, key)
 
 
 @pytest.mark.slow

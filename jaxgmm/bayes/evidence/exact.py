@@ -122,9 +122,29 @@ def _component_log_marginals(onehot, x, spec, prior):
     return log_marginal_nig(count, total, sum_sq, m0, kappa, nu / 2, np.trace(psi) / (2 * d))
 
 
+def _log_allocation_probability(counts, weight_prior_type, alpha):
+    """(A,) log p(z) of allocation sequences with component counts ``counts`` (A, K), the
+    weights integrated out: Dirichlet-multinomial for Dirichlet(alpha) weights; for
+    stick-breaking (sticks v_k ~ Beta(1, alpha), k < K) the product over k < K of
+    B(1 + n_k, alpha + n_{>k}) / B(1, alpha), n_{>k} the count of later components."""
+    n = counts.sum(axis=1)
+    k = counts.shape[1]
+    if weight_prior_type == "dirichlet_distribution":
+        return (
+            gammaln(k * alpha)
+            - gammaln(k * alpha + n)
+            + np.sum(gammaln(alpha + counts) - gammaln(alpha), axis=1)
+        )
+    later = n[:, None] - np.cumsum(counts, axis=1)  # n_{>k}
+    a, b = 1.0 + counts[:, :-1], alpha + later[:, :-1]
+    log_beta = gammaln(a) + gammaln(b) - gammaln(a + b)
+    return np.sum(log_beta - (gammaln(1.0) + gammaln(alpha) - gammaln(1.0 + alpha)), axis=1)
+
+
 def check_exact_supported(spec, n_samples):
-    """ValueError unless ``spec`` has a conjugate Dirichlet prior whose components are
-    independent given the allocation, and K^N is at most `MAX_ALLOCATIONS`."""
+    """ValueError unless ``spec`` has a conjugate prior (Dirichlet or stick-breaking
+    weights) whose components are independent given the allocation, and K^N is at most
+    `MAX_ALLOCATIONS`."""
     from jaxgmm.priors.conjugate import ConjugatePrior
 
     prior, k = spec.prior, spec.n_components
@@ -132,11 +152,6 @@ def check_exact_supported(spec, n_samples):
         raise ValueError(
             "method 'exact' needs the conjugate prior (jaxgmm.priors.ConjugatePrior), got "
             f"prior {getattr(prior, 'name', prior)!r}; use method 'smc' or 'bridge'"
-        )
-    if prior.weight_prior_type != "dirichlet_distribution":
-        raise ValueError(
-            "method 'exact' needs weight_prior_type='dirichlet_distribution', got "
-            f"{prior.weight_prior_type!r}; use method 'smc' or 'bridge'"
         )
     if spec.covariance_type == "tied" and k > 1:
         raise ValueError(
@@ -157,8 +172,8 @@ def log_evidence_exact(key, x, spec) -> LogEvidence:
     Args:
         key: unused (the value is exact); kept for the common signature.
         x: array of shape (n_samples, n_features).
-        spec: `GMMSpec` whose prior is a `ConjugatePrior` with Dirichlet weights
-            (``full``, ``diag``, ``spherical``; ``tied`` only at K = 1), K^N at most
+        spec: `GMMSpec` whose prior is a `ConjugatePrior` with Dirichlet or stick-breaking
+            weights (``full``, ``diag``, ``spherical``; ``tied`` only at K = 1), K^N at most
             `MAX_ALLOCATIONS`.
 
     Returns:
@@ -180,12 +195,7 @@ def log_evidence_exact(key, x, spec) -> LogEvidence:
         z = (index[:, None] // powers) % k  # (A, N) base-K digits
         onehot = (z[:, :, None] == np.arange(k)).astype(np.float64)
         counts = onehot.sum(axis=1)
-        # Dirichlet-multinomial probability of the allocation sequence.
-        log_pz = (
-            gammaln(k * alpha)
-            - gammaln(k * alpha + n)
-            + np.sum(gammaln(alpha + counts) - gammaln(alpha), axis=1)
-        )
+        log_pz = _log_allocation_probability(counts, spec.prior.weight_prior_type, alpha)
         log_m = _component_log_marginals(onehot, x, spec, spec.prior).sum(axis=1)
         parts.append(logsumexp(log_pz + log_m))
     return LogEvidence(

@@ -29,7 +29,7 @@ from experiments.config_engine import Field
 
 # The methods that report a posterior (and so an ELBO, or draws): a run with one of them
 # estimates log p(X) under their prior unless evidence.methods is null.
-POSTERIOR_METHODS = ("svi", "nuts", "vb")
+POSTERIOR_METHODS = ("svi", "nuts", "smc", "vb")
 
 
 def registry():
@@ -64,7 +64,7 @@ CONFIG = {
     "methods": Field(
         ["smc"], "list[str]", _check_methods,
         "log-evidence estimators (keys of jaxgmm.EVIDENCE_METHODS), the first the ELBOs' "
-        "target; run when a posterior method (svi, nuts, vb) is listed (null: none)",
+        "target; run when a posterior method (svi, nuts, smc, vb) is listed (null: none)",
         nullable=True,
     ),
     "options": Field(

@@ -9,8 +9,8 @@ the target that bound lies below, side by side, per sample (nats / n_train).
   prior); no bound, no target.
 - vb, svi: optimise the ELBO; bound the ELBO, target log p(X) (`experiments.evidence`).
   svi with ``auto_delta``: the log joint at a point (MAP), no bound.
-- nuts: a sampler, no bound; the entry holds its draws' mean log-likelihood (with its
-  Monte Carlo standard error) and log p(X).
+- nuts, smc: samplers, no bound; the entry holds the draws' mean log-likelihood (with its
+  Monte Carlo standard error: NUTS's by chain, SMC's by run) and log p(X).
 
 theta is the method's final parameters; L(q, theta) is EM's last traced bound
 L(q_{T-1}, theta_T), so its target is at the same theta_T. Every entry holds ``gap`` =
@@ -50,6 +50,18 @@ def _draws_mean_and_se(log_likelihood, chain):
     if not (math.isfinite(ess) and ess > 0):
         return mean, None
     return mean, float(np.std(draws, ddof=1) / math.sqrt(ess))
+
+
+def _runs_mean_and_se(log_likelihood, run):
+    """Mean of the draws' log-likelihoods and its standard error from R independent runs
+    (sd of the run means / sqrt(R)): an SMC run's particles are correlated through
+    resampling, so an autocorrelation ESS would overstate their information."""
+    draws = np.asarray(log_likelihood, np.float64)
+    run = np.asarray(run)
+    means = np.array([draws[run == r].mean() for r in np.unique(run)])
+    if means.size < 2:
+        return float(np.mean(draws)), None
+    return float(np.mean(draws)), float(np.std(means, ddof=1) / math.sqrt(means.size))
 
 
 def _entry(objective, bound_name=None, bound=None, bound_stderr=None, target_name=None,
@@ -97,7 +109,7 @@ def method_ledger(name, row, result, evidence, n_train):
     """The ledger entry of one method.
 
     Args:
-        name: the method ("em", "gradient", "svi", "nuts", "vb").
+        name: the method ("em", "gradient", "svi", "nuts", "smc", "vb").
         row: its metrics row (train_log_likelihood, log_prior_total, bound_final, extra).
         result: its `experiments.methods.MethodResult` (trace, posterior draws).
         evidence: the run's `experiments.evidence.estimate_evidence` dict, or None.
@@ -143,11 +155,12 @@ def method_ledger(name, row, result, evidence, n_train):
                 evidence, "elbo", extra.get("elbo"), extra.get("elbo_stderr"), "ELBO",
                 note="ELBO from svi.n_eval_samples fresh guide draws",
             )  # fmt: skip
-    elif name == "nuts":
+    elif name in ("nuts", "smc"):
         entry = _entry(None, note="a sampler: no bound; its draws' log-likelihood and log p(X)")
         posterior = result.posterior if result is not None else None
         if posterior and "log_likelihood" in posterior:
-            mean, se = _draws_mean_and_se(posterior["log_likelihood"], posterior.get("chain"))
+            spread = _runs_mean_and_se if name == "smc" else _draws_mean_and_se
+            mean, se = spread(posterior["log_likelihood"], posterior.get("chain"))
             entry["draws_log_likelihood"] = mean
             entry["draws_log_likelihood_stderr"] = se
     else:  # a method this ledger does not know: say so rather than guess
@@ -158,7 +171,7 @@ def method_ledger(name, row, result, evidence, n_train):
         entry["objective_value"] = (
             entry["target"] if name == "em" else entry["bound"] if name in ("vb", "svi") else None
         )
-    if name in ("vb", "svi", "nuts"):
+    if name in ("vb", "svi", "nuts", "smc"):
         found = evidence_target(evidence)
         entry["log_evidence"] = None if found is None else found["per_sample"]
         entry["log_evidence_stderr"] = None if found is None else found["stderr_per_sample"]

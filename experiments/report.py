@@ -138,17 +138,17 @@ def table_blocks(metrics):
 
 LEGEND = (
     "legend: train/test ll = log-likelihood per sample at each method's parameters (svi, "
-    "nuts, vb: a posterior summary); objective = the final value of what the method "
+    "nuts, smc, vb: a posterior summary); objective = the final value of what the method "
     "optimises (column optimises); bound = the method's final bound (em: L(q,theta), "
     "plus log p(theta)/N with a prior; vb, svi: the ELBO, svi's from n_eval_samples fresh "
     "guide draws); target = what it bounds (em: log p(X|theta) [+ log p(theta)/N]; vb, svi: "
     "log p(X), the run's log-evidence estimate); +- = Monte Carlo standard error (blank: "
     "exact); holds = gap <= 3 (+-) plus rounding; log p(X) = log evidence under the "
     "posterior methods' prior; draws ll = the mean log-likelihood of a sampler's draws "
-    "(E[ll | X]; +- from its effective sample size); log prior = log p(theta)/N at the reported parameters; "
+    "(E[ll | X]; +- from its effective sample size, smc's from its runs' spread); log prior = log p(theta)/N at the reported parameters; "
     "traced = the per-iteration column of traces.csv; "
     "converged = the method's stopping test passed (fixed steps: none was asked for); "
-    "iters = iterations (nuts: kept draws, all chains); compile s and run s apart (in run: "
+    "iters = iterations (nuts: kept draws, all chains; smc: final particles, all runs); compile s and run s apart (in run: "
     "compiled inside the run, and counted in run s)."
 )
 
@@ -335,7 +335,12 @@ EXTRA_COLUMNS = (
     ("log_marginal_is_stderr", "+-", ".5f"),
     ("is_ess", "IS ESS", ".0f"),
     ("is_pareto_k", "IS k-hat", ".2f"),
+    ("log_evidence_smc", "SMC log p(X)", ".5f"),
+    ("log_evidence_smc_stderr", "+-", ".5f"),
+    ("jensen_bias", "its Jensen bias", ".5f"),
     ("r_hat_max", "r-hat max", ".4f"),
+    ("unique_fraction_min", "distinct particles min", ".3f"),
+    ("acceptance_min", "acceptance min", ".3f"),
     ("ess_bulk_min", "bulk ESS min", ".0f"),
     ("ess_tail_min", "tail ESS min", ".0f"),
     ("tree_depth_saturated", "saturated trees", "d"),
@@ -397,9 +402,21 @@ def _restart_text(restart):
 
 def _sampler_warning(name, status, extra):
     """The warning of a sampler that did not converge (NUTS statuses r_hat, ess,
-    chains_disagree), with the thresholds it was judged by."""
+    chains_disagree; SMC's r_hat, runs_disagree), with the thresholds it was judged by."""
     r_hat = extra.get("r_hat_max")
     r_hat_text = "r-hat max -" if r_hat is None else f"r-hat max {r_hat:.3f}"
+    if name == "smc" or status == "runs_disagree":
+        limit = f"r-hat across runs < {extra.get('r_hat_threshold', 1.01):g}"
+        if status == "runs_disagree":
+            why = extra.get("runs_summary") or "the runs found different modes"
+            return (
+                f"{name}: the independent runs disagree ({why}; {r_hat_text}): the "
+                "particles are not one posterior; see posterior.png and extra.census"
+            )
+        return (
+            f"{name}: the independent runs disagree ({r_hat_text}; needs {limit}): the "
+            "posterior summaries are not reliable; raise smc.n_particles or smc.n_mh_steps"
+        )
     limits = (
         f"r-hat < {extra.get('r_hat_threshold', 1.01):g}, bulk and tail ESS > "
         f"{extra.get('ess_threshold', 400):g}"
@@ -459,7 +476,7 @@ def method_warnings(name, row, settings=None):
             f"{name}: stopped at the iteration limit ({row.get('n_iter')}) before the "
             f"change fell below {name}.tol={settings['tol']:g}"
         )
-    elif status in ("r_hat", "ess", "chains_disagree"):
+    elif status in ("r_hat", "ess", "chains_disagree", "runs_disagree"):
         found.append(_sampler_warning(name, status, extra))
     if row.get("degeneracies"):
         found.append(f"{name}: degenerate result: {_degeneracy_words(row['degeneracies'])}")

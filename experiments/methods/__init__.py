@@ -8,12 +8,12 @@ and held-out log-likelihood from the shared density, BIC/AIC, ARI, recovery erro
 itself, uniformly; a method reports only what it alone knows (its trace, timings, bound,
 diagnostics, posterior draws).
 
-Entries: ``em``, ``gradient``, ``svi``, ``nuts``, ``vb``. Adding one is a module with a ``run``
+Entries: ``em``, ``gradient``, ``svi``, ``nuts``, ``smc``, ``vb``. Adding one is a module with a ``run``
 function and its config block (``Method.config``, a dict of
 `experiments.config_engine.Field`; `experiments.config` registers every entry's block),
 plus a line in ``_registry`` below.
 
-Priors: a method whose `Method.needs_prior` is set (SVI, NUTS: a posterior needs a
+Priors: a method whose `Method.needs_prior` is set (SVI, NUTS, SMC: a posterior needs a
 prior) gets ``DEFAULT_PRIOR`` (conjugate, empirical-Bayes within-cluster Psi) when
 ``model.prior`` is null; the runner records which prior every method used.
 
@@ -276,9 +276,10 @@ def result_from_fit(fit, point_estimate=True, extra=None, history=None):
 
 
 def _registry():
-    from experiments.methods import em, gradient, nuts, svi, vb
+    from experiments.methods import em, gradient, nuts, smc, svi, vb
 
-    return {m.name: m for m in (em.METHOD, gradient.METHOD, svi.METHOD, nuts.METHOD, vb.METHOD)}
+    methods = (em.METHOD, gradient.METHOD, svi.METHOD, nuts.METHOD, smc.METHOD, vb.METHOD)
+    return {m.name: m for m in methods}
 
 
 METHODS = _registry()

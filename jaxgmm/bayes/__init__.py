@@ -1,5 +1,5 @@
 """Bayesian GMMs in NumPyro: the model (whose prior comes from `jaxgmm.priors`), SVI,
-NUTS, and posterior tools (relabelling, summaries, predictive density, WAIC)."""
+NUTS, tempered SMC, and posterior tools (relabelling, summaries, predictive density, WAIC)."""
 
 from jaxgmm.bayes.model import gmm_model
 from jaxgmm.bayes.nuts import NUTSResult, fit_nuts
@@ -13,15 +13,18 @@ from jaxgmm.bayes.posterior import (
     summarize,
     waic,
 )
+from jaxgmm.bayes.smc import SMCResult, fit_smc
 from jaxgmm.bayes.svi import GUIDES, SVIResult, fit_svi, svi_fitter
 
 __all__ = [
     "GUIDES",
     "NUTSResult",
+    "SMCResult",
     "SVIResult",
     "allocation_distance",
     "allocation_probabilities",
     "fit_nuts",
+    "fit_smc",
     "fit_svi",
     "gmm_model",
     "linear_assignment",

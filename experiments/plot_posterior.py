@@ -1,4 +1,5 @@
-"""``posterior.png``: per sampled method (NUTS), from posterior.npz and metrics.json only.
+"""``posterior.png``: per sampled method (NUTS, SMC), from posterior.npz and metrics.json only.
+SMC's "chains" are its independent runs, their draws its final particles.
 
 One block of rows per method:
 
@@ -78,15 +79,24 @@ def _mixing_quantities(draws, feature, feature_name):
     return out
 
 
-def _trace_and_rank(ax_trace, ax_rank, label, per_chain):
+def _axis_words(method):
+    """(what a chain is, what its x axis counts): SMC's "chains" are its independent runs,
+    their draws the final particles (in a random order)."""
+    if method == "smc":
+        return "run", "particle (random order)"
+    return "chain", "draw (after warm-up)"
+
+
+def _trace_and_rank(ax_trace, ax_rank, label, per_chain, words=("chain", "draw (after warm-up)")):
     n_chains, n_draws = per_chain.shape
+    unit, index_label = words
     for c in range(n_chains):
         ax_trace.plot(np.arange(1, n_draws + 1), per_chain[c], lw=0.6, alpha=0.75,
-                      color=COLORS[c % len(COLORS)], label=f"chain {c}")  # fmt: skip
+                      color=COLORS[c % len(COLORS)], label=f"{unit} {c}")  # fmt: skip
     r_hat = float(rank_rhat(per_chain)) if n_chains > 1 else float("nan")
     verdict = "" if not np.isfinite(r_hat) else (" (mixed)" if r_hat < 1.01 else " (NOT mixed)")
     ax_trace.set_title(f"{label}: trace, rank r-hat {r_hat:.3f}{verdict}", fontsize=9)
-    ax_trace.set_xlabel("draw (after warm-up)", fontsize=8)
+    ax_trace.set_xlabel(index_label, fontsize=8)
     ax_trace.tick_params(labelsize=7)
     flat = per_chain.ravel()
     ranks = np.empty(flat.size)
@@ -100,7 +110,7 @@ def _trace_and_rank(ax_trace, ax_rank, label, per_chain):
     expected = n_draws / RANK_BINS
     ax_rank.axhline(expected, color="0.3", ls="--", lw=0.8, label="uniform (mixing)")
     ax_rank.set_ylim(0, max(3 * expected, ax_rank.get_ylim()[1]))
-    ax_rank.set_title(f"{label}: rank plot per chain", fontsize=9)
+    ax_rank.set_title(f"{label}: rank plot per {unit}", fontsize=9)
     ax_rank.set_xlabel("rank among all draws", fontsize=8)
     ax_rank.tick_params(labelsize=7)
 
@@ -135,6 +145,7 @@ def plot_posterior(run, path):
         ax_ll, ax_trace, ax_mu = (fig.add_subplot(grid[row, 2 * i : 2 * i + 2]) for i in range(3))
         extra = run.metrics["methods"].get(method, {}).get("extra") or {}
         chains = draws.get("chain")
+        unit, index_label = words = _axis_words(method)
         if "log_likelihood" in draws:
             ll_draws = draws["log_likelihood"]
             chains = np.zeros(len(ll_draws), dtype=int) if chains is None else chains
@@ -153,11 +164,11 @@ def plot_posterior(run, path):
             for c in np.unique(chains):
                 values = ll_draws[chains == c]
                 ax_trace.plot(np.arange(1, len(values) + 1), values, lw=0.8, alpha=0.8,
-                              label=f"chain {c}")  # fmt: skip
-            ax_trace.set(xlabel="draw (after warm-up)", ylabel=f"log-likelihood ({UNITS})")
+                              label=f"{unit} {c}")  # fmt: skip
+            ax_trace.set(xlabel=index_label, ylabel=f"log-likelihood ({UNITS})")
             # The runner's census: which MAP mode each chain's draws sit nearest.
-            verdict = extra.get("chains_summary")
-            title = f"{method}: trace per chain"
+            verdict = extra.get("chains_summary") or extra.get("runs_summary")
+            title = f"{method}: trace per {unit}"
             if verdict:
                 title += "\n" + "\n".join(textwrap.wrap(verdict, 90))
             ax_trace.set_title(title, fontsize=11 if not verdict else 7.5)
@@ -190,11 +201,11 @@ def plot_posterior(run, path):
         for label, values in quantities:
             ax_t = fig.add_subplot(grid[row, 0:4])
             ax_r = fig.add_subplot(grid[row, 4:6])
-            _trace_and_rank(ax_t, ax_r, f"{method}: {label}", _by_chain(values, chains))
+            _trace_and_rank(ax_t, ax_r, f"{method}: {label}", _by_chain(values, chains), words)
             row += 1
     fig.suptitle(
         f"{run.title}: posterior draws vs point estimates; trace and rank plots of the "
-        "relabelled draws per chain",
+        "relabelled draws per chain (smc: per run)",
         y=1 - 0.25 / total,
     )
     _save(fig, path)

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from experiments.bench import cli, peers, protocol, workers
+from experiments.bench import cli, floor, peers, protocol, workers
 
 
 def test_score_float64_matches_sklearn():
@@ -234,3 +234,171 @@ def test_bench_vb_rows_and_ratios(tmp_path, monkeypatch, capsys):
     assert lls["jaxgmm-vb"] == pytest.approx(lls["sklearn-vb"], abs=1e-9)
     assert lls["jaxgmm"] == pytest.approx(lls["sklearn"], abs=1e-9)
     assert abs(lls["jaxgmm-vb"] - lls["jaxgmm"]) > 1e-6
+
+
+# The arithmetic floor (issue 18): the flop count, its arithmetic, the rates, the profile
+# and the CLI's columns. Fast: tiny sizes, and the CLI's workers run in this process.
+
+
+def test_em_flops_by_hand():
+    # full at N=10, D=2, K=3: E 2 N K D^2 = 240; M 2 N K D^2 + 2 N K D = 240 + 120.
+    assert floor.em_flops(10, 2, 3, "full") == {"e_step": 240, "m_step": 360, "products": 600, "exps": 30}
+    assert floor.em_flops(10, 2, 3, "diag") == {"e_step": 240, "m_step": 240, "products": 480, "exps": 30}
+    assert floor.em_flops(10, 2, 3, "spherical")["products"] == 4 * 10 * 3 * 2 + 2 * 10 * 3
+    assert floor.em_flops(10, 2, 3, "tied")["products"] == 4 * 10 * 2 * 2 + 4 * 10 * 3 * 2
+    with pytest.raises(ValueError, match="diag"):
+        floor.em_flops(10, 2, 3, "banded")
+
+
+def _per_sample_products(fn, n_features, n_components, n_samples):
+    """jaxgmm's matrix-product flops per sample: the difference of two block sizes, so
+    terms independent of the samples (offsets, O(K D^2) per block) cancel."""
+    import jax.numpy as jnp
+
+    def count(n):
+        rng = np.random.default_rng(0)
+        xt = jnp.asarray(rng.normal(size=(n_features, n)))
+        resp = jnp.asarray(rng.uniform(size=(n_components, n)))
+        return floor.dot_flops(fn, xt, resp)
+
+    return (count(2 * n_samples) - count(n_samples)) / n_samples
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_em_flops_against_jaxgmm_products(cov_type):
+    # The count against an independent one: the dot_generals in the jaxprs of jaxgmm's own
+    # E-step (Mahalanobis) and M-step (second moments) for the family. The floor is a lower
+    # bound of what jaxgmm computes; where jaxgmm does more, the test says how much.
+    import jaxgmm
+
+    d, k = 3, 4
+    family = jaxgmm.model.get_family(cov_type)
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(k, d, d))
+    covs = {"full": a @ np.swapaxes(a, 1, 2) + np.eye(d), "tied": a[0] @ a[0].T + np.eye(d),
+            "diag": rng.uniform(0.5, 2, (k, d)), "spherical": rng.uniform(0.5, 2, k)}[cov_type]
+    params = jaxgmm.params_from_covariances(np.full(k, 1 / k), rng.normal(size=(k, d)), covs, cov_type)
+    expanded = family.has_expansion
+    ours_e = _per_sample_products(
+        lambda xt, r: family.mahalanobis_fm(xt, params.means, params.prec_chol, expanded), d, k, 64)
+    ours_m = _per_sample_products(
+        lambda xt, r: family.second_moments_fm(r, xt, params.means, expanded), d, k, 64)
+    flops = floor.em_flops(1, d, k, cov_type)
+    assert flops["e_step"] <= ours_e and flops["m_step"] <= ours_m
+    expected = {  # jaxgmm's products per sample
+        "full": (2 * k * d * (d + 1), flops["m_step"]),  # E: the offset rides in a column
+        "tied": (flops["e_step"], flops["m_step"] + 2 * k * d),  # M: also mu^T r
+        "diag": (flops["e_step"], flops["m_step"]),
+        "spherical": (4 * k * d, 4 * k * d),  # diag's products, per-feature scatter
+    }[cov_type]
+    assert (ours_e, ours_m) == expected
+    if cov_type == "full":
+        # float32's whitened frame forms y again and multiplies r y by [x, 1]: twice
+        # the M-step's products.
+        ours_w = _per_sample_products(
+            lambda xt, r: family.whitened_moments_fm(r, xt, params.means, params.prec_chol), d, k, 64)
+        assert ours_w == 2 * flops["m_step"]
+
+
+def test_dot_flops_counts_like_xla():
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jnp.ones((5, 7)), jnp.ones((7, 3))
+    assert floor.dot_flops(jnp.matmul, a, b) == 2 * 5 * 7 * 3
+    cost = jax.jit(jnp.matmul).lower(a, b).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    if cost and "flops" in cost:
+        assert cost["flops"] == 2 * 5 * 7 * 3
+    batched = floor.dot_flops(lambda u, v: jnp.einsum("kde,kef->kdf", u, v), jnp.ones((4, 2, 3)), jnp.ones((4, 3, 5)))
+    assert batched == 2 * 4 * 2 * 3 * 5
+    scanned = floor.dot_flops(lambda u: jax.lax.scan(lambda c, _: (c @ u, None), u, None, length=3)[0],
+                              jnp.ones((4, 4)))
+    assert scanned == 3 * 2 * 4**3
+    branch = floor.dot_flops(lambda p, u: jax.lax.cond(p, lambda: u @ u, lambda: u), True, jnp.ones((4, 4)))
+    assert branch == 2 * 4**3
+    with pytest.raises(ValueError, match="while"):
+        floor.dot_flops(lambda u: jax.lax.fori_loop(0, jnp.sum(u).astype(int), lambda i, c: c @ u, u),
+                        jnp.ones((2, 2)))
+
+
+def test_floor_seconds_arithmetic():
+    s = floor.floor_seconds({"e_step": 2e9, "m_step": 1e9, "exps": 5e8}, 10.0, 0.5)
+    assert s == pytest.approx({"e_step": 0.2, "m_step": 0.1, "exps": 1.0, "total": 1.3})
+    rates = {"gemm_gflops": {"float32": 100.0, "float64": 50.0}, "exp_gps": {"float32": 2.0, "float64": 1.0}}
+    n, d, k = 10_000, 8, 8
+    f64 = floor.em_floor(n, d, k, "full", "float64", rates)
+    assert f64["total"] == pytest.approx((4 * n * k * d * d + 2 * n * k * d) / 50e9 + n * k / 1e9)
+    assert floor.em_floor(n, d, k, "full", "float32", rates)["total"] < f64["total"]
+
+
+def test_measure_rates_is_positive_per_dtype():
+    rates = floor.measure_rates(("float32", "float64"), gemm_size=64, exp_elements=10_000)
+    for key in ("gemm_gflops", "exp_gps", "exp_gps_elementwise", "exp_gps_summed"):
+        assert set(rates[key]) == {"float32", "float64"} and min(rates[key].values()) > 0
+    assert rates["exp_gps"]["float32"] == max(rates["exp_gps_elementwise"]["float32"],
+                                              rates["exp_gps_summed"]["float32"])
+    assert rates["gemm_size"] == 64
+
+
+_RATES = {"gemm_gflops": {"float32": 50.0, "float64": 25.0}, "exp_gps": {"float32": 1.0, "float64": 0.5}}
+
+
+@pytest.mark.parametrize("cov_type,dtype", [("full", "float32")])  # diag: the CLI test below
+def test_profile_phases_tiny(cov_type, dtype):
+    x = protocol.make_data(600, 2, 2)
+    rows = floor.profile_phases(x, protocol.initial_parameters(x, 2, cov_type), cov_type, np.dtype(dtype), _RATES)
+    by = {r["phase"]: r for r in rows}
+    assert list(by) == list(floor.PHASES)
+    assert all(r["seconds"] > 0 for r in rows)
+    per_iter = floor.PHASES[1:5]
+    assert by[floor.PHASES[5]]["seconds"] == pytest.approx(sum(by[p]["seconds"] for p in per_iter))
+    total = floor.em_floor(600, 2, 2, cov_type, dtype, _RATES)
+    assert by[floor.PHASES[6]]["floor_s"] == pytest.approx(total["total"])
+    assert by[floor.PHASES[1]]["floor_s"] == pytest.approx(total["e_step"])
+    assert by[floor.PHASES[2]]["floor_s"] == pytest.approx(total["exps"])
+    for r in rows:
+        if r["floor_s"] is not None:
+            assert r["ratio_over_floor"] == pytest.approx(r["seconds"] / r["floor_s"])
+            assert r["jaxgmm_gflop"] >= r["floor_gflop"]  # the floor is a lower bound
+
+
+def test_bench_prints_floor_and_ratio_columns(tmp_path, monkeypatch, capsys):
+    # The whole command line at a tiny size, its workers run in this process (JSON round
+    # trip as from a subprocess), scikit-learn the one tool: the rates, each row's floor
+    # and ratio, the table, floor.json and the profile.
+    import json
+
+    monkeypatch.setattr(cli, "TOOLS", {"sklearn": cli.TOOLS["sklearn"]})
+    monkeypatch.setattr(cli, "spawn", lambda job: json.loads(json.dumps(cli.run_job(job))))
+    # The profile's own worker is tested above (its compiles would take most of the time
+    # here); its wiring, table and file are tested with its rows made up.
+    def profile_worker(job):
+        size = {"n_samples": job["n"], "n_features": job["d"], "n_components": job["k"],
+                "covariance_type": job["cov"], "dtype": job["dtype"]}
+        return [dict(size, phase=p, seconds=1e-3, floor_s=None, ratio_over_floor=None,
+                     floor_gflop=None, jaxgmm_gflop=None, block_size=400, n_blocks=1)
+                for p in floor.PHASES]
+
+    monkeypatch.setattr(cli, "profile_worker", profile_worker)
+    monkeypatch.setitem(cli.GRIDS, "small", [(400, 2, 2, "diag")])
+    assert cli.main(["--dtypes", "float64", "--iters", "2", "--accuracy-iters", "0", "--no-scaling",
+                     "--gemm-size", "64", "--exp-elements", "10000", "--profile",
+                     "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "this machine's rates (the floor's): GEMM float64" in out
+    assert "floor s/iter" in out and "tool / floor" in out
+    assert "x the floor" in out
+    assert "jaxgmm EM per phase at N=400 D=2 K=2 diag float64" in out and "E-step: quadratic forms" in out
+    with open(tmp_path / "bench.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["ratio_over_floor"]) == pytest.approx(
+        float(row["s_per_iter"]) / float(row["floor_s_per_iter"]))
+    saved = json.loads((tmp_path / "floor.json").read_text())
+    assert saved["rates"]["gemm_gflops"]["float64"] > 0 and saved["rates"]["gemm_size"] == 64
+    expected = floor.em_floor(400, 2, 2, "diag", "float64", saved["rates"])["total"]
+    assert float(row["floor_s_per_iter"]) == pytest.approx(expected)
+    assert saved["floors"][0]["floor_total_s"] == pytest.approx(expected)
+    assert saved["ratios"][0]["tool"] == "sklearn"
+    with open(tmp_path / "profile.csv") as f:
+        assert [r["phase"] for r in csv.DictReader(f)] == list(floor.PHASES)

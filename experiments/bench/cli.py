@@ -1,6 +1,8 @@
 """The benchmark's command line: the size grids and scaling sweeps, ``main`` (the options,
-the loop over sizes, dtypes and tools, the CSV files, the figures, the printed summary)
-and the ``--worker`` entry point of the subprocesses. Usage: `experiments.bench`."""
+the machine's GEMM and exp rates and each row's arithmetic floor, the loop over sizes,
+dtypes and tools, the CSV and JSON files, the figures, the printed summary, the optional
+per-phase profile) and the ``--worker`` entry point of the subprocesses (``run_job``).
+Usage: `experiments.bench`."""
 
 from __future__ import annotations
 
@@ -8,10 +10,13 @@ import argparse
 import csv
 import importlib.util
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import experiments.bench
+from experiments.bench.floor import EXP_ELEMENTS, GEMM_SIZE, em_floor, measure_rates, profile_worker
 from experiments.bench.peers import OPTIONAL_PEERS, TOOLS, UNSUPPORTED, VB_TOOLS
 from experiments.bench.plots import plot_results
 from experiments.bench.protocol import cpu_cores, devices_for, float32_minus_float64, set_ratios
@@ -41,7 +46,7 @@ SCALING = {
         "d": [4, 8, 16, 32],
     },
 }
-OUTPUT_FILES = ("bench.csv", "scaling.csv", "bench.png", "scaling.png")
+OUTPUT_FILES = ("bench.csv", "scaling.csv", "bench.png", "scaling.png", "floor.json", "profile.csv")
 FIELDS = [
     "n_samples",
     "n_features",
@@ -51,6 +56,8 @@ FIELDS = [
     "tool",
     "devices",
     "s_per_iter",
+    "floor_s_per_iter",
+    "ratio_over_floor",
     "ratio_peer_over_jaxgmm",
     "ratio_peer_over_jaxgmm_cores",
     "ratio_vb_over_em",
@@ -65,6 +72,88 @@ FIELDS = [
     "float32_minus_float64",
     "xla_flags",
 ]
+
+
+PROFILE_FIELDS = [
+    "n_samples",
+    "n_features",
+    "n_components",
+    "covariance_type",
+    "dtype",
+    "phase",
+    "seconds",
+    "floor_s",
+    "ratio_over_floor",
+    "floor_gflop",
+    "jaxgmm_gflop",
+    "block_size",
+    "n_blocks",
+]
+
+
+def run_job(job):
+    """What a ``--worker`` subprocess runs: the rates (``measure_rates``), a per-phase profile
+    (``profile``), the scaling sweeps (``scaling``) or one (size, dtype, tool) row."""
+    if job.get("measure_rates"):
+        return measure_rates(job["dtypes"], job["gemm_size"], job["exp_elements"])
+    if job.get("profile"):
+        return profile_worker(job)
+    return scaling_worker(job) if job.get("scaling") else worker(job)
+
+
+def _size(row):
+    return (
+        f"N={row['n_samples']} D={row['n_features']} K={row['n_components']} "
+        f"{row['covariance_type']} {row['dtype']}"
+    )
+
+
+def set_floor(row, rates):
+    """Set ``floor_s_per_iter`` (the EM iteration's floor at this size and dtype, see
+    `experiments.bench.floor.em_flops`) and ``ratio_over_floor`` (s/iter over it)."""
+    floor = em_floor(
+        row["n_samples"],
+        row["n_features"],
+        row["n_components"],
+        row["covariance_type"],
+        row["dtype"],
+        rates,
+    )["total"]
+    row["floor_s_per_iter"] = floor
+    row["ratio_over_floor"] = row["s_per_iter"] / floor
+
+
+def _g(value, fmt=".3g"):
+    return "-" if value is None else format(value, fmt)
+
+
+def floor_table(rows):
+    """The printed table of every row's seconds per iteration against its floor."""
+    head = f"{'size':<32} {'tool':<14} {'s/iter':>10} {'floor s/iter':>13} {'tool / floor':>13}"
+    lines = [head]
+    for row in rows:
+        lines.append(
+            f"{_size(row):<32} {row['tool']:<14} {row['s_per_iter']:>10.3g} "
+            f"{row['floor_s_per_iter']:>13.3g} {row['ratio_over_floor']:>12.2f}x"
+        )
+    return lines
+
+
+def profile_table(rows):
+    """The printed per-phase profile of one (size, dtype)."""
+    lines = [
+        f"jaxgmm EM per phase at {_size(rows[0])} (blocks of {rows[0]['block_size']}, "
+        f"{rows[0]['n_blocks']} blocks):",
+        f"  {'phase':<40} {'s':>10} {'floor s':>10} {'x floor':>8} {'GFLOP floor':>12} "
+        f"{'GFLOP jaxgmm':>13}",
+    ]
+    for r in rows:
+        lines.append(
+            f"  {r['phase']:<40} {r['seconds']:>10.3g} {_g(r['floor_s']):>10} "
+            f"{_g(r['ratio_over_floor'], '.2f'):>8} {_g(r['floor_gflop'], '.4f'):>12} "
+            f"{_g(r['jaxgmm_gflop'], '.4f'):>13}"
+        )
+    return lines
 
 
 def write_csv(path, rows, fields):
@@ -85,6 +174,23 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=None, help="EM iterations per timing")
     parser.add_argument("--no-scaling", action="store_true", help="skip the N/K/D sweeps")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time jaxgmm's EM per phase at every size and dtype, each against its floor",
+    )
+    parser.add_argument(
+        "--gemm-size",
+        type=int,
+        default=GEMM_SIZE,
+        help="square matrix size of the GEMM rate measurement (smaller: a quick look only)",
+    )
+    parser.add_argument(
+        "--exp-elements",
+        type=int,
+        default=EXP_ELEMENTS,
+        help="array length of the exp rate measurement",
+    )
+    parser.add_argument(
         "--accuracy-iters",
         type=int,
         default=30,
@@ -97,7 +203,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.worker:
         job = json.loads(args.worker)
-        print(json.dumps(scaling_worker(job) if job.get("scaling") else worker(job)))
+        print(json.dumps(run_job(job)))
         return 0
     dtypes = [s.strip() for s in args.dtypes.split(",") if s.strip()]
     for dt in dtypes:
@@ -108,6 +214,8 @@ def main(argv=None):
         parser.error("--iters must be >= 2")
     if args.accuracy_iters < 0:
         parser.error(f"--accuracy-iters must be >= 0, got {args.accuracy_iters}")
+    if args.gemm_size < 1 or args.exp_elements < 1:
+        parser.error("--gemm-size and --exp-elements must be >= 1")
     out = Path(args.out)
     earlier = [f for f in OUTPUT_FILES if (out / f).exists()]
     if earlier and not args.overwrite:
@@ -119,6 +227,25 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     absent = [p for p in OPTIONAL_PEERS if importlib.util.find_spec(p) is None]
     print(f"peers not installed (skipped): {', '.join(absent) or 'none'}", flush=True)
+    # The rates are measured once, before any tool runs, in a worker like the tools'.
+    load_before = os.getloadavg()
+    measured_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    rates = spawn(
+        dict(
+            measure_rates=True,
+            dtypes=dtypes,
+            gemm_size=args.gemm_size,
+            exp_elements=args.exp_elements,
+        )
+    )
+    print(
+        "this machine's rates (the floor's): GEMM "
+        + ", ".join(f"{dt} {rates['gemm_gflops'][dt]:.1f} GFLOP/s" for dt in dtypes)
+        + f" ({args.gemm_size}^2 matmul); exp "
+        + ", ".join(f"{dt} {rates['exp_gps'][dt]:.3g} G/s" for dt in dtypes)
+        + f" ({args.exp_elements} elements); load average {load_before[0]:.2f}",
+        flush=True,
+    )
 
     rows = []
     for n, d, k, cov in GRIDS[args.sizes]:
@@ -161,10 +288,12 @@ def main(argv=None):
                     reason = str(err).strip().splitlines()[-1]
                     print(f"N={n} D={d} K={k} {cov} {dtype} {tool}: FAILED, {reason}", flush=True)
                     continue
+                set_floor(row, rates)
                 rows.append(row)
                 where = f" ({row['devices']} devices)" if row.get("devices", 1) > 1 else ""
                 print(
-                    f"N={n} D={d} K={k} {cov} {dtype} {tool}{where}: {row['s_per_iter']:.4g} s/iter, "
+                    f"N={n} D={d} K={k} {cov} {dtype} {tool}{where}: {row['s_per_iter']:.4g} s/iter "
+                    f"({row['ratio_over_floor']:.2f}x the floor, {row['floor_s_per_iter']:.3g}), "
                     f"compile {row['compile_s']:.2f} s, peak {row['peak_mem_mb']:.0f} MB, "
                     f"ll {row['final_log_likelihood_f64']:.6f}",
                     flush=True,
@@ -183,6 +312,49 @@ def main(argv=None):
         ["axis", "n_samples", "n_components", "n_features", "s_per_iter", "compile_s"],
     )
     plot_results(out, rows, scaling)
+    profile = []
+    if args.profile:
+        for n, d, k, cov in GRIDS[args.sizes]:
+            for dtype in dtypes:
+                profile.extend(
+                    spawn(dict(profile=True, n=n, d=d, k=k, cov=cov, dtype=dtype, rates=rates))
+                )
+        write_csv(out / "profile.csv", profile, PROFILE_FIELDS)
+    floors = [
+        dict(
+            n_samples=n,
+            n_features=d,
+            n_components=k,
+            covariance_type=cov,
+            dtype=dtype,
+            **{f"floor_{part}_s": s for part, s in em_floor(n, d, k, cov, dtype, rates).items()},
+        )
+        for n, d, k, cov in GRIDS[args.sizes]
+        for dtype in dtypes
+    ]
+    with open(out / "floor.json", "w") as f:
+        json.dump(
+            dict(
+                command=["python", "-m", "experiments.bench"]
+                + list(sys.argv[1:] if argv is None else argv),
+                measured_at=measured_at,
+                load_average_before=load_before,
+                load_average_after=os.getloadavg(),
+                cpu_cores=cpu_cores(),
+                rates=rates,
+                floors=floors,
+                ratios=[
+                    {
+                        f: r.get(f)
+                        for f in FIELDS[:6] + ["s_per_iter", "floor_s_per_iter", "ratio_over_floor"]
+                    }
+                    for r in rows
+                ],
+                profile=profile,
+            ),
+            f,
+            indent=1,
+        )
     for row in rows:
         where = (
             f"N={row['n_samples']} D={row['n_features']} K={row['n_components']} "
@@ -200,7 +372,8 @@ def main(argv=None):
             peer = row.get("ratio_peer_over_jaxgmm_vb")
             if row["tool"] != "jaxgmm-vb" and peer is not None:
                 print(f"{row['tool']} / jaxgmm-vb at {where}: {peer:.1f}x", flush=True)
-        elif not row["tool"].startswith("jaxgmm"):
+        elif not row["tool"].startswith("jaxgmm") and "ratio_peer_over_jaxgmm" in row:
+            # (no jaxgmm row, e.g. it failed or was left out: no ratio to print)
             cores = row.get("ratio_peer_over_jaxgmm_cores")
             print(
                 f"{row['tool']} / jaxgmm at {where}: "
@@ -210,7 +383,23 @@ def main(argv=None):
             )
     for line in accuracy:
         print(line, flush=True)
-    print(f"wrote {out / 'bench.csv'}, {out / 'scaling.csv'}, bench.png, scaling.png")
+    if rows:
+        print(
+            "seconds per iteration against the arithmetic floor (matrix products at the "
+            "measured GEMM rate plus one exp per sample and component; the EM iteration's "
+            "floor, for the -vb rows too):",
+            flush=True,
+        )
+        for line in floor_table(rows):
+            print(line, flush=True)
+    sizes = sorted({_size(r) for r in profile}, key=[_size(r) for r in profile].index)
+    for size in sizes:
+        for line in profile_table([r for r in profile if _size(r) == size]):
+            print(line, flush=True)
+    extra = ", profile.csv" if args.profile else ""
+    print(
+        f"wrote {out / 'bench.csv'}, {out / 'scaling.csv'}, bench.png, scaling.png, floor.json{extra}"
+    )
     return 0
 
 

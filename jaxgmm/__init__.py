@@ -9,7 +9,7 @@ and online EM), `jaxgmm.priors` and `jaxgmm.saved` (the saved-model format; `loa
 
 from jaxgmm import bayes, em, fit, gradient, model, priors, saved, scale, vb
 from jaxgmm._cache import clear_cache
-from jaxgmm.bayes import fit_nuts, fit_smc, fit_svi
+from jaxgmm.bayes import fit_nuts, fit_svi
 from jaxgmm.bayes.evidence import EVIDENCE_METHODS, log_evidence
 from jaxgmm.em import ConvergenceWarning, DegeneracyWarning, GaussianMixture, fit_em
 from jaxgmm.fit import Degeneracy, FitResult, Fitter, RestartSummary, Trace, run_fitter
@@ -63,7 +63,6 @@ __all__ = [
     "fit_em_out_of_core",
     "fit_gradient",
     "fit_nuts",
-    "fit_smc",
     "fit_svi",
     "fit_vb",
     "gradient",

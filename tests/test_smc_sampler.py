@@ -1,4 +1,4 @@
-"""Tempered SMC as a posterior sampler (`jaxgmm.fit_smc`) and its HMC moves: the
+"""Tempered SMC as a posterior sampler (`jaxgmm.bayes.fit_smc`) and its HMC moves: the
 posterior predictive density of its particles against the exact one (a ratio of exact
 evidences, by enumeration of every allocation), HMC-moved SMC's log p(X) against the
 exact value, the across-run r-hat catching runs that disagree, and bad input."""
@@ -37,7 +37,7 @@ def exact_log_evidence(x, spec):
 def toy_fit():
     x = toy1d()
     spec = resolved_spec(x)
-    return x, spec, jaxgmm.fit_smc(jax.random.PRNGKey(0), x, spec, n_particles=200, n_mh_steps=2)
+    return x, spec, jaxgmm.bayes.fit_smc(jax.random.PRNGKey(0), x, spec, n_particles=200, n_mh_steps=2)
 
 
 def test_predictive_density_of_the_particles_matches_the_exact_one(toy_fit):
@@ -113,7 +113,7 @@ def test_a_run_that_ended_elsewhere_fails_the_verdict(monkeypatch):
 
     monkeypatch.setattr(smc_module, "run_smc", run_0_elsewhere)
     x = toy1d()
-    result = jaxgmm.fit_smc(jax.random.PRNGKey(0), x, resolved_spec(x), n_particles=200,
+    result = jaxgmm.bayes.fit_smc(jax.random.PRNGKey(0), x, resolved_spec(x), n_particles=200,
                             n_mh_steps=2)  # fmt: skip
     assert not result.converged and result.r_hat_max > 1.1
 
@@ -125,7 +125,7 @@ def test_runs_stopped_early_disagree_and_are_not_converged():
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.normal(-3, 0.3, (30, 2)), rng.normal(3, 0.3, (30, 2))])
     spec = resolved_spec(x)
-    result = jaxgmm.fit_smc(
+    result = jaxgmm.bayes.fit_smc(
         jax.random.PRNGKey(1), x, spec, n_particles=10, n_mh_steps=1, kernel="rw",
         target_ess=0.2,
     )  # fmt: skip
@@ -137,13 +137,13 @@ def test_bad_input_is_refused_with_the_argument_named():
     spec = resolved_spec(x)
     key = jax.random.PRNGKey(0)
     with pytest.raises(ValueError, match="kernel must be one of"):
-        jaxgmm.fit_smc(key, x, spec, kernel="nope")
+        jaxgmm.bayes.fit_smc(key, x, spec, kernel="nope")
     with pytest.raises(ValueError, match="n_runs"):
-        jaxgmm.fit_smc(key, x, spec, n_runs=1)
+        jaxgmm.bayes.fit_smc(key, x, spec, n_runs=1)
     with pytest.raises(ValueError, match="relabel_method"):
-        jaxgmm.fit_smc(key, x, spec, relabel_method="nope")
+        jaxgmm.bayes.fit_smc(key, x, spec, relabel_method="nope")
     with pytest.raises(ValueError, match="target_ess"):
-        jaxgmm.fit_smc(key, x, spec, target_ess=1.5)
+        jaxgmm.bayes.fit_smc(key, x, spec, target_ess=1.5)
     flat = GMMSpec(n_components=2, covariance_type="full", prior=make_prior("flat"))
     with pytest.raises(ValueError, match="proper prior"):
-        jaxgmm.fit_smc(key, x, flat)
+        jaxgmm.bayes.fit_smc(key, x, flat)

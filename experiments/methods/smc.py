@@ -1,4 +1,4 @@
-"""Tempered SMC as a posterior sampler via `jaxgmm.fit_smc`: the option for posteriors
+"""Tempered SMC as a posterior sampler via `jaxgmm.bayes.fit_smc`: the option for posteriors
 whose modes NUTS cannot cross. Its config block is ``CONFIG`` (``smc`` in a config).
 
 R independent runs each move ``n_particles`` exact prior draws to the posterior through
@@ -63,7 +63,7 @@ def run(context):
     modes = census["modes"]
     census_s = time.perf_counter() - began
     bar = context.progress(1000, "smc temperature")
-    result = jaxgmm.fit_smc(
+    result = jaxgmm.bayes.fit_smc(
         key_smc,
         x,
         resolved,

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgmm._cache import BoundedCache
 from jaxgmm.bayes import diagnostics
 from jaxgmm.bayes.evidence._common import LogEvidence, prepare, raw_key
 from jaxgmm.bayes.evidence._sites import map_points
@@ -46,6 +47,8 @@ from jaxgmm.em.fitter import fit_em
 from jaxgmm.fit.validation import check_positive
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.params import GMMParams
+
+_CONVERT = BoundedCache(8)
 
 
 class SMCResult(NamedTuple):
@@ -211,13 +214,13 @@ def fit_smc(
 
 def _params_and_log_prior(layout, u):
     """(`GMMParams` of every particle (S, ...), log p(sites) (S,)) of particles u (S, d)."""
+    cache_key = (layout.spec, layout.n_features, jnp.dtype(layout.dtype).name)
+    convert = _CONVERT.get(cache_key)
+    if convert is None:
 
-    @jax.jit
-    def convert(u):
         def one(ui):
             sites, _ = layout.from_unconstrained(ui)
             return layout.params(sites), layout.log_prior(sites)
 
-        return map_points(one, u)
-
+        convert = _CONVERT[cache_key] = jax.jit(lambda u: map_points(one, u))
     return convert(u)

@@ -3,7 +3,8 @@ are importable) on the same data and the same initial parameters, in one run.
 
     python -m experiments.bench [--sizes small|all] [--dtypes float32,float64]
                                 [--out results/bench] [--iters N] [--accuracy-iters M]
-                                [--no-scaling] [--overwrite]
+                                [--no-scaling] [--profile] [--gemm-size G]
+                                [--exp-elements E] [--overwrite]
 
 jaxgmm runs twice: "jaxgmm" on one XLA device, and "jaxgmm-cores" with the samples split
 over one XLA CPU device per core (``--xla_force_host_platform_device_count``, a data mesh
@@ -25,7 +26,12 @@ with `COMPILE_FLAGS` added to ``XLA_FLAGS`` (LLVM loop unrolling off: shorter co
 same run time; recorded per row as ``xla_flags``). Writes
 ``bench.csv``, ``scaling.csv``, ``bench.png`` and ``scaling.png`` under ``--out``.
 
-Modules: `protocol` (the shared data, start and float64 scorer, the timing rule, the
+First the machine's GEMM and exp rates are measured (`floor`), and each row is reported
+against the arithmetic floor they give (``floor_s_per_iter``, ``ratio_over_floor``,
+``floor.json``); ``--profile`` times EM's phases against theirs (``profile.csv``).
+
+Modules: `floor` (the rates, the flop count per covariance type, the floor, the per-phase
+profile), `protocol` (the shared data, start and float64 scorer, the timing rule, the
 float32 accuracy check, device counts), `peers` (one adapter per tool: jaxgmm,
 scikit-learn, gmmx, pomegranate), `workers` (one subprocess per job and the XLA flags it
 runs with), `plots` (the two figures), `cli` (the grids and ``main``).

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from jaxgmm.model.covariance import get_family, use_expansion
-from jaxgmm.model.density import weighted_log_prob_fm
+from jaxgmm.model.covariance import get_family, sum_squares_over_features, use_expansion
+from jaxgmm.model.density import weighted_log_prob_fm, weighted_log_prob_from_mahalanobis
 from jaxgmm.model.linalg import solve_upper_transposed
 from jaxgmm.model.stats import SufficientStats, expected_complete_log_likelihood, safe_counts
 
@@ -85,18 +85,20 @@ def uses_whitened_frame(spec, dtype):
     return family.has_whitened_frame and float(jnp.finfo(dtype).eps) > WHITENED_FRAME_MIN_EPS
 
 
-def _block_second_moments(resp, xt, params, spec, expanded):
-    """(first, second) of one block about ``params.means`` (the family's
-    ``second_moments_fm``, or ``whitened_moments_fm`` where `uses_whitened_frame`)."""
-    family = get_family(spec.covariance_type)
-    # The dtype the moments come out in, which is what `stats_from_moments` sees.
-    if uses_whitened_frame(spec, jnp.result_type(xt, params.means, params.prec_chol)):
-        return family.whitened_moments_fm(resp, xt, params.means, params.prec_chol)
-    return family.second_moments_fm(resp, xt, params.means, expanded)
-
-
 def _block_moments_fm(xt, params, spec, weight, expanded):
-    wlp = weighted_log_prob_fm(xt, params, spec, expanded)  # (K, n)
+    # In the whitened frame the density's y_k = prec_chol_k^T (x - mu_k) are the moments'
+    # vectors too: formed once here (XLA did not merge the two products: 1.71 against
+    # 1.11 GFLOP per (65536, 16, 16) block). The dtype the moments come out in is what
+    # `stats_from_moments` sees.
+    family = get_family(spec.covariance_type)
+    whitened = uses_whitened_frame(spec, jnp.result_type(xt, params.means, params.prec_chol))
+    if whitened:
+        operator, xs1 = family.whitening_operands(xt, params.means, params.prec_chol)
+        y = family.apply_whitening(operator, xs1)
+        maha = sum_squares_over_features(y)
+        wlp = weighted_log_prob_from_mahalanobis(maha, params, spec, xt.shape[0])
+    else:
+        wlp = weighted_log_prob_fm(xt, params, spec, expanded)  # (K, n)
     # logsumexp over components with one exp per element, reused for resp.
     top = lax.stop_gradient(jnp.max(wlp, axis=0))
     shifted = jnp.exp(wlp - top)
@@ -110,7 +112,10 @@ def _block_moments_fm(xt, params, spec, weight, expanded):
         resp = resp * weight
         log_norm = log_norm * weight
         n_samples = jnp.sum(weight)
-    first, second = _block_second_moments(resp, xt, params, spec, expanded)
+    if whitened:
+        first, second = family.whitened_moments_of(resp, operator, xs1, y)
+    else:
+        first, second = family.second_moments_fm(resp, xt, params.means, expanded)
     return Moments(
         log_likelihood=jnp.sum(log_norm),
         nk=jnp.sum(resp, axis=1),

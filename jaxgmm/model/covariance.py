@@ -263,8 +263,13 @@ class Full(CovarianceFamily):
         (K*D, n) @ (n, D+1) product (a batched (K, D, n) x (K, n, D) one is 2x slower on
         XLA:CPU); its last column is the first moment, and times A_k^T it is the second."""
         operator, xs1 = Full.whitening_operands(xt, means, prec_chol)
-        y = Full.apply_whitening(operator, xs1)
-        n_components, n_features = means.shape
+        return Full.whitened_moments_of(resp, operator, xs1, Full.apply_whitening(operator, xs1))
+
+    @staticmethod
+    def whitened_moments_of(resp, operator, xs1, y):
+        """`whitened_moments_fm` from its operands and y already formed (blocked EM's
+        E-step forms y for the density: one (K*D, D+1) @ (D+1, n) product instead of two)."""
+        n_components, n_features = operator.shape[:2]
         weighted = (resp[:, None, :] * y).reshape(n_components * n_features, -1)
         cross = (weighted @ xs1.T).reshape(n_components, n_features, n_features + 1)
         return cross[:, :, -1], jnp.einsum("kdf,kef->kde", cross, operator)

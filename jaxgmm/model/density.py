@@ -20,12 +20,18 @@ def weighted_log_prob_fm(xt, params, spec, expanded=None):
     ``expanded``: None chooses the Mahalanobis form by `use_expansion` (a `lax.cond`);
     True / False force it (for a caller that has made that choice once, outside)."""
     family = get_family(spec.covariance_type)
-    n_features = xt.shape[0]
-    log_det = family.log_det_prec_chol(params.prec_chol, n_features)
     if expanded is None:
         maha = mahalanobis_fm(family, xt, params.means, params.prec_chol)
     else:
         maha = family.mahalanobis_fm(xt, params.means, params.prec_chol, expanded=expanded)
+    return weighted_log_prob_from_mahalanobis(maha, params, spec, xt.shape[0])
+
+
+def weighted_log_prob_from_mahalanobis(maha, params, spec, n_features):
+    """log pi_k + log N(x_n | mu_k, Sigma_k), shape (K, n), from the squared Mahalanobis
+    distances ``maha`` (K, n) (for a caller that has formed them itself)."""
+    family = get_family(spec.covariance_type)
+    log_det = family.log_det_prec_chol(params.prec_chol, n_features)
     const = log_det + jnp.log(params.weights) - 0.5 * n_features * math.log(2 * math.pi)
     return const[:, None] - 0.5 * maha
 

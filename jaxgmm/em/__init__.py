@@ -9,7 +9,13 @@ from jaxgmm.em.estimator import (
     NotFittedError,
 )
 from jaxgmm.em.fitter import EMInfo, EMState, em_fitter, fit_em
-from jaxgmm.em.sharded import data_mesh, shard_data, sharded_mean_log_likelihood, sharded_moments
+from jaxgmm.em.sharded import (
+    data_mesh,
+    process_local_data,
+    shard_data,
+    sharded_mean_log_likelihood,
+    sharded_moments,
+)
 from jaxgmm.em.steps import e_step, em_bound, em_bound_from_stats, m_step, params_from_stats
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "fit_em",
     "m_step",
     "params_from_stats",
+    "process_local_data",
     "shard_data",
     "sharded_mean_log_likelihood",
     "sharded_moments",

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -39,6 +40,54 @@ def shard_data(x, mesh):
     the mesh's axes. n_samples must be a multiple of the number of devices."""
     _check_divisible(x.shape[0], mesh)
     return jax.device_put(x, NamedSharding(mesh, P(tuple(mesh.axis_names), None)))
+
+
+def process_local_data(local_rows, mesh):
+    """The global array (n_samples, n_features) sharded along samples over ``mesh`` (as
+    `shard_data` makes it), built from this process's rows alone: with
+    `jax.distributed` initialised, every process calls it with its own ``local_rows``
+    and no process ever holds the others' samples.
+
+    Args:
+        local_rows: array of shape (n_local_samples, n_features), this process's rows;
+            every process must pass the same shape, a multiple of the number of its
+            devices in ``mesh``.
+        mesh: the data `Mesh` (`data_mesh`); its axes all split the samples.
+
+    Returns:
+        ``jax.Array`` of shape (n_local_samples * n_processes, n_features) whose rows
+        follow the mesh's device order (`data_mesh()`: process 0's rows first).
+
+    Raises:
+        ValueError: the processes' shapes differ, or the local row count is not a
+        multiple of the local devices (checked on every process before any array is
+        built: ``jax.make_array_from_process_local_data`` would otherwise infer a
+        different global shape on each process and fail or hang later).
+    """
+    local_rows = np.asarray(local_rows)
+    if local_rows.ndim != 2:
+        raise ValueError(
+            f"local_rows must have shape (n_local_samples, n_features), got {local_rows.shape}"
+        )
+    n_local_devices = len(mesh.local_devices)
+    if jax.process_count() > 1:
+        shapes = np.asarray(
+            multihost_utils.process_allgather(np.asarray(local_rows.shape, np.int64))
+        ).reshape(-1, 2)
+        if np.any(shapes != shapes[0]):
+            listed = ", ".join(f"process {i}: {tuple(int(n) for n in s)}" for i, s in enumerate(shapes))
+            raise ValueError(
+                "every process must pass local_rows of the same shape (drop or pad rows so "
+                f"that each holds the same number), got {listed}"
+            )
+    if local_rows.shape[0] % n_local_devices:
+        n = local_rows.shape[0]
+        raise ValueError(
+            f"local_rows has {n} rows, not a multiple of this process's {n_local_devices} "
+            f"devices in the mesh; drop or add {n % n_local_devices} rows on every process"
+        )
+    sharding = NamedSharding(mesh, P(tuple(mesh.axis_names), None))
+    return jax.make_array_from_process_local_data(sharding, local_rows)
 
 
 def _per_device(fn, mesh, in_specs, out_specs):

@@ -85,20 +85,32 @@ def uses_whitened_frame(spec, dtype):
     return family.has_whitened_frame and float(jnp.finfo(dtype).eps) > WHITENED_FRAME_MIN_EPS
 
 
-def _block_moments_fm(xt, params, spec, weight, expanded):
-    # In the whitened frame the density's y_k = prec_chol_k^T (x - mu_k) are the moments'
-    # vectors too: formed once here (XLA did not merge the two products: 1.71 against
-    # 1.11 GFLOP per (65536, 16, 16) block). The dtype the moments come out in is what
-    # `stats_from_moments` sees.
+def block_log_prob_fm(xt, params, spec, expanded):
+    """(log pi_k + log N(x_n | mu_k, Sigma_k) (K, n), whitening) of one feature-major
+    block: ``whitening`` is None, or where `uses_whitened_frame` the density's operands and
+    vectors y_k = prec_chol_k^T (x - mu_k), which `block_second_moments` reuses (XLA did
+    not merge the two products: 1.71 against 1.11 GFLOP per (65536, 16, 16) block)."""
+    if not uses_whitened_frame(spec, jnp.result_type(xt, params.means, params.prec_chol)):
+        return weighted_log_prob_fm(xt, params, spec, expanded), None
     family = get_family(spec.covariance_type)
-    whitened = uses_whitened_frame(spec, jnp.result_type(xt, params.means, params.prec_chol))
-    if whitened:
-        operator, xs1 = family.whitening_operands(xt, params.means, params.prec_chol)
-        y = family.apply_whitening(operator, xs1)
-        maha = sum_squares_over_features(y)
-        wlp = weighted_log_prob_from_mahalanobis(maha, params, spec, xt.shape[0])
-    else:
-        wlp = weighted_log_prob_fm(xt, params, spec, expanded)  # (K, n)
+    operator, xs1 = family.whitening_operands(xt, params.means, params.prec_chol)
+    y = family.apply_whitening(operator, xs1)
+    maha = sum_squares_over_features(y)
+    return weighted_log_prob_from_mahalanobis(maha, params, spec, xt.shape[0]), (operator, xs1, y)
+
+
+def block_second_moments(resp, xt, means, spec, expanded, whitening):
+    """(first, second) of one block about ``means``: in the whitened frame from the
+    ``whitening`` of `block_log_prob_fm`, else the family's ``second_moments_fm``. The
+    dtype they come out in is what `stats_from_moments` sees."""
+    family = get_family(spec.covariance_type)
+    if whitening is not None:
+        return family.whitened_moments_of(resp, *whitening)
+    return family.second_moments_fm(resp, xt, means, expanded)
+
+
+def _block_moments_fm(xt, params, spec, weight, expanded):
+    wlp, whitening = block_log_prob_fm(xt, params, spec, expanded)  # (K, n)
     # logsumexp over components with one exp per element, reused for resp.
     top = lax.stop_gradient(jnp.max(wlp, axis=0))
     shifted = jnp.exp(wlp - top)
@@ -112,10 +124,7 @@ def _block_moments_fm(xt, params, spec, weight, expanded):
         resp = resp * weight
         log_norm = log_norm * weight
         n_samples = jnp.sum(weight)
-    if whitened:
-        first, second = family.whitened_moments_of(resp, operator, xs1, y)
-    else:
-        first, second = family.second_moments_fm(resp, xt, params.means, expanded)
+    first, second = block_second_moments(resp, xt, params.means, spec, expanded, whitening)
     return Moments(
         log_likelihood=jnp.sum(log_norm),
         nk=jnp.sum(resp, axis=1),

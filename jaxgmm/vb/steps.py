@@ -30,8 +30,9 @@ from jax.scipy.special import digamma, gammaln
 from jaxgmm.model.blocked import (
     FeatureMajorBlocks,
     Moments,
+    block_log_prob_fm,
+    block_second_moments,
     stats_from_moments,
-    uses_whitened_frame,
 )
 from jaxgmm.model.covariance import get_family, regularize_covariance, use_expansion
 from jaxgmm.model.density import weighted_log_prob_fm
@@ -260,8 +261,7 @@ class VBMoments(NamedTuple):
 def _block_moments(xt, weight, unit, log_w, to_plugin, spec, expanded):
     """`VBMoments` of one feature-major block (as `jaxgmm.model.blocked.block_moments_fm`,
     plus the plug-in log-likelihood from the same log-densities)."""
-    family = get_family(spec.covariance_type)
-    log_gauss = weighted_log_prob_fm(xt, unit, spec, expanded)  # (K, n), weights 1
+    log_gauss, whitening = block_log_prob_fm(xt, unit, spec, expanded)  # (K, n), weights 1
     wlp = log_gauss + log_w[:, None]
     top = lax.stop_gradient(jnp.max(wlp, axis=0))
     shifted = jnp.exp(wlp - top)
@@ -271,10 +271,7 @@ def _block_moments(xt, weight, unit, log_w, to_plugin, spec, expanded):
     plugin = jax.scipy.special.logsumexp(log_gauss + to_plugin[:, None], axis=0)
     weight = weight.astype(xt.dtype)
     resp = resp * weight
-    if uses_whitened_frame(spec, jnp.result_type(xt, unit.means, unit.prec_chol)):
-        first, second = family.whitened_moments_fm(resp, xt, unit.means, unit.prec_chol)
-    else:
-        first, second = family.second_moments_fm(resp, xt, unit.means, expanded)
+    first, second = block_second_moments(resp, xt, unit.means, spec, expanded, whitening)
     moments = Moments(
         log_likelihood=jnp.sum(log_norm * weight),
         nk=jnp.sum(resp, axis=1),

@@ -413,9 +413,14 @@ def _sampler_warning(name, status, extra):
                 f"{name}: the independent runs disagree ({why}; {r_hat_text}): the "
                 "particles are not one posterior; see posterior.png and extra.census"
             )
+        means = extra.get("run_mean_log_likelihood")
+        means_text = "" if not means else (
+            "; the runs' mean log-likelihood per sample: " + ", ".join(f"{v:.4f}" for v in means)
+        )  # fmt: skip
         return (
-            f"{name}: the independent runs disagree ({r_hat_text}; needs {limit}): the "
-            "posterior summaries are not reliable; raise smc.n_particles or smc.n_mh_steps"
+            f"{name}: the independent runs disagree ({r_hat_text}; needs {limit}"
+            f"{means_text}): the posterior summaries are not reliable; raise "
+            "smc.n_particles or smc.n_mh_steps, or use nuts"
         )
     limits = (
         f"r-hat < {extra.get('r_hat_threshold', 1.01):g}, bulk and tail ESS > "

@@ -26,7 +26,8 @@ What it reports:
   [smc]``), ``jensen_bias`` (per sample: about how far that mean of log Z is low),
   ``run_estimates`` (totals), ``n_stages``, ``min_ess``, ``acceptance_min`` /
   ``acceptance_mean``, ``frame_changes_mean``, ``unique_fraction_min``, the census,
-  ``modes``, ``mode_occupancy`` (per run), ``runs_disagree``, ``runs_summary``, the
+  ``modes``, ``mode_occupancy`` (per run), ``run_mean_log_likelihood`` (per run, per sample),
+  ``runs_disagree``, ``runs_summary``, the
   settings, and ``log_predictive_density_test`` with a test split.
 """
 
@@ -106,7 +107,14 @@ def run(context):
     evidence = result.log_evidence
     stages = result.stages
     finite = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
-    sentence = occupancy_sentence(table, modes, n).replace("chain ", "run ")
+    # With one census mode every particle is "nearest" to it; the runs' mean
+    # log-likelihoods still show runs that ended in different places.
+    run_means = [float(np.mean(log_likelihood[run_index == r])) for r in range(n_runs)]
+    sentence = (
+        occupancy_sentence(table, modes, n).replace("chain ", "run ")
+        + "; the runs' mean log-likelihood per sample: "
+        + ", ".join(f"{v:.4f}" for v in run_means)
+    )
     extra = {
         "r_hat_max": finite(result.r_hat_max),
         "r_hat_log_likelihood": finite(result.diagnostics["log_likelihood"]["r_hat"]),
@@ -137,6 +145,7 @@ def run(context):
         ],  # fmt: skip
         "mode_occupancy": [[float(v) for v in row] for row in table],
         "occupancy_spread": float(spread),
+        "run_mean_log_likelihood": run_means,
         "runs_disagree": disagree,
         "runs_summary": sentence
         + ("; THE RUNS DISAGREE: their particles found different modes or mode masses; "

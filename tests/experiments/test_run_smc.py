@@ -33,6 +33,7 @@ def test_the_smc_row_reports_its_draws_runs_and_evidence(smc_run):
     assert row["converged"] == (row["status"] == "converged")
     assert extra["kernel"] == "hmc" and extra["n_runs"] == 4 and extra["n_particles"] == 60
     assert len(extra["mode_occupancy"]) == 4 and len(extra["run_estimates"]) == 4
+    assert len(extra["run_mean_log_likelihood"]) == 4
     np.testing.assert_allclose(np.sum(extra["mode_occupancy"], axis=1), 1.0)
     n_train = round(np.mean(extra["run_estimates"]) / extra["log_evidence_smc"])
     assert n_train == 60  # 80 samples, a quarter held out; per-sample units
@@ -51,9 +52,11 @@ def test_the_smc_row_reports_its_draws_runs_and_evidence(smc_run):
 
 
 def test_disagreeing_runs_get_their_own_warning():
-    extra = {"r_hat_max": 1.3, "r_hat_threshold": 1.01, "runs_summary": "run 0: 100% mode 1"}
+    extra = {"r_hat_max": 1.3, "r_hat_threshold": 1.01, "runs_summary": "run 0: 100% mode 1",
+             "run_mean_log_likelihood": [-1.4385, -1.5243]}  # fmt: skip
     (warning,) = method_warnings("smc", {"status": "runs_disagree", "extra": extra})
     assert "independent runs disagree" in warning and "run 0: 100% mode 1" in warning
     (warning,) = method_warnings("smc", {"status": "r_hat", "extra": extra})
     assert "r-hat across runs < 1.01" in warning and "smc.n_particles" in warning
+    assert "-1.4385, -1.5243" in warning
     assert "chains" not in warning

@@ -115,6 +115,12 @@ def main():
             out["mismatch_error"] = None
         except ValueError as error:
             out["mismatch_error"] = str(error)
+        # The fit_* helpers read the data on the host: refused by name, not a bare error.
+        try:
+            jaxgmm.fit_em(jax.random.key(0), x, jaxgmm.GMMSpec(N_COMPONENTS, args.covariance))
+            out["fit_helper_error"] = None
+        except ValueError as error:
+            out["fit_helper_error"] = str(error)
     chosen = fitters(jaxgmm, args.covariance, mesh)
     for name in args.fits.split(","):
         spec, fitter, max_iter = chosen[name]

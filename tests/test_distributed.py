@@ -155,6 +155,7 @@ def test_two_processes_equal_one(config, tmp_path):
         assert process["local_rows"] == n_samples // N_PROCESSES
         assert list(process["fits"]) == fits.split(",")
         assert "same shape" in (process["mismatch_error"] or ""), process["mismatch_error"]
+        assert "spans several processes" in (process["fit_helper_error"] or "")
         for name, fit in process["fits"].items():
             ref = reference["fits"][name]
             assert fit["n_iter"] == ref["n_iter"], name

@@ -28,6 +28,14 @@ def check_data(x, name="X", n_components=None, dtype=None, *, as_numpy=False):
         as_numpy: return the validated values as a NumPy array of that dtype instead
             (for callers that pad or split the rows on the host before they reach JAX).
     """
+    if not getattr(x, "is_fully_addressable", True):
+        # A jax.Array spanning several processes (jax.distributed): no host holds it all.
+        raise ValueError(
+            f"{name} spans several processes (a jax.distributed global array), which the "
+            "fit_* helpers cannot check or lay out on one host; run a fitter with a mesh "
+            "instead: jaxgmm.run_fitter(jaxgmm.em.em_fitter(spec, reg_covar, mesh=mesh), "
+            "key, x, params, spec) (docs/fitters.md, several devices and several hosts)"
+        )
     try:
         arr = np.asarray(x)
     except Exception as exc:  # noqa: BLE001 - report any conversion failure plainly

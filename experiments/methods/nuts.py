@@ -186,6 +186,47 @@ def occupancy_sentence(table, modes, n_samples):
     return "; ".join(parts) + " (mode: census MAP, its log posterior as a total)"
 
 
+def run_census(context, key_census, key_extra, spec, mode_tolerance):
+    """`map_census` of the run's shared restarts plus ``census_n_init`` k-means++ ones
+    (the method's setting) under ``spec`` (its prior resolved)."""
+    x = context.x
+    restarts = jax.tree_util.tree_map(np.asarray, context.init_params)
+    n_extra = context.settings["census_n_init"]
+    if n_extra > 0:
+        extra_starts = jaxgmm.initial_params(key_extra, x, context.spec, "k-means++", n_extra)
+        restarts = jax.tree_util.tree_map(
+            lambda a, b: np.concatenate([a, np.asarray(b, a.dtype)]), restarts, extra_starts
+        )
+    return map_census(key_census, x, spec, restarts, mode_tolerance=mode_tolerance)
+
+
+def occupancy_spread(table):
+    """The largest total-variation distance between two rows (chains, runs) of an
+    `occupancy` table; 0 for one row."""
+    return max(
+        (0.5 * np.abs(a - b).sum() for i, a in enumerate(table) for b in table[i + 1 :]),
+        default=0.0,
+    )
+
+
+def census_extra(census):
+    """The ``census`` (every restart) and ``modes`` entries of a method's ``extra``."""
+    finite = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
+    return {
+        "census": [
+            {"restart": r, "log_posterior": finite(lp), "fitter": f, "mode": m}
+            for r, (lp, f, m) in enumerate(
+                zip(census["log_posterior"], census["fitter"], census["mode"])
+            )
+        ],
+        "modes": [
+            {"mode": i, "log_posterior": float(m["log_posterior"]), "restarts": m["restarts"],
+             "weights": [float(w) for w in np.asarray(m["params"].weights)]}
+            for i, m in enumerate(census["modes"])
+        ],  # fmt: skip
+    }
+
+
 def arviz_or_none():
     """The ``arviz`` module, or None when it is not installed (posterior.nc is optional)."""
     try:
@@ -232,17 +273,7 @@ def run(context):
     began = time.perf_counter()
     key_census, key_extra, key_nuts = jax.random.split(context.key, 3)
     resolved = jaxgmm.priors.resolve_prior(spec, x)
-    restarts = jax.tree_util.tree_map(np.asarray, context.init_params)
-    if settings["census_n_init"] > 0:
-        extra_starts = jaxgmm.initial_params(
-            key_extra, x, spec, "k-means++", settings["census_n_init"]
-        )
-        restarts = jax.tree_util.tree_map(
-            lambda a, b: np.concatenate([a, np.asarray(b, a.dtype)]), restarts, extra_starts
-        )
-    census = map_census(
-        key_census, x, resolved, restarts, mode_tolerance=settings["mode_tolerance"]
-    )
+    census = run_census(context, key_census, key_extra, resolved, settings["mode_tolerance"])
     modes = census["modes"]
     starts = chain_starts(modes, settings["num_chains"], n, settings["mode_window"])
     inits = [
@@ -280,10 +311,7 @@ def run(context):
 
     mode_index = nearest_modes(x, flat, modes, result.spec)
     table = occupancy(mode_index, chain, len(modes))
-    spread = max(
-        (0.5 * np.abs(a - b).sum() for i, a in enumerate(table) for b in table[i + 1 :]),
-        default=0.0,
-    )
+    spread = occupancy_spread(table)
     disagree = bool(spread > settings["occupancy_tolerance"])
     diag = result.diagnostics
     if disagree:
@@ -308,17 +336,7 @@ def run(context):
         "tree_depth_saturated": int(result.tree_depth_saturated),
         "max_tree_depth": settings["max_tree_depth"],
         "relabel": result.relabel_method,
-        "census": [
-            {"restart": r, "log_posterior": finite(lp), "fitter": f, "mode": m}
-            for r, (lp, f, m) in enumerate(
-                zip(census["log_posterior"], census["fitter"], census["mode"])
-            )
-        ],
-        "modes": [
-            {"mode": i, "log_posterior": float(m["log_posterior"]), "restarts": m["restarts"],
-             "weights": [float(w) for w in np.asarray(m["params"].weights)]}
-            for i, m in enumerate(modes)
-        ],  # fmt: skip
+        **census_extra(census),
         "chain_starts": [int(m) for m in starts],
         "mode_occupancy": [[float(v) for v in row] for row in table],
         "occupancy_spread": float(spread),

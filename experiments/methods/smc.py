@@ -42,7 +42,14 @@ import numpy as np
 import jaxgmm
 from experiments.config_engine import Field, at_least, greater_than, in_interval, one_of
 from experiments.methods import Method, MethodResult
-from experiments.methods.nuts import map_census, nearest_modes, occupancy, occupancy_sentence
+from experiments.methods.nuts import (
+    census_extra,
+    nearest_modes,
+    occupancy,
+    occupancy_sentence,
+    occupancy_spread,
+    run_census,
+)
 
 
 def run(context):
@@ -52,15 +59,7 @@ def run(context):
     began = time.perf_counter()
     key_census, key_extra, key_smc = jax.random.split(context.key, 3)
     resolved = jaxgmm.priors.resolve_prior(spec, x)
-    restarts = jax.tree_util.tree_map(np.asarray, context.init_params)
-    if settings["census_n_init"] > 0:
-        extra_starts = jaxgmm.initial_params(
-            key_extra, x, spec, "k-means++", settings["census_n_init"]
-        )
-        restarts = jax.tree_util.tree_map(
-            lambda a, b: np.concatenate([a, np.asarray(b, a.dtype)]), restarts, extra_starts
-        )
-    census = map_census(key_census, x, resolved, restarts, mode_tolerance=1e-5)
+    census = run_census(context, key_census, key_extra, resolved, mode_tolerance=1e-5)
     modes = census["modes"]
     census_s = time.perf_counter() - began
     bar = context.progress(1000, "smc temperature")
@@ -93,10 +92,7 @@ def run(context):
     run_index = np.repeat(np.arange(n_runs), n_particles)
     mode_index = nearest_modes(x, flat, modes, result.spec)
     table = occupancy(mode_index, run_index, len(modes))
-    spread = max(
-        (0.5 * np.abs(a - b).sum() for i, a in enumerate(table) for b in table[i + 1 :]),
-        default=0.0,
-    )
+    spread = occupancy_spread(table)
     disagree = bool(spread > settings["occupancy_tolerance"])
     if disagree:
         status = "runs_disagree"
@@ -132,17 +128,7 @@ def run(context):
         "frame_changes_mean": stages["frame_changes_mean"],
         "unique_fraction_min": float(np.min(result.unique_fraction)),
         "relabel": result.relabel_method,
-        "census": [
-            {"restart": r, "log_posterior": finite(lp), "fitter": f, "mode": m}
-            for r, (lp, f, m) in enumerate(
-                zip(census["log_posterior"], census["fitter"], census["mode"])
-            )
-        ],
-        "modes": [
-            {"mode": i, "log_posterior": float(m["log_posterior"]), "restarts": m["restarts"],
-             "weights": [float(w) for w in np.asarray(m["params"].weights)]}
-            for i, m in enumerate(modes)
-        ],  # fmt: skip
+        **census_extra(census),
         "mode_occupancy": [[float(v) for v in row] for row in table],
         "occupancy_spread": float(spread),
         "run_mean_log_likelihood": run_means,

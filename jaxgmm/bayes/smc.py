@@ -29,8 +29,8 @@ from jaxgmm.bayes.evidence._common import LogEvidence, prepare, raw_key
 from jaxgmm.bayes.evidence._sites import map_points
 from jaxgmm.bayes.evidence.smc import (
     check_smc_options,
+    evidence_of_run,
     run_smc,
-    run_spread,
     stage_diagnostics,
 )
 from jaxgmm.bayes.nuts import _check_unbatched, _extremes
@@ -147,12 +147,7 @@ def fit_smc(
     reference = jax.tree_util.tree_map(lambda a: jnp.asarray(a, x.dtype), GMMParams(*reference))
 
     run = run_smc(key_smc, x, spec, progress=progress, **options)
-    log_z = np.asarray(run.state.log_z, np.float64)
-    if not np.all(np.isfinite(log_z)):
-        raise ValueError(
-            f"smc: a run's log-evidence estimate is not finite ({log_z.tolist()}); "
-            "the likelihood overflowed or every particle was rejected"
-        )
+    evidence = evidence_of_run(run, options)
     r, p, d = run.state.u.shape
     # A random order within each run: r-hat splits each "chain" in halves, and the
     # resampled particles lie in ancestor order.
@@ -184,12 +179,6 @@ def fit_smc(
     summary["log_likelihood"] = summarize(log_likelihood)
     summary["log_joint"] = summarize(log_joint)
     stages = stage_diagnostics(run, options)
-    evidence = LogEvidence(
-        estimate=float(log_z.mean()),
-        stderr=float(log_z.std(ddof=1) / np.sqrt(r)),
-        method="smc",
-        diagnostics={"run_estimates": log_z.tolist(), **stages, **run_spread(log_z)},
-    )
     posterior_mean = posterior_mean_params(draws, spec)
     return SMCResult(
         draws=draws,

@@ -444,7 +444,12 @@ def log_evidence_smc(
     x, spec = prepare(x, spec)
     options = check_smc_options(n_particles, n_runs, n_mh_steps, target_ess, max_stages,
                                 kernel, n_leapfrog)  # fmt: skip
-    run = run_smc(key, x, spec, **options)
+    return evidence_of_run(run_smc(key, x, spec, **options), options)
+
+
+def evidence_of_run(run: SMCRun, options) -> LogEvidence:
+    """The `LogEvidence` of an `SMCRun`: the mean of its runs' log Z, sd / sqrt(R), and
+    the stage and spread diagnostics. ValueError when a run's log Z is not finite."""
     estimates = np.asarray(run.state.log_z, dtype=np.float64)
     if not np.all(np.isfinite(estimates)):
         raise ValueError(
@@ -455,7 +460,7 @@ def log_evidence_smc(
     diagnostics.update(run_spread(estimates))
     return LogEvidence(
         estimate=float(estimates.mean()),
-        stderr=float(estimates.std(ddof=1) / math.sqrt(options["n_runs"])),
+        stderr=float(estimates.std(ddof=1) / math.sqrt(estimates.size)),
         method="smc",
         diagnostics=diagnostics,
     )

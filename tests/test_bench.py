@@ -341,7 +341,81 @@ def test_measure_rates_is_positive_per_dtype():
     assert rates["gemm_size"] == 64
 
 
-_RATES = {"gemm_gflops": {"float32": 50.0, "float64": 25.0}, "exp_gps": {"float32": 1.0, "float64": 0.5}}
+def _uniform_product_rates(sizes, gflops):
+    """Made-up product rates: ``gflops[dtype]`` for every per-block product at ``sizes``."""
+    rates = {}
+    for dtype, rate in gflops.items():
+        rates[dtype] = {}
+        for n, d, k, cov in sizes:
+            for block in floor.shape_block_sizes(n, d, k, cov):
+                products = floor.block_products(d, k, cov, block)
+                for shape in products["e_step"] + products["m_step"]:
+                    rates[dtype][floor.product_key(shape)] = rate
+    return rates
+
+
+_RATES = {"gemm_gflops": {"float32": 50.0, "float64": 25.0}, "exp_gps": {"float32": 1.0, "float64": 0.5},
+          "product_gflops": _uniform_product_rates([(600, 2, 2, "full")], {"float32": 10.0, "float64": 5.0})}
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_block_products_are_the_floors_count(cov_type):
+    # Over N / b blocks, the per-block GEMMs do exactly em_flops's products (an independent
+    # count: the by-hand formulas above), for a block that divides N and one that does not.
+    n, d, k = 12_000, 5, 3
+    flops = floor.em_flops(n, d, k, cov_type)
+    for block in (400, 7):
+        products = floor.block_products(d, k, cov_type, block)
+        for step in ("e_step", "m_step"):
+            total = sum(2 * m * inner * cols for m, inner, cols in products[step]) * n / block
+            assert total == pytest.approx(flops[step], rel=1e-12)
+        # E-step: the inner dimension is the features (2 D for diag); M-step: the block.
+        assert all(inner in (d, 2 * d) for _, inner, _ in products["e_step"])
+        assert all(inner == block for _, inner, _ in products["m_step"])
+    with pytest.raises(ValueError, match="spherical"):
+        floor.block_products(d, k, "banded", 8)
+
+
+def test_em_shape_floor_arithmetic():
+    # Every product at the square GEMM's rate: the shape floor is the floor. One shape at
+    # half the rate: its seconds double. The faster block size is the one taken.
+    n, d, k = 100_000, 8, 8
+    base = {"gemm_gflops": {"float64": 40.0}, "exp_gps": {"float64": 1.0}}
+    rates = dict(base, product_gflops=_uniform_product_rates([(n, d, k, "full")], {"float64": 40.0}))
+    plain = floor.em_floor(n, d, k, "full", "float64", rates)
+    shape = floor.em_shape_floor(n, d, k, "full", "float64", rates)
+    for part in ("e_step", "m_step", "exps", "total"):
+        assert shape[part] == pytest.approx(plain[part], rel=1e-12)
+    blocks = floor.shape_block_sizes(n, d, k, "full")
+    assert len(blocks) == 2  # jaxgmm's 512 and 8192
+    slow = floor.product_key(floor.block_products(d, k, "full", blocks[0])["e_step"][0])
+    rates["product_gflops"]["float64"][slow] = 20.0
+    shape = floor.em_shape_floor(n, d, k, "full", "float64", rates)
+    assert shape["block_size"] == blocks[1] and shape["total"] == pytest.approx(plain["total"])
+    for block in blocks:  # both slow: the E-step takes twice as long
+        key = floor.product_key(floor.block_products(d, k, "full", block)["e_step"][0])
+        rates["product_gflops"]["float64"][key] = 20.0
+    shape = floor.em_shape_floor(n, d, k, "full", "float64", rates)
+    assert shape["e_step"] == pytest.approx(2 * plain["e_step"])
+    assert shape["m_step"] == pytest.approx(plain["m_step"])
+
+
+def test_measure_product_rates_covers_every_product():
+    import jax
+    import jax.numpy as jnp
+
+    sizes = [(2_000, 3, 2, "tied")]
+    rates = floor.measure_product_rates(sizes, ("float32",))
+    assert set(rates["float32"]) == set(_uniform_product_rates(sizes, {"float32": 1.0})["float32"])
+    assert min(rates["float32"].values()) > 0
+    # The rate is of the product itself (not optimised away, not diluted): timed another
+    # way, a chain of 100 products whose operand depends on the last, within 4x.
+    m, inner, cols = 64, 64, 2000
+    rate = floor.measure_product_rate((m, inner, cols), 100, "float32")
+    a, b = jnp.ones((m, inner)), jnp.ones((inner, cols))
+    f = jax.jit(lambda a, b: jax.lax.fori_loop(0, 100, lambda i, c: a @ (b + c[0, 0] * 0), jnp.zeros((m, cols))))
+    by_hand = 2 * m * inner * cols * 100 / floor.best_seconds(f, a, b) / 1e9
+    assert rate / 4 < by_hand < rate * 4
 
 
 @pytest.mark.parametrize("cov_type,dtype", [("full", "float32")])  # diag: the CLI test below
@@ -357,9 +431,13 @@ def test_profile_phases_tiny(cov_type, dtype):
     assert by[floor.PHASES[6]]["floor_s"] == pytest.approx(total["total"])
     assert by[floor.PHASES[1]]["floor_s"] == pytest.approx(total["e_step"])
     assert by[floor.PHASES[2]]["floor_s"] == pytest.approx(total["exps"])
+    shape = floor.em_shape_floor(600, 2, 2, cov_type, dtype, _RATES)
+    assert by[floor.PHASES[6]]["shape_floor_s"] == pytest.approx(shape["total"])
+    assert by[floor.PHASES[3]]["shape_floor_s"] == pytest.approx(shape["m_step"])
     for r in rows:
         if r["floor_s"] is not None:
             assert r["ratio_over_floor"] == pytest.approx(r["seconds"] / r["floor_s"])
+            assert r["ratio_over_shape_floor"] == pytest.approx(r["seconds"] / r["shape_floor_s"])
             assert r["jaxgmm_gflop"] >= r["floor_gflop"]  # the floor is a lower bound
 
 
@@ -377,7 +455,7 @@ def test_bench_prints_floor_and_ratio_columns(tmp_path, monkeypatch, capsys):
         size = {"n_samples": job["n"], "n_features": job["d"], "n_components": job["k"],
                 "covariance_type": job["cov"], "dtype": job["dtype"]}
         return [dict(size, phase=p, seconds=1e-3, floor_s=None, ratio_over_floor=None,
-                     floor_gflop=None, jaxgmm_gflop=None, block_size=400, n_blocks=1)
+                     shape_floor_s=None, ratio_over_shape_floor=None, floor_gflop=None, jaxgmm_gflop=None, block_size=400, n_blocks=1)
                 for p in floor.PHASES]
 
     monkeypatch.setattr(cli, "profile_worker", profile_worker)
@@ -399,6 +477,15 @@ def test_bench_prints_floor_and_ratio_columns(tmp_path, monkeypatch, capsys):
     expected = floor.em_floor(400, 2, 2, "diag", "float64", saved["rates"])["total"]
     assert float(row["floor_s_per_iter"]) == pytest.approx(expected)
     assert saved["floors"][0]["floor_total_s"] == pytest.approx(expected)
+    # The shape floor: from the same run's product rates, one per product of this size.
+    products = floor.block_products(2, 2, "diag", 400)
+    assert set(saved["rates"]["product_gflops"]["float64"]) == {
+        floor.product_key(p) for p in products["e_step"] + products["m_step"]}
+    assert "per-block products" in out and "tool / shape" in out and "x the shape floor" in out
+    shape = floor.em_shape_floor(400, 2, 2, "diag", "float64", saved["rates"])["total"]
+    assert float(row["shape_floor_s_per_iter"]) == pytest.approx(shape)
+    assert float(row["ratio_over_shape_floor"]) == pytest.approx(float(row["s_per_iter"]) / shape)
+    assert saved["floors"][0]["shape_floor_total_s"] == pytest.approx(shape)
     assert saved["ratios"][0]["tool"] == "sklearn"
     with open(tmp_path / "profile.csv") as f:
         assert [r["phase"] for r in csv.DictReader(f)] == list(floor.PHASES)

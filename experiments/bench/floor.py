@@ -2,9 +2,12 @@
 measured GEMM and exp rates (``measure_rates``), the matrix-product flops and exps one
 EM iteration must do per covariance type (``em_flops``), the floor they give
 (``floor_seconds``: flops at the GEMM rate plus one exp per sample and component at the
-exp rate), the matrix-product flops of a traced JAX function (``dot_flops``, to compare
-jaxgmm's own products with the count) and a per-phase profile of jaxgmm's EM iteration,
-each phase against its own floor (``profile_phases``)."""
+exp rate), the same products as the per-block GEMMs they are (``block_products``) and the
+floor at the measured rate of each of those shapes (``em_shape_floor``: EM's products are
+skinny, and the square GEMM's rate is not theirs), the matrix-product flops of a traced
+JAX function (``dot_flops``, to compare jaxgmm's own products with the count) and a
+per-phase profile of jaxgmm's EM iteration, each phase against its own floors
+(``profile_phases``)."""
 
 from __future__ import annotations
 
@@ -34,15 +37,21 @@ def best_seconds(fn, *args, repeats=3, budget_s=1.0, max_repeats=20):
     return min(times)
 
 
-def measure_rates(dtypes=("float32", "float64"), gemm_size=GEMM_SIZE, exp_elements=EXP_ELEMENTS):
+def measure_rates(
+    dtypes=("float32", "float64"), gemm_size=GEMM_SIZE, exp_elements=EXP_ELEMENTS, sizes=()
+):
     """This machine's GEMM rate (GFLOP/s: a jitted ``a @ b`` of two ``gemm_size`` square
     matrices, 2 n^3 flops) and exp rate (G exp/s, over ``exp_elements`` uniform values in
     [-1, 1]) per dtype, each the best of a few timed calls after a warm-up. The exp rate
     is the better of ``jnp.exp(x)`` (an array written back) and ``jnp.sum(jnp.exp(x))``
     (the exps consumed by a reduction, as EM's log-sum-exp consumes them); both are kept.
 
+    With ``sizes`` ((n_samples, n_features, n_components, covariance_type) tuples) it also
+    measures the rate of each per-block product EM needs there (`measure_product_rates`).
+
     Returns a JSON-ready dict: ``gemm_gflops``, ``exp_gps``, ``exp_gps_elementwise``,
-    ``exp_gps_summed`` ({dtype: rate}), the sizes, and JAX's version, backend and devices.
+    ``exp_gps_summed`` ({dtype: rate}), ``product_gflops`` ({dtype: {product_key: rate}},
+    empty without ``sizes``), the sizes, and JAX's version, backend and devices.
     float64 needs ``jax_enable_x64`` (the benchmark's workers set it)."""
     import jax
     import jax.numpy as jnp
@@ -76,6 +85,7 @@ def measure_rates(dtypes=("float32", "float64"), gemm_size=GEMM_SIZE, exp_elemen
         out["exp_gps_elementwise"][name] = elementwise
         out["exp_gps_summed"][name] = summed
         out["exp_gps"][name] = max(elementwise, summed)
+    out["product_gflops"] = measure_product_rates([tuple(s) for s in sizes], dtypes)
     return out
 
 
@@ -155,6 +165,125 @@ def em_floor(n_samples, n_features, n_components, covariance_type, dtype, rates)
         rates["gemm_gflops"][dtype],
         rates["exp_gps"][dtype],
     )
+
+
+# The floor's products as the per-block GEMMs C (m, n) = A (m, inner) @ B (inner, n) an
+# implementation runs on blocks of b samples, per covariance type: (E-step, M-step) lists
+# of (m, inner, n) as functions of (D, K, b); see `block_products`.
+_BLOCK_PRODUCTS = {
+    "full": lambda d, k, b: ([(k * d, d, b)], [(k * d, b, d), (k, b, d)]),
+    "tied": lambda d, k, b: ([(d, d, b), (k, d, b)], [(k, b, d), (d, b, d)]),
+    "diag": lambda d, k, b: ([(k, 2 * d, b)], [(k, b, 2 * d)]),
+    "spherical": lambda d, k, b: ([(k, d, b)], [(k, b, d), (k, b, 1)]),
+}
+# Block sizes at which the products' rates are measured, besides jaxgmm's own: the floor
+# takes the faster, so it is not tied to jaxgmm's choice.
+SHAPE_BLOCK_SIZES = (8192,)
+
+
+def block_products(n_features, n_components, covariance_type, block_size):
+    """`em_flops`'s products as per-block GEMMs on blocks of ``block_size`` samples:
+    ``{"e_step": [(m, inner, n), ...], "m_step": [...]}``, C (m, n) = A (m, inner) @ B
+    (inner, n). Over N / block_size blocks their flops, 2 m inner n each, are `em_flops`'s.
+    The E-step's inner dimension is the number of features (2 D for diag) however the
+    product is laid out; the M-step's is the block."""
+    if covariance_type not in _BLOCK_PRODUCTS:
+        raise ValueError(
+            f"covariance_type must be one of {sorted(_BLOCK_PRODUCTS)}, got {covariance_type!r}"
+        )
+    e_step, m_step = _BLOCK_PRODUCTS[covariance_type](
+        int(n_features), int(n_components), int(block_size)
+    )
+    return {"e_step": e_step, "m_step": m_step}
+
+
+def product_key(shape):
+    """The JSON key of a per-block product (m, inner, n): ``"m x inner x n"``."""
+    return " x ".join(str(int(v)) for v in shape)
+
+
+def shape_block_sizes(n_samples, n_features, n_components, covariance_type):
+    """The block sizes the shape floor tries at this size: jaxgmm's own
+    (`jaxgmm.model.default_block_size`) and `SHAPE_BLOCK_SIZES`, at most n_samples."""
+    from jaxgmm.model import default_block_size
+
+    own = default_block_size(n_samples, n_components, n_features, covariance_type)
+    return sorted({own, *(min(int(n_samples), b) for b in SHAPE_BLOCK_SIZES)})
+
+
+def measure_product_rate(shape, n_blocks, dtype, pool=4):
+    """GFLOP/s of one per-block product ``shape`` (m, inner, n) in ``dtype``, run
+    ``n_blocks`` times in one jitted `lax.fori_loop` (as a blocked pass runs it), operands
+    cycling through ``pool`` pre-drawn pairs (they stay in cache, as a fused pass's do):
+    the best of the four layouts (A or A^T stored, B or B^T stored; XLA:CPU's rate
+    differs by up to 3x between them), each best of a few calls (`best_seconds`)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    m, inner, n = (int(v) for v in shape)
+    rng = np.random.default_rng(0)
+    best = 0.0
+    for a_t in (False, True):
+        for b_t in (False, True):
+            a_shape = (pool, inner, m) if a_t else (pool, m, inner)
+            b_shape = (pool, n, inner) if b_t else (pool, inner, n)
+            a = jnp.asarray(rng.standard_normal(a_shape).astype(dtype))
+            b = jnp.asarray(rng.standard_normal(b_shape).astype(dtype))
+
+            def run(a, b, a_t=a_t, b_t=b_t):
+                def body(i, _):
+                    ai, bi = a[i % pool], b[i % pool]
+                    return (ai.T if a_t else ai) @ (bi.T if b_t else bi)
+
+                # The carry is the last product: every iteration's product is computed, and
+                # nothing else is (no reduction of the output).
+                return lax.fori_loop(0, n_blocks, body, jnp.zeros((m, n), a.dtype))
+
+            seconds = best_seconds(jax.jit(run), a, b)
+            best = max(best, 2.0 * m * inner * n * n_blocks / seconds / 1e9)
+    return best
+
+
+def measure_product_rates(sizes, dtypes):
+    """The rate of every per-block product (`block_products`) the shape floor needs at
+    ``sizes`` ((n_samples, n_features, n_components, covariance_type) tuples), at each
+    of `shape_block_sizes`: ``{dtype: {product_key: GFLOP/s}}``."""
+    rates = {name: {} for name in dtypes}
+    for n_samples, n_features, n_components, covariance_type in sizes:
+        for block in shape_block_sizes(n_samples, n_features, n_components, covariance_type):
+            products = block_products(n_features, n_components, covariance_type, block)
+            n_blocks = -(-int(n_samples) // block)
+            for shape in products["e_step"] + products["m_step"]:
+                for name in dtypes:
+                    key = product_key(shape)
+                    if key not in rates[name]:
+                        rates[name][key] = measure_product_rate(shape, n_blocks, name)
+    return rates
+
+
+def em_shape_floor(n_samples, n_features, n_components, covariance_type, dtype, rates):
+    """Seconds per EM iteration when every product of `em_flops` runs at the measured
+    rate of its own per-block shape (``rates["product_gflops"]``, `measure_product_rates`)
+    instead of the square GEMM's, at the better of `shape_block_sizes`; the exps as in
+    `em_floor`. Same keys as `floor_seconds`, plus ``block_size`` (the one taken)."""
+    product_rates = rates["product_gflops"][dtype]
+    exps = int(n_samples) * int(n_components) / (rates["exp_gps"][dtype] * 1e9)
+    best = None
+    for block in shape_block_sizes(n_samples, n_features, n_components, covariance_type):
+        products = block_products(n_features, n_components, covariance_type, block)
+        per_block = int(n_samples) / block  # blocks, without padding: em_flops's count
+        parts = {
+            step: sum(
+                2.0 * m * inner * n * per_block / (product_rates[product_key((m, inner, n))] * 1e9)
+                for m, inner, n in products[step]
+            )
+            for step in ("e_step", "m_step")
+        }
+        total = parts["e_step"] + parts["m_step"] + exps
+        if best is None or total < best["total"]:
+            best = dict(parts, exps=exps, total=total, block_size=block)
+    return best
 
 
 def dot_flops(fn, *args):
@@ -270,8 +399,11 @@ def profile_phases(x, init, covariance_type, dtype, rates):
     fitter's own ``step`` (its ``jaxgmm_gflop`` counts the products of the blocked pass's
     block body, `jaxgmm.model.blocked.block_moments_fm`).
 
+    ``rates`` must hold the product rates at this size (`measure_rates` with ``sizes``).
+
     Returns one dict per phase (`PHASES`): ``phase``, ``seconds``, ``floor_s`` (None for
-    phases the floor does not count), ``ratio_over_floor``, ``floor_gflop`` and
+    phases the floor does not count), ``ratio_over_floor``, ``shape_floor_s`` and
+    ``ratio_over_shape_floor`` (the same against `em_shape_floor`), ``floor_gflop`` and
     ``jaxgmm_gflop`` (matrix-product GFLOP of the floor and of jaxgmm's code, `dot_flops`;
     None where not counted), ``block_size`` and ``n_blocks``.
     """
@@ -367,22 +499,27 @@ def profile_phases(x, init, covariance_type, dtype, rates):
     ours_pass = n_blocks * dot_flops(
         lambda xt, w, p: block_moments_fm(xt, p, spec, w), block_x, data.weight[0], params
     )
-    counted = {  # phase: (floor seconds, floor flops, jaxgmm's flops)
-        PHASES[1]: (floor["e_step"], flops["e_step"], ours_e),
-        PHASES[2]: (floor["exps"], 0, 0),
-        PHASES[3]: (floor["m_step"], flops["m_step"], ours_m),
-        PHASES[5]: (floor["total"], flops["products"], ours_e + ours_m),
-        PHASES[6]: (floor["total"], flops["products"], ours_pass),
+    shape = em_shape_floor(
+        n_samples, n_features, n_components, covariance_type, str(xj.dtype), rates
+    )
+    counted = {  # phase: (floor seconds, shape floor seconds, floor flops, jaxgmm's flops)
+        PHASES[1]: (floor["e_step"], shape["e_step"], flops["e_step"], ours_e),
+        PHASES[2]: (floor["exps"], shape["exps"], 0, 0),
+        PHASES[3]: (floor["m_step"], shape["m_step"], flops["m_step"], ours_m),
+        PHASES[5]: (floor["total"], shape["total"], flops["products"], ours_e + ours_m),
+        PHASES[6]: (floor["total"], shape["total"], flops["products"], ours_pass),
     }
     rows = []
     for phase in PHASES:
-        floor_s, floor_flops, ours = counted.get(phase, (None, None, None))
+        floor_s, shape_s, floor_flops, ours = counted.get(phase, (None, None, None, None))
         rows.append(
             dict(
                 phase=phase,
                 seconds=timed[phase],
                 floor_s=floor_s,
                 ratio_over_floor=None if floor_s is None else timed[phase] / floor_s,
+                shape_floor_s=shape_s,
+                ratio_over_shape_floor=None if shape_s is None else timed[phase] / shape_s,
                 floor_gflop=None if floor_flops is None else floor_flops / 1e9,
                 jaxgmm_gflop=None if ours is None else ours / 1e9,
                 block_size=int(block_size),

@@ -16,8 +16,15 @@ import time
 from pathlib import Path
 
 import experiments.bench
-from experiments.bench.floor import EXP_ELEMENTS, GEMM_SIZE, em_floor, measure_rates, profile_worker
-from experiments.bench.peers import OPTIONAL_PEERS, TOOLS, UNSUPPORTED, VB_TOOLS
+from experiments.bench.floor import (
+    EXP_ELEMENTS,
+    GEMM_SIZE,
+    em_floor,
+    em_shape_floor,
+    measure_rates,
+    profile_worker,
+)
+from experiments.bench.peers import OPTIONAL_PEERS, TOOLS, VB_TOOLS, unsupported
 from experiments.bench.plots import plot_results
 from experiments.bench.protocol import cpu_cores, devices_for, float32_minus_float64, set_ratios
 from experiments.bench.workers import scaling_worker, spawn, worker
@@ -29,6 +36,9 @@ GRIDS = {
         (100_000, 8, 8, "full"),
         (1_000_000, 16, 16, "full"),
         (1_000_000, 16, 16, "diag"),
+        # issue 18: tied and spherical no slower than diag at the same size
+        (1_000_000, 16, 16, "tied"),
+        (1_000_000, 16, 16, "spherical"),
     ],
 }
 # Scaling sweeps for jaxgmm (float32, full): vary one of N, K, D about a base point.
@@ -58,6 +68,8 @@ FIELDS = [
     "s_per_iter",
     "floor_s_per_iter",
     "ratio_over_floor",
+    "shape_floor_s_per_iter",
+    "ratio_over_shape_floor",
     "ratio_peer_over_jaxgmm",
     "ratio_peer_over_jaxgmm_cores",
     "ratio_vb_over_em",
@@ -84,6 +96,8 @@ PROFILE_FIELDS = [
     "seconds",
     "floor_s",
     "ratio_over_floor",
+    "shape_floor_s",
+    "ratio_over_shape_floor",
     "floor_gflop",
     "jaxgmm_gflop",
     "block_size",
@@ -95,7 +109,9 @@ def run_job(job):
     """What a ``--worker`` subprocess runs: the rates (``measure_rates``), a per-phase profile
     (``profile``), the scaling sweeps (``scaling``) or one (size, dtype, tool) row."""
     if job.get("measure_rates"):
-        return measure_rates(job["dtypes"], job["gemm_size"], job["exp_elements"])
+        return measure_rates(
+            job["dtypes"], job["gemm_size"], job["exp_elements"], job.get("sizes", ())
+        )
     if job.get("profile"):
         return profile_worker(job)
     return scaling_worker(job) if job.get("scaling") else worker(job)
@@ -110,17 +126,16 @@ def _size(row):
 
 def set_floor(row, rates):
     """Set ``floor_s_per_iter`` (the EM iteration's floor at this size and dtype, see
-    `experiments.bench.floor.em_flops`) and ``ratio_over_floor`` (s/iter over it)."""
-    floor = em_floor(
-        row["n_samples"],
-        row["n_features"],
-        row["n_components"],
-        row["covariance_type"],
-        row["dtype"],
-        rates,
-    )["total"]
+    `experiments.bench.floor.em_flops`), ``shape_floor_s_per_iter`` (the same products
+    at the measured rates of their own shapes, `experiments.bench.floor.em_shape_floor`)
+    and each ``ratio_over_*`` (s/iter over it)."""
+    size = [row[f] for f in ("n_samples", "n_features", "n_components", "covariance_type")]
+    floor = em_floor(*size, row["dtype"], rates)["total"]
+    shape = em_shape_floor(*size, row["dtype"], rates)["total"]
     row["floor_s_per_iter"] = floor
     row["ratio_over_floor"] = row["s_per_iter"] / floor
+    row["shape_floor_s_per_iter"] = shape
+    row["ratio_over_shape_floor"] = row["s_per_iter"] / shape
 
 
 def _g(value, fmt=".3g"):
@@ -129,12 +144,16 @@ def _g(value, fmt=".3g"):
 
 def floor_table(rows):
     """The printed table of every row's seconds per iteration against its floor."""
-    head = f"{'size':<32} {'tool':<14} {'s/iter':>10} {'floor s/iter':>13} {'tool / floor':>13}"
+    head = (
+        f"{'size':<32} {'tool':<14} {'s/iter':>10} {'floor s/iter':>13} {'tool / floor':>13} "
+        f"{'shape floor':>12} {'tool / shape':>13}"
+    )
     lines = [head]
     for row in rows:
         lines.append(
             f"{_size(row):<32} {row['tool']:<14} {row['s_per_iter']:>10.3g} "
-            f"{row['floor_s_per_iter']:>13.3g} {row['ratio_over_floor']:>12.2f}x"
+            f"{row['floor_s_per_iter']:>13.3g} {row['ratio_over_floor']:>12.2f}x "
+            f"{row['shape_floor_s_per_iter']:>12.3g} {row['ratio_over_shape_floor']:>12.2f}x"
         )
     return lines
 
@@ -144,13 +163,14 @@ def profile_table(rows):
     lines = [
         f"jaxgmm EM per phase at {_size(rows[0])} (blocks of {rows[0]['block_size']}, "
         f"{rows[0]['n_blocks']} blocks):",
-        f"  {'phase':<40} {'s':>10} {'floor s':>10} {'x floor':>8} {'GFLOP floor':>12} "
-        f"{'GFLOP jaxgmm':>13}",
+        f"  {'phase':<40} {'s':>10} {'floor s':>10} {'x floor':>8} {'x shape':>8} "
+        f"{'GFLOP floor':>12} {'GFLOP jaxgmm':>13}",
     ]
     for r in rows:
         lines.append(
             f"  {r['phase']:<40} {r['seconds']:>10.3g} {_g(r['floor_s']):>10} "
-            f"{_g(r['ratio_over_floor'], '.2f'):>8} {_g(r['floor_gflop'], '.4f'):>12} "
+            f"{_g(r['ratio_over_floor'], '.2f'):>8} {_g(r['ratio_over_shape_floor'], '.2f'):>8} "
+            f"{_g(r['floor_gflop'], '.4f'):>12} "
             f"{_g(r['jaxgmm_gflop'], '.4f'):>13}"
         )
     return lines
@@ -236,6 +256,7 @@ def main(argv=None):
             dtypes=dtypes,
             gemm_size=args.gemm_size,
             exp_elements=args.exp_elements,
+            sizes=GRIDS[args.sizes],
         )
     )
     print(
@@ -246,17 +267,21 @@ def main(argv=None):
         + f" ({args.exp_elements} elements); load average {load_before[0]:.2f}",
         flush=True,
     )
+    for dt in dtypes:
+        print(
+            f"  {dt} per-block products (m x inner x n, best layout): "
+            + ", ".join(f"{key} {rate:.1f}" for key, rate in rates["product_gflops"][dt].items())
+            + " GFLOP/s",
+            flush=True,
+        )
 
     rows = []
     for n, d, k, cov in GRIDS[args.sizes]:
         for dtype in dtypes:
             for tool in TOOLS:
-                if (tool, dtype) in UNSUPPORTED:
-                    print(
-                        f"N={n} D={d} K={k} {cov} {dtype} {tool}: skipped, "
-                        f"{UNSUPPORTED[tool, dtype]}",
-                        flush=True,
-                    )
+                reason = unsupported(tool, dtype, cov)
+                if reason:
+                    print(f"N={n} D={d} K={k} {cov} {dtype} {tool}: skipped, {reason}", flush=True)
                     continue
                 job = dict(
                     n=n,
@@ -293,7 +318,9 @@ def main(argv=None):
                 where = f" ({row['devices']} devices)" if row.get("devices", 1) > 1 else ""
                 print(
                     f"N={n} D={d} K={k} {cov} {dtype} {tool}{where}: {row['s_per_iter']:.4g} s/iter "
-                    f"({row['ratio_over_floor']:.2f}x the floor, {row['floor_s_per_iter']:.3g}), "
+                    f"({row['ratio_over_floor']:.2f}x the floor, {row['floor_s_per_iter']:.3g}; "
+                    f"{row['ratio_over_shape_floor']:.2f}x the shape floor, "
+                    f"{row['shape_floor_s_per_iter']:.3g}), "
                     f"compile {row['compile_s']:.2f} s, peak {row['peak_mem_mb']:.0f} MB, "
                     f"ll {row['final_log_likelihood_f64']:.6f}",
                     flush=True,
@@ -328,6 +355,10 @@ def main(argv=None):
             covariance_type=cov,
             dtype=dtype,
             **{f"floor_{part}_s": s for part, s in em_floor(n, d, k, cov, dtype, rates).items()},
+            **{
+                f"shape_floor_{part}" + ("" if part == "block_size" else "_s"): s
+                for part, s in em_shape_floor(n, d, k, cov, dtype, rates).items()
+            },
         )
         for n, d, k, cov in GRIDS[args.sizes]
         for dtype in dtypes
@@ -346,7 +377,9 @@ def main(argv=None):
                 ratios=[
                     {
                         f: r.get(f)
-                        for f in FIELDS[:6] + ["s_per_iter", "floor_s_per_iter", "ratio_over_floor"]
+                        for f in FIELDS[:6]
+                        + ["s_per_iter", "floor_s_per_iter", "ratio_over_floor"]
+                        + ["shape_floor_s_per_iter", "ratio_over_shape_floor"]
                     }
                     for r in rows
                 ],
@@ -386,8 +419,9 @@ def main(argv=None):
     if rows:
         print(
             "seconds per iteration against the arithmetic floor (matrix products at the "
-            "measured GEMM rate plus one exp per sample and component; the EM iteration's "
-            "floor, for the -vb rows too):",
+            "measured square-GEMM rate plus one exp per sample and component) and the shape "
+            "floor (the same products at the measured rates of their own per-block shapes); "
+            "the EM iteration's floors, for the -vb rows too:",
             flush=True,
         )
         for line in floor_table(rows):

@@ -4,8 +4,9 @@ rule), compile time, time to first result, iteration count and final parameters 
 float64 (weights, means, covariances). Every tool runs EM except the VB rows
 (``VB_TOOLS``: ``jaxgmm-vb``, ``sklearn-vb``, closed-form variational Bayes under one
 conjugate prior). ``TOOLS`` lists the tools this machine can run (the optional peers only
-when importable), ``UNSUPPORTED`` the (tool, dtype) pairs a peer cannot run. Each adapter imports its library itself, inside the worker, so the import is
-part of the memory it is charged with."""
+when importable), ``UNSUPPORTED`` the dtypes and covariance types a peer cannot run
+(`unsupported` looks a row up). Each adapter imports its library itself, inside the
+worker, so the import is part of the memory it is charged with."""
 
 from __future__ import annotations
 
@@ -158,10 +159,9 @@ def run_sklearn(x, init, cov_type, dtype, n_iter):
     from sklearn.mixture import GaussianMixture
 
     weights, means, covs = init
-    if cov_type == "full":
-        precisions = np.linalg.inv(covs)
-    else:
-        precisions = 1.0 / covs
+    # scikit-learn's precisions_init layouts: the inverse matrices (full (K, D, D), tied
+    # (D, D)) or the inverse variances (diag (K, D), spherical (K,)).
+    precisions = np.linalg.inv(covs) if cov_type in ("full", "tied") else 1.0 / covs
     xs = np.asarray(x, dtype)
 
     def fit(iters):
@@ -205,6 +205,9 @@ def run_gmmx(x, init, cov_type, dtype, n_iter):
       extra E-step only sets labels, not parameters).
     - ``reg_covar`` (default 1e-6, passed explicitly) is added to the covariance diagonal as
       in scikit-learn and jaxgmm, and counts get the same ``10 * eps`` as scikit-learn.
+    - full and diag only: gmmx's ``CovarianceType`` enum and its ``COVARIANCE`` registry
+      (gmmx/gmm.py) have no tied or spherical family, so those rows are reported as
+      unsupported (``UNSUPPORTED``).
     - The initial parameters are taken exactly (``from_squeezed``: weights, means,
       covariances), cast to float32.
     ``max_iter`` is a static field of ``EMFitter``, so each iteration count compiles once;
@@ -217,6 +220,8 @@ def run_gmmx(x, init, cov_type, dtype, n_iter):
 
     if np.dtype(dtype) != np.float32:
         raise ValueError(f"gmmx supports float32 only, got {dtype}")
+    if cov_type not in ("full", "diag"):
+        raise ValueError(f"gmmx supports full and diag covariances only, got {cov_type!r}")
     weights, means, covs = init
     with jax.enable_x64(False):
         xj = jnp.asarray(x, jnp.float32)
@@ -282,12 +287,20 @@ def run_pomegranate(x, init, cov_type, dtype, n_iter):
       ``torch.set_default_dtype(dtype)`` (restored afterwards), which makes every tensor
       float64 in the float64 rows.
     - The initial parameters are taken exactly (priors, per-component means and covs).
+    - Covariance types: ``Normal``'s ``'full'``, ``'diag'`` and ``'sphere'`` (spherical).
+      A sphere's ``covs`` is given as D equal variances: the docstring's shape (1,) fails
+      ``Normal.__init__``'s ``_check_shapes`` (len(covs) == len(means)), and the M-step's
+      mean variance (``covs.mean(dim=-1)``) is written back into all D entries. There is
+      no tied type (each component is its own ``Normal``): tied rows are reported as
+      unsupported (``UNSUPPORTED``).
     - Counts get no ``10 * eps`` (scikit-learn adds it; negligible).
     Timing as for scikit-learn: (t(n) - t(1)) / (n - 1), each the best of a few repeats, after
     one untimed-for-s_per_iter cold 1-iteration fit (torch's one-off start-up, reported as
     time_to_first_result_s); a fresh model is built (outside the timed region) for every
     fit, since ``fit`` updates the model in place. No compilation.
     """
+    if cov_type not in _POMEGRANATE_TYPES:
+        raise ValueError(f"pomegranate has no {cov_type!r} covariance type")
     import torch
     from pomegranate.distributions import Normal
     from pomegranate.gmm import GeneralMixtureModel
@@ -296,6 +309,8 @@ def run_pomegranate(x, init, cov_type, dtype, n_iter):
         np.dtype(dtype)
     ]
     weights, means, covs = init
+    if cov_type == "spherical":
+        covs = np.repeat(np.asarray(covs)[:, None], means.shape[1], axis=1)
     old_default = torch.get_default_dtype()
     torch.set_default_dtype(tdtype)
     try:
@@ -306,7 +321,7 @@ def run_pomegranate(x, init, cov_type, dtype, n_iter):
                 Normal(
                     torch.tensor(means[j], dtype=tdtype),
                     torch.tensor(covs[j], dtype=tdtype),
-                    covariance_type=cov_type,
+                    covariance_type=_POMEGRANATE_TYPES[cov_type],
                 )
                 for j in range(len(weights))
             ]
@@ -330,6 +345,8 @@ def run_pomegranate(x, init, cov_type, dtype, n_iter):
             np.stack([d.means.detach().numpy() for d in gm.distributions]).astype(np.float64),
             np.stack([d.covs.detach().numpy() for d in gm.distributions]).astype(np.float64),
         )
+        if cov_type == "spherical":  # D equal variances per component -> (K,)
+            params = params[:2] + (params[2].mean(axis=1),)
     finally:
         torch.set_default_dtype(old_default)
     return {
@@ -341,6 +358,8 @@ def run_pomegranate(x, init, cov_type, dtype, n_iter):
     }
 
 
+# pomegranate's names of the covariance types it has.
+_POMEGRANATE_TYPES = {"full": "full", "diag": "diag", "spherical": "sphere"}
 # Peers are benchmarked only when importable (optional, not dependencies of jaxgmm:
 # ``pip install gmmx pomegranate``; pomegranate pulls in torch).
 OPTIONAL_PEERS = {"gmmx": run_gmmx, "pomegranate": run_pomegranate}
@@ -364,7 +383,22 @@ TOOLS.update(
         if importlib.util.find_spec(name) is not None
     }
 )
-# (tool, dtype) pairs a peer cannot run; reported as skipped, not run in another dtype.
+# (tool, dtype) and (tool, covariance type) pairs a peer cannot run; reported as skipped,
+# not run in another dtype or covariance type.
 UNSUPPORTED = {
     ("gmmx", "float64"): "gmmx is float32 only (gmmx.gmm.check_shape rejects other dtypes)",
+    **{
+        ("gmmx", cov): f"gmmx has no {cov} covariances (gmmx.gmm.CovarianceType: full and "
+        "diag only)"
+        for cov in ("tied", "spherical")
+    },
+    ("pomegranate", "tied"): "pomegranate has no tied covariances (each component is its "
+    "own Normal: covariance_type full, diag or sphere)",
 }
+
+
+def unsupported(tool, dtype, cov_type):
+    """Why ``tool`` cannot run this (dtype, covariance type) row (`UNSUPPORTED`'s reasons,
+    joined by '; '), or None when it can."""
+    reasons = [UNSUPPORTED[tool, key] for key in (dtype, cov_type) if (tool, key) in UNSUPPORTED]
+    return "; ".join(reasons) or None

@@ -29,31 +29,57 @@ def make_data(n_samples, n_features, n_components, seed=0):
     return x
 
 
+# The covariance types every piece of the protocol handles, in scikit-learn's layouts
+# (``GaussianMixture.covariances_``): full (K, D, D), tied (D, D), diag (K, D),
+# spherical (K,).
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def _check_covariance_type(covariance_type):
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(
+            f"covariance_type must be one of {list(COVARIANCE_TYPES)}, got {covariance_type!r}"
+        )
+
+
 def initial_parameters(x, n_components, covariance_type, seed=1):
     """The same start for every tool: random data points as means, the data's
-    covariance (or variances) for every component, equal weights."""
+    covariance for every component (full: (K, D, D); tied: the one (D, D); diag: its
+    diagonal, (K, D); spherical: its mean variance, (K,)), equal weights."""
+    _check_covariance_type(covariance_type)
     rng = np.random.default_rng(seed)
     means = x[rng.choice(x.shape[0], n_components, replace=False)]
-    cov = np.cov(x[: min(x.shape[0], 100_000)].T)
+    cov = np.atleast_2d(np.cov(x[: min(x.shape[0], 100_000)].T))
     weights = np.full(n_components, 1.0 / n_components)
-    if covariance_type == "full":
-        covs = np.broadcast_to(cov, (n_components,) + cov.shape).copy()
-    elif covariance_type == "diag":
-        covs = np.broadcast_to(np.diag(cov), (n_components, x.shape[1])).copy()
-    else:
-        raise ValueError(f"covariance_type must be 'full' or 'diag' here, got {covariance_type!r}")
+    covs = {
+        "full": lambda: np.broadcast_to(cov, (n_components,) + cov.shape).copy(),
+        "tied": lambda: cov.copy(),
+        "diag": lambda: np.broadcast_to(np.diag(cov), (n_components, x.shape[1])).copy(),
+        "spherical": lambda: np.full(n_components, np.diag(cov).mean()),
+    }[covariance_type]()
     return weights, means, covs
+
+
+def _dense_covariances(covs, covariance_type, n_components, n_features):
+    """(K, D, D) covariances from scikit-learn's layout of ``covariance_type``."""
+    covs = np.asarray(covs, np.float64)
+    eye = np.eye(n_features)
+    if covariance_type == "full":
+        return covs
+    if covariance_type == "tied":
+        return np.broadcast_to(covs, (n_components, n_features, n_features))
+    if covariance_type == "diag":
+        return covs[:, :, None] * eye
+    return covs[:, None, None] * eye  # spherical
 
 
 def _weighted_log_prob_blocks(x, weights, means, covs, covariance_type, block):
     """Yield (n_block, K) log w_k + log N(x | mu_k, Sigma_k) in float64 NumPy, per block."""
+    _check_covariance_type(covariance_type)
     x = np.asarray(x, np.float64)
     d = x.shape[1]
     k = len(weights)
-    covs = np.asarray(covs, np.float64)
-    if covariance_type == "diag":
-        covs = np.stack([np.diag(c) for c in covs])
-    chols = np.linalg.cholesky(covs)
+    chols = np.linalg.cholesky(_dense_covariances(covs, covariance_type, k, d))
     log_det = 2 * np.sum(np.log(np.diagonal(chols, axis1=1, axis2=2)), axis=1)
     for start in range(0, x.shape[0], block):
         xb = x[start : start + block]
@@ -70,19 +96,25 @@ def vb_prior(x, n_components, covariance_type):
     """The one prior of every VB row: scikit-learn's `BayesianGaussianMixture` defaults,
     given explicitly to each tool so that neither tool's own defaults decide. Stick-breaking
     weights with concentration 1/K, mean_prior the data mean, mean_precision 1,
-    degrees_of_freedom D, covariance_prior the data covariance (its diagonal for diag),
-    as keyword arguments of scikit-learn's names."""
+    degrees_of_freedom D, covariance_prior the data covariance in scikit-learn's layout
+    for the type (full and tied: the (D, D) matrix; diag: its diagonal, (D,); spherical:
+    its mean variance, a float), as keyword arguments of scikit-learn's names."""
+    _check_covariance_type(covariance_type)
     x = np.asarray(x, np.float64)
     cov = np.atleast_2d(np.cov(x[: min(x.shape[0], 100_000)].T))
-    if covariance_type not in ("full", "diag"):
-        raise ValueError(f"covariance_type must be 'full' or 'diag' here, got {covariance_type!r}")
+    covariance_prior = {
+        "full": cov,
+        "tied": cov,
+        "diag": np.diag(cov).copy(),
+        "spherical": float(np.diag(cov).mean()),
+    }[covariance_type]
     return dict(
         weight_concentration_prior_type="dirichlet_process",
         weight_concentration_prior=1.0 / n_components,
         mean_prior=x.mean(0),
         mean_precision_prior=1.0,
         degrees_of_freedom_prior=float(x.shape[1]),
-        covariance_prior=cov if covariance_type == "full" else np.diag(cov).copy(),
+        covariance_prior=covariance_prior,
     )
 
 
@@ -126,16 +158,17 @@ def devices_for(n_samples, cores):
 
 
 def covariances_float64(prec_chol, cov_type):
-    """Covariances from jaxgmm's precision Cholesky factors, in float64 NumPy. Formed in
-    float32 instead, a covariance with condition number 1e6 loses its narrow directions
-    and the float64 score of a float32 fit drops by ~1e-4 nats/sample."""
+    """Covariances from jaxgmm's precision Cholesky factors, in float64 NumPy, in
+    scikit-learn's layout (full: (K, D, D) from (K, D, D); tied: (D, D) from (D, D);
+    diag: (K, D) from (K, D); spherical: (K,) from (K,)). Formed in float32 instead, a
+    covariance with condition number 1e6 loses its narrow directions and the float64
+    score of a float32 fit drops by ~1e-4 nats/sample."""
+    _check_covariance_type(cov_type)
     p = np.asarray(prec_chol, np.float64)
-    if cov_type == "full":
+    if cov_type in ("full", "tied"):
         inverse = np.linalg.inv(p)  # precision = P P^T, so Sigma = P^{-T} P^{-1}
         return np.swapaxes(inverse, -1, -2) @ inverse
-    if cov_type == "diag":
-        return 1.0 / np.square(p)
-    raise ValueError(f"covariance_type must be 'full' or 'diag' here, got {cov_type!r}")
+    return 1.0 / np.square(p)  # diag, spherical: P is the inverse standard deviation
 
 
 def best_difference(fit, n_iter):

@@ -29,6 +29,39 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 os.environ.setdefault("JAXGMM_CACHE_DIR", os.environ["JAXGMM_TEST_XLA_CACHE"])
 
 
+def _stamp_arviz_daily_warning():
+    """ArviZ 0.23 writes a stamp file on its first import of the day through one fixed
+    temporary name, so two pytest-xdist workers importing it at once can race (the second
+    rename fails: FileNotFoundError, seen in this suite on 2026-12-02). Write today's stamp
+    first, through a temporary name of this process, so ArviZ's import only reads it."""
+    import datetime
+
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:  # no ArviZ installed: nothing to do
+        return
+    folder = user_cache_dir("arviz", "arviz")
+    stamp = os.path.join(folder, "daily_warning")
+    today = datetime.date.today().isoformat()
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == today:
+                return
+    except OSError:
+        pass
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{stamp}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(today)
+        os.replace(tmp, stamp)
+    except OSError:  # a read-only home: ArviZ's own write would fail the same way
+        pass
+
+
+_stamp_arviz_daily_warning()
+
+
 def pytest_unconfigure(config):
     if _CREATED_CACHE is not None:
         shutil.rmtree(_CREATED_CACHE, ignore_errors=True)

@@ -1,5 +1,5 @@
 """The benchmark's figures: ``bench.png`` (seconds per iteration, EM or for the ``-vb``
-tools VB, per size, tool and dtype; "n/a" where a tool was skipped or failed) and
+tools VB, per size, tool (one colour each) and dtype (float64 hatched); "n/a" where a tool was skipped or failed) and
 ``scaling.png`` (jaxgmm over N, K, D)."""
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ def plot_results(out, rows, scaling):
         {(r["n_samples"], r["n_features"], r["n_components"], r["covariance_type"]) for r in rows}
     )
     series = sorted({(r["tool"], r["dtype"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(labels), 4))
+    # One colour per tool (tab10 has more colours than there are tools), float64 hatched:
+    # with one colour per (tool, dtype) series tab10 ran out and repeated a colour.
+    tools = sorted({tool for tool, _ in series})
+    colour = {tool: plt.get_cmap("tab10")(i % 10) for i, tool in enumerate(tools)}
+    fig, ax = plt.subplots(figsize=(3.8 + 2.2 * len(labels), 4))
     width = 0.8 / max(len(series), 1)
     for i, (tool, dtype) in enumerate(series):
         vals = [
@@ -34,7 +38,15 @@ def plot_results(out, rows, scaling):
             )
             for lab in labels
         ]
-        ax.bar(np.arange(len(labels)) + i * width, vals, width, label=f"{tool} {dtype}")
+        ax.bar(
+            np.arange(len(labels)) + i * width,
+            vals,
+            width,
+            label=f"{tool} {dtype}",
+            color=colour[tool],
+            hatch="//" if dtype == "float64" else None,
+            edgecolor="white" if dtype == "float64" else None,
+        )
         for j, val in enumerate(vals):
             if np.isnan(val):  # skipped (unsupported dtype) or failed: say so, not a gap
                 ax.text(
@@ -51,7 +63,7 @@ def plot_results(out, rows, scaling):
     ax.set_xticklabels([f"N={n:.0e}\nD={d} K={k}\n{c}" for n, d, k, c in labels])
     ax.set_yscale("log")
     ax.set_ylabel("seconds per iteration (EM; VB for *-vb)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "bench.png", dpi=120)
     plt.close(fig)

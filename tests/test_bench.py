@@ -134,7 +134,7 @@ def _sklearn_fit(x, init, cov_type, n_iter, reg_covar):
     from sklearn.mixture import GaussianMixture
 
     weights, means, covs = init
-    precisions = np.linalg.inv(covs) if cov_type == "full" else 1.0 / covs
+    precisions = np.linalg.inv(covs) if cov_type in ("full", "tied") else 1.0 / covs
     gm = GaussianMixture(len(weights), covariance_type=cov_type, max_iter=n_iter, tol=0.0,
                          reg_covar=reg_covar, weights_init=weights, means_init=means,
                          precisions_init=precisions)
@@ -188,7 +188,7 @@ def test_pomegranate_adapter_matches_sklearn(cov_type):
     assert abs(protocol.score_float64(x, *out32["params"], cov_type) - ref.score(x)) < 1e-4
 
 
-@pytest.mark.parametrize("cov_type", ["full", "diag"])
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
 def test_vb_adapters_agree_from_the_shared_start(cov_type):
     # jaxgmm's VB and scikit-learn's BayesianGaussianMixture, both from the responsibilities
     # of the shared initial parameters under the one prior (protocol.vb_prior), run the same

@@ -146,24 +146,6 @@ def test_em_adapters_agree_from_the_shared_start(cov_type):
     assert abs(protocol.score_float64(x, *ours32["params"], cov_type) - ll) < 1e-5
 
 
-@pytest.mark.parametrize("cov_type", NEW_TYPES)
-def test_vb_adapters_agree_from_the_shared_start(cov_type):
-    # jaxgmm's VB ("sklearn" update rule) and BayesianGaussianMixture, from the shared
-    # start's responsibilities under protocol.vb_prior: the same numbers, and not EM's.
-    x = protocol.make_data(2000, 3, 3)
-    init = protocol.initial_parameters(x, 3, cov_type)
-    ours = peers.run_jaxgmm_vb(x, init, cov_type, np.dtype("float64"), 4)
-    theirs = peers.run_sklearn_vb(x, init, cov_type, np.dtype("float64"), 4)
-    assert ours["n_iter"] == theirs["n_iter"] == 4
-    for got, want in zip(ours["params"], theirs["params"]):
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
-    ll = protocol.score_float64(x, *ours["params"], cov_type)
-    assert _fewer_is_distinguishable(x, init, cov_type, ll, peers.run_sklearn_vb, 4)
-    em = peers.run_sklearn(x, init, cov_type, np.dtype("float64"), 4)
-    assert abs(ll - protocol.score_float64(x, *em["params"], cov_type)) > 1e-6
-
-
 def test_unsupported_reasons_per_dtype_and_covariance_type():
     assert peers.unsupported("jaxgmm", "float64", "tied") is None
     assert peers.unsupported("sklearn-vb", "float32", "spherical") is None

@@ -94,15 +94,21 @@ def test_devices_for_divides_the_samples():
     assert protocol.devices_for(12, 1) == 1
 
 
-@pytest.mark.parametrize("cov_type", ["full", "diag"])
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
 def test_covariances_float64_match_jaxgmm(cov_type):
     import jaxgmm
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 4, 4))
-    covs = a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(4) if cov_type == "full" else rng.uniform(0.5, 2, (3, 4))
+    covs = {"full": lambda: a @ np.swapaxes(a, 1, 2) + 0.1 * np.eye(4),
+            "tied": lambda: a[0] @ a[0].T + 0.1 * np.eye(4),
+            "diag": lambda: rng.uniform(0.5, 2, (3, 4)),
+            "spherical": lambda: rng.uniform(0.5, 2, 3)}[cov_type]()
     params = jaxgmm.params_from_covariances(np.full(3, 1 / 3), rng.normal(size=(3, 4)), covs, cov_type)
+    if cov_type in ("tied", "spherical"):
+        assert params.prec_chol.shape == covs.shape  # (D, D) and (K,): jaxgmm's layouts
     got = protocol.covariances_float64(params.prec_chol, cov_type)
+    assert got.shape == covs.shape
     np.testing.assert_allclose(got, covs, rtol=1e-9)
     np.testing.assert_allclose(got, np.asarray(jaxgmm.covariances(params, cov_type)), rtol=1e-9)
 

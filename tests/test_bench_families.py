@@ -87,23 +87,6 @@ def test_score_and_responsibilities_match_sklearn(cov_type):
 
 
 @pytest.mark.parametrize("cov_type", NEW_TYPES)
-def test_covariances_float64_round_trip_jaxgmm(cov_type):
-    import jaxgmm
-
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(4, 4))
-    covs = a @ a.T + 0.1 * np.eye(4) if cov_type == "tied" else rng.uniform(0.5, 2, 3)
-    params = jaxgmm.params_from_covariances(
-        np.full(3, 1 / 3), rng.normal(size=(3, 4)), covs, cov_type
-    )
-    assert params.prec_chol.shape == covs.shape  # (D, D) and (K,): jaxgmm's layouts
-    got = protocol.covariances_float64(params.prec_chol, cov_type)
-    assert got.shape == covs.shape
-    np.testing.assert_allclose(got, covs, rtol=1e-9)
-    np.testing.assert_allclose(got, np.asarray(jaxgmm.covariances(params, cov_type)), rtol=1e-9)
-
-
-@pytest.mark.parametrize("cov_type", NEW_TYPES)
 def test_vb_prior_is_sklearns_default_layout(cov_type):
     from sklearn.mixture import BayesianGaussianMixture
 

@@ -190,7 +190,7 @@ def test_compile_options_change_nothing_but_speed():
 
 
 @needs_x64
-@pytest.mark.parametrize("cov", ["full", "diag"])
+@pytest.mark.parametrize("cov", ["full", "tied", "diag"])
 def test_float32_matches_float64(cov):
     # The target: float32 within 2e-5 nats per sample of float64 from the same
     # initialisation, both sets of final parameters scored by the one float64 density.
@@ -211,7 +211,7 @@ def test_float32_matches_float64(cov):
 
 
 @pytest.mark.parametrize(
-    "families", ["full,diag", pytest.param(",".join(FAMILIES), marks=pytest.mark.slow)]
+    "families", ["full,tied,diag", pytest.param(",".join(FAMILIES), marks=pytest.mark.slow)]
 )
 def test_sharded_equals_single_device(families):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",

@@ -93,7 +93,7 @@ def measure_rates(
 # (E-step, M-step) functions of (N, D, K); see `em_flops`.
 _PRODUCT_FLOPS = {
     "full": lambda n, d, k: (2 * n * k * d * d, 2 * n * k * d * d + 2 * n * k * d),
-    "tied": lambda n, d, k: (2 * n * d * d + 2 * n * k * d, 2 * n * d * d + 2 * n * k * d),
+    "tied": lambda n, d, k: (2 * n * d * d + 2 * n * k * d, 2 * n * k * d),
     "diag": lambda n, d, k: (4 * n * k * d, 4 * n * k * d),
     "spherical": lambda n, d, k: (2 * n * k * d, 2 * n * k * d + 2 * n * k),
 }
@@ -126,11 +126,12 @@ def em_flops(n_samples, n_features, n_components, covariance_type):
       sum_n r_nk |x_n|^2, (K, N) x (N, 1), 2 N K. Total 4 N K D + 2 N K.
     * ``tied`` (one P): E-step, y_n = P^T x_n, (N, D) x (D, D), 2 N D^2, then
       |y_n - o_k|^2 = |y_n|^2 - 2 o_k . y_n + |o_k|^2 with o_k = P^T mu_k, the cross
-      term (N, D) x (D, K), 2 N K D. M-step, the first moments, 2 N K D, and the scatter
-      sum_n x_n x_n^T about a reference point, 2 N D^2: it does not change between
-      iterations, but hoisted out of the loop the float32 estimate would cancel against
-      sum_k nk mu_k mu_k^T, and neither jaxgmm nor scikit-learn hoists it. Total
-      4 N D^2 + 4 N K D.
+      term (N, D) x (D, K), 2 N K D. M-step, the first moments, 2 N K D: the scatter
+      sum_n x_n x_n^T about a reference point does not change between iterations, so
+      it is taken once per fit (not counted), and the scatter about the means is
+      O(K D^2) from it and the first moments (jaxgmm does this where the expanded form
+      is accurate, `jaxgmm.model.covariance.use_expansion`; scikit-learn forms the
+      scatter every iteration). Total 2 N D^2 + 4 N K D.
 
     Exps: N K, one per sample and component (the log-sum-exp's exps, reused for the
     responsibilities as jaxgmm reuses them); the N logs are not counted.
@@ -172,7 +173,7 @@ def em_floor(n_samples, n_features, n_components, covariance_type, dtype, rates)
 # of (m, inner, n) as functions of (D, K, b); see `block_products`.
 _BLOCK_PRODUCTS = {
     "full": lambda d, k, b: ([(k * d, d, b)], [(k * d, b, d), (k, b, d)]),
-    "tied": lambda d, k, b: ([(d, d, b), (k, d, b)], [(k, b, d), (d, b, d)]),
+    "tied": lambda d, k, b: ([(d, d, b), (k, d, b)], [(k, b, d)]),
     "diag": lambda d, k, b: ([(k, 2 * d, b)], [(k, b, 2 * d)]),
     "spherical": lambda d, k, b: ([(k, d, b)], [(k, b, d), (k, b, 1)]),
 }
@@ -393,11 +394,14 @@ def profile_phases(x, init, covariance_type, dtype, rates):
     the log-sum-exp and responsibilities re-implement the block body's few lines
     (``_log_sum_exp_block``); the weighted scatter is the family's
     ``whitened_moments_fm`` where `jaxgmm.model.blocked.uses_whitened_frame` (float32
-    full) and ``second_moments_fm`` otherwise, as the block body chooses; the
+    full), tied's ``first_moments_fm`` and ``scatter_from_data_scatter`` where the
+    expanded form is used, and ``second_moments_fm`` otherwise, as the blocked pass
+    chooses; the
     parameters from statistics are `jaxgmm.model.stats_from_moments`,
     `jaxgmm.em.params_from_stats` and `jaxgmm.em.em_bound_from_stats`; the step is the EM
     fitter's own ``step`` (its ``jaxgmm_gflop`` counts the products of the blocked pass's
-    block body, `jaxgmm.model.blocked.block_moments_fm`).
+    block body, `jaxgmm.model.blocked.block_moments_branch_fm` in the form taken at
+    ``init``).
 
     ``rates`` must hold the product rates at this size (`measure_rates` with ``sizes``).
 
@@ -412,7 +416,7 @@ def profile_phases(x, init, covariance_type, dtype, rates):
     from jax import lax
 
     import jaxgmm
-    from jaxgmm.model.blocked import block_moments_fm, uses_whitened_frame
+    from jaxgmm.model.blocked import block_moments_branch_fm, uses_whitened_frame
     from jaxgmm.model.covariance import use_expansion
     from jaxgmm.model.density import weighted_log_prob_fm
 
@@ -434,9 +438,16 @@ def profile_phases(x, init, covariance_type, dtype, rates):
     def quadratic_block(xt, p):
         return weighted_log_prob_fm(xt, p, spec, expanded)
 
+    # Tied's blocks form only first moments where the expanded form is used; the scatter
+    # then comes from the layout's `DataScatter` (`accumulate_moments_fm`).
+    from_data_scatter = expanded and data.data_scatter is not None
+
     def scatter_block(resp, xt, p):
         if whitened:
             return family.whitened_moments_fm(resp, xt, p.means, p.prec_chol)
+        if from_data_scatter:
+            first = family.first_moments_fm(resp, xt, p.means)
+            return first, jnp.zeros(family.scatter_shape(*first.shape), first.dtype)
         return family.second_moments_fm(resp, xt, p.means, expanded)
 
     def quadratic(d, p):
@@ -448,7 +459,11 @@ def profile_phases(x, init, covariance_type, dtype, rates):
         return _sum_over_blocks(lambda i: _log_sum_exp_block(wlp[i], d.weight[i]), n_blocks)
 
     def scatter(resp, d, p):
-        return _sum_over_blocks(lambda i: scatter_block(resp[i], d.blocks[i], p), n_blocks)
+        first, second = _sum_over_blocks(lambda i: scatter_block(resp[i], d.blocks[i], p), n_blocks)
+        if from_data_scatter:
+            nk = jnp.sum(resp, axis=(0, 2))
+            second = family.scatter_from_data_scatter(d.data_scatter, first, nk, p.means)
+        return first, second
 
     def from_statistics(moments, p):
         _, stats = jaxgmm.model.stats_from_moments(moments, p, spec)
@@ -497,7 +512,10 @@ def profile_phases(x, init, covariance_type, dtype, rates):
     # The fused block body's own products (where the E-step and the scatter each form
     # the same product, it counts twice: XLA does not merge them).
     ours_pass = n_blocks * dot_flops(
-        lambda xt, w, p: block_moments_fm(xt, p, spec, w), block_x, data.weight[0], params
+        lambda xt, w, p: block_moments_branch_fm(xt, p, spec, w, expanded, not from_data_scatter),
+        block_x,
+        data.weight[0],
+        params,
     )
     shape = em_shape_floor(
         n_samples, n_features, n_components, covariance_type, str(xj.dtype), rates

@@ -24,6 +24,12 @@ Moments add over blocks, devices and hosts; `stats_from_moments` turns their sum
 `SufficientStats` (means and scatter about the new means) that `params_from_stats` takes.
 The log-density is the shared `weighted_log_prob_fm`, applied per block.
 
+Tied covariances take the scatter from the samples' own scatter, formed once per fit
+(`DataScatter`, attached by `spec_blocks`): where the expanded Mahalanobis form is
+accurate (`use_expansion`), each block then forms only its first moments and the scatter
+about the means is an O(K D^2) combination afterwards (the family's
+``scatter_from_data_scatter``), 2 N D^2 + 2 N K D fewer products per iteration.
+
 Blocks are feature-major, (n_features, block): per-component work is then contiguous
 along samples and XLA:CPU fuses and vectorises it (the sample-major layout was 1.6x
 slower for full covariances at (1e6, 16, 16)). `feature_major_blocks` lays the data out
@@ -109,7 +115,10 @@ def block_second_moments(resp, xt, means, spec, expanded, whitening):
     return family.second_moments_fm(resp, xt, means, expanded)
 
 
-def _block_moments_fm(xt, params, spec, weight, expanded):
+def block_moments_branch_fm(xt, params, spec, weight, expanded, with_second=True):
+    """One branch of `block_moments_fm`: the ``expanded`` (or direct) form, no
+    `lax.cond`; without ``with_second`` the block's scatter is zeros and only its first
+    moments are formed (the `DataScatter` path of `accumulate_moments_fm`)."""
     wlp, whitening = block_log_prob_fm(xt, params, spec, expanded)  # (K, n)
     # logsumexp over components with one exp per element, reused for resp.
     top = lax.stop_gradient(jnp.max(wlp, axis=0))
@@ -124,7 +133,12 @@ def _block_moments_fm(xt, params, spec, weight, expanded):
         resp = resp * weight
         log_norm = log_norm * weight
         n_samples = jnp.sum(weight)
-    first, second = block_second_moments(resp, xt, params.means, spec, expanded, whitening)
+    if with_second:
+        first, second = block_second_moments(resp, xt, params.means, spec, expanded, whitening)
+    else:  # the scatter comes from the `DataScatter` after the pass
+        family = get_family(spec.covariance_type)
+        first = family.first_moments_fm(resp, xt, params.means)
+        second = jnp.zeros(family.scatter_shape(*first.shape), first.dtype)
     return Moments(
         log_likelihood=jnp.sum(log_norm),
         nk=jnp.sum(resp, axis=1),
@@ -142,11 +156,11 @@ def block_moments_fm(xt, params, spec, weight=None):
     `lax.cond`; the log-density is then the same as `weighted_log_prob`'s."""
     family = get_family(spec.covariance_type)
     if not family.has_expansion:
-        return _block_moments_fm(xt, params, spec, weight, False)
+        return block_moments_branch_fm(xt, params, spec, weight, False)
     return lax.cond(
         use_expansion(family, params.means, params.prec_chol),
-        lambda: _block_moments_fm(xt, params, spec, weight, True),
-        lambda: _block_moments_fm(xt, params, spec, weight, False),
+        lambda: block_moments_branch_fm(xt, params, spec, weight, True),
+        lambda: block_moments_branch_fm(xt, params, spec, weight, False),
     )
 
 
@@ -185,16 +199,50 @@ def default_block_size(n_samples, n_components, n_features, covariance_type="ful
     return int(max(1, min(n_samples, size)))
 
 
+class DataScatter(NamedTuple):
+    """The samples' own weighted moments, independent of the parameters, for S disjoint
+    parts of the data (S = 1 per device; parts add): the scatter about any point c is
+    sum_s scatter_s + r_s o_s^T + o_s r_s^T + count_s o_s o_s^T with o_s = mean_s - c.
+
+    Attributes:
+        count: (S,) sum_n w_n.
+        mean: (S, n_features) the part's centre (its mean, to rounding).
+        residual: (S, n_features) sum_n w_n (x_n - mean), the rounding of ``mean``
+            (kept so that the shift above is exact).
+        scatter: (S, n_features, n_features) sum_n w_n (x_n - mean)(x_n - mean)^T.
+    """
+
+    count: jax.Array
+    mean: jax.Array
+    residual: jax.Array
+    scatter: jax.Array
+
+    def about(self, center):
+        """(D, D) sum_n w_n (x_n - center)(x_n - center)^T over all parts."""
+        offset = self.mean - center
+        cross = jnp.einsum("sd,se->de", self.residual, offset)
+        return (
+            jnp.sum(self.scatter, axis=0)
+            + cross
+            + cross.T
+            + jnp.einsum("s,sd,se->de", self.count, offset, offset)
+        )
+
+
 class FeatureMajorBlocks(NamedTuple):
     """Data laid out for blocked EM: equal blocks, each feature-major.
 
     Attributes:
         blocks: (n_blocks, n_features, block_size); the tail is zero-padded.
         weight: (n_blocks, block_size), 1 for a real sample and 0 for padding.
+        data_scatter: `DataScatter` of the real samples where the covariance family
+            builds its scatter from it (``uses_data_scatter``, see `spec_blocks`), else
+            None.
     """
 
     blocks: jax.Array
     weight: jax.Array
+    data_scatter: DataScatter | None = None
 
 
 def feature_major_blocks(x, block_size):
@@ -214,23 +262,71 @@ def feature_major_blocks(x, block_size):
 def spec_block_size(n_samples, n_features, spec, block_size: int | None = None):
     """``block_size``, or when None `default_block_size` for this shape and ``spec``."""
     if block_size is None:
-        block_size = default_block_size(n_samples, spec.n_components, n_features, spec.covariance_type)
+        block_size = default_block_size(
+            n_samples, spec.n_components, n_features, spec.covariance_type
+        )
     return block_size
 
 
 def spec_blocks(x, spec, block_size: int | None = None):
     """``x`` (n_samples, n_features) as `FeatureMajorBlocks` of ``block_size`` samples,
-    by default `default_block_size` for this shape and ``spec``."""
-    return feature_major_blocks(x, spec_block_size(*x.shape, spec, block_size))
+    by default `default_block_size` for this shape and ``spec``, with the `DataScatter`
+    where the family uses one (one 2 N D^2 product, per fit, not per iteration)."""
+    data = feature_major_blocks(x, spec_block_size(*x.shape, spec, block_size))
+    if get_family(spec.covariance_type).uses_data_scatter:
+        data = data._replace(data_scatter=blocks_data_scatter(data))
+    return data
 
 
 def accumulate_moments_fm(data, params, spec):
     """`Moments` of prepared `FeatureMajorBlocks`, one block at a time under
-    `lax.fori_loop` (one compiled block body; padding has weight 0)."""
+    `lax.fori_loop` (one compiled block body; padding has weight 0).
 
-    return _sum_over_prepared(
-        lambda i: block_moments_fm(data.blocks[i], params, spec, data.weight[i]), data
+    With a `DataScatter` (tied) and where `use_expansion` allows, the blocks form only
+    their first moments and the scatter comes from the family's
+    ``scatter_from_data_scatter``; otherwise every block forms its own scatter."""
+    family = get_family(spec.covariance_type)
+
+    def each_block(expanded, with_second=True):
+        return _sum_over_prepared(
+            lambda i: block_moments_branch_fm(
+                data.blocks[i], params, spec, data.weight[i], expanded, with_second
+            ),
+            data,
+        )
+
+    if data.data_scatter is None or not family.uses_data_scatter:
+        return _sum_over_prepared(
+            lambda i: block_moments_fm(data.blocks[i], params, spec, data.weight[i]), data
+        )
+
+    def from_data_scatter():
+        moments = each_block(True, with_second=False)
+        second = family.scatter_from_data_scatter(
+            data.data_scatter, moments.first, moments.nk, params.means
+        )
+        return moments._replace(second=second)
+
+    return lax.cond(
+        use_expansion(family, params.means, params.prec_chol),
+        from_data_scatter,
+        lambda: each_block(False),
     )
+
+
+def blocks_data_scatter(data):
+    """`DataScatter` (one part) of the weighted samples of `FeatureMajorBlocks`, summed
+    block by block as the EM pass sums its moments (so float32 rounds alike)."""
+    count = jnp.sum(data.weight)
+    mean = jnp.einsum("bdn,bn->d", data.blocks, data.weight) / count
+
+    def block(i):
+        centred = data.blocks[i] - mean[:, None]
+        weighted = centred * data.weight[i]
+        return jnp.sum(weighted, axis=1), weighted @ centred.T
+
+    residual, scatter = _sum_over_prepared(block, data)
+    return DataScatter(count[None], mean[None], residual[None], scatter[None])
 
 
 def _sum_over_prepared(block_fn, data):

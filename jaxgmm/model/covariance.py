@@ -127,6 +127,10 @@ class CovarianceFamily:
     * ``sample_noise(z, prec_chol, labels)`` (sampling) and
       ``check_precisions(precisions, name)`` (user-supplied precisions).
 
+    Optionally, with ``uses_data_scatter``: ``first_moments_fm(resp, xt, means)`` (K, D)
+    and ``scatter_from_data_scatter(data_scatter, first, nk, means)``, the scatter
+    about ``means`` from the samples' own (`jaxgmm.model.blocked`).
+
     Defaults below: no expanded Mahalanobis form, no whitened frame, per-component
     parameters (relabelling permutes them) and scatters that need no symmetrising.
     """
@@ -144,6 +148,9 @@ class CovarianceFamily:
     small_block_elements = None
     # XLA compile options for EM's step executable ((name, value) pairs; speed only).
     em_step_compile_options = ()
+    # Whether blocked EM may build the scatter from the samples' own scatter, taken once
+    # per fit (``first_moments_fm``, ``scatter_from_data_scatter``; tied).
+    uses_data_scatter = False
 
     @staticmethod
     def expansion_risk(means, prec_chol):
@@ -441,6 +448,7 @@ class Tied(Full):
     has_expansion = True
     has_whitened_frame = False
     small_block_elements = None
+    uses_data_scatter = True
 
     @staticmethod
     def expansion_risk(means, prec_chol):
@@ -470,12 +478,36 @@ class Tied(Full):
         return jnp.sum(Full.scatter(x, resp, centers), axis=0)
 
     @staticmethod
+    def first_moments_fm(resp, xt, means):
+        """(K, D) sum_n r_kn (x_n - mu_k) of one feature-major block (about the data's
+        centre, so float32 keeps its digits)."""
+        center = data_center(means)
+        return resp @ (xt - center[:, None]).T - jnp.sum(resp, axis=1)[:, None] * (means - center)
+
+    @staticmethod
     def second_moments_fm(resp, xt, means, expanded=False):
         center = data_center(means)
         xs, ms = xt - center[:, None], means - center
-        first = resp @ xs.T - jnp.sum(resp, axis=1)[:, None] * ms
+        first = Tied.first_moments_fm(resp, xt, means)
         z = xs * jnp.sum(resp, axis=0) - ms.T @ resp  # (D, n): sum_k r_kn (x_n - mu_k)
         return first, z @ xs.T - first.T @ ms
+
+    @staticmethod
+    def scatter_from_data_scatter(data_scatter, first, nk, means):
+        """sum_k sum_n r_nk (x_n - mu_k)(x_n - mu_k)^T from the samples' own scatter
+        (``data_scatter``, a `jaxgmm.model.blocked.DataScatter`, fixed for a fit) and
+        this iteration's ``first`` (K, D) and ``nk``: with x~ = x - c, mu~ = mu - c and
+        sum_k r_nk = w_n,
+
+            sum_n w_n x~_n x~_n^T - sum_k (first_k mu~_k^T + mu~_k first_k^T + nk mu~_k mu~_k^T),
+
+        an O(K D^2) combination, so the per-sample products are the first moments only.
+        The subtraction loses ~eps * (risk + D) of the scatter, the expanded
+        Mahalanobis form's error, so it is used where `use_expansion` allows."""
+        center = data_center(means)
+        ms = means - center
+        cross = first.T @ ms
+        return data_scatter.about(center) - cross - cross.T - (ms.T * nk) @ ms
 
     @staticmethod
     def recentre_scatter(second, first, nk, delta):
@@ -675,7 +707,9 @@ class Spherical(Diag):
 
     @staticmethod
     def mahalanobis_fm(xt, means, prec_chol, expanded=False):
-        return Diag.mahalanobis_fm(xt, means, jnp.broadcast_to(prec_chol[:, None], means.shape), expanded)
+        return Diag.mahalanobis_fm(
+            xt, means, jnp.broadcast_to(prec_chol[:, None], means.shape), expanded
+        )
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):

@@ -118,6 +118,13 @@ def test_bench_rejects_bad_dtype(tmp_path):
         cli.main(["--dtypes", "float16", "--out", str(tmp_path)])
 
 
+def test_bench_rejects_a_covariance_type_outside_the_grid(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--covariance-types", "tied", "--out", str(tmp_path)])  # small: full, diag
+    assert "--covariance-types entries must be among ['diag', 'full']" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_bench_refuses_to_replace_earlier_results(tmp_path, capsys):
     (tmp_path / "bench.csv").write_text("earlier run\n")
     with pytest.raises(SystemExit):

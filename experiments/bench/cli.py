@@ -190,6 +190,11 @@ def main(argv=None):
     )
     parser.add_argument("--sizes", choices=sorted(GRIDS), default="small")
     parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument(
+        "--covariance-types",
+        default=None,
+        help="comma-separated: only the grid's rows of these covariance types (default all)",
+    )
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--iters", type=int, default=None, help="EM iterations per timing")
     parser.add_argument("--no-scaling", action="store_true", help="skip the N/K/D sweeps")
@@ -229,6 +234,17 @@ def main(argv=None):
     for dt in dtypes:
         if dt not in ("float32", "float64"):
             parser.error(f"--dtypes entries must be float32 or float64, got {dt!r}")
+    grid = GRIDS[args.sizes]
+    if args.covariance_types is not None:
+        wanted = [c.strip() for c in args.covariance_types.split(",") if c.strip()]
+        available = sorted({row[3] for row in grid})
+        unknown = [c for c in wanted if c not in available]
+        if unknown or not wanted:
+            parser.error(
+                f"--covariance-types entries must be among {available} (the --sizes "
+                f"{args.sizes} grid), got {args.covariance_types!r}"
+            )
+        grid = [row for row in grid if row[3] in wanted]
     iters = args.iters or (10 if args.sizes == "small" else 4)
     if iters < 2:
         parser.error("--iters must be >= 2")
@@ -256,7 +272,7 @@ def main(argv=None):
             dtypes=dtypes,
             gemm_size=args.gemm_size,
             exp_elements=args.exp_elements,
-            sizes=GRIDS[args.sizes],
+            sizes=grid,
         )
     )
     print(
@@ -276,7 +292,7 @@ def main(argv=None):
         )
 
     rows = []
-    for n, d, k, cov in GRIDS[args.sizes]:
+    for n, d, k, cov in grid:
         for dtype in dtypes:
             for tool in TOOLS:
                 reason = unsupported(tool, dtype, cov)
@@ -341,7 +357,7 @@ def main(argv=None):
     plot_results(out, rows, scaling)
     profile = []
     if args.profile:
-        for n, d, k, cov in GRIDS[args.sizes]:
+        for n, d, k, cov in grid:
             for dtype in dtypes:
                 profile.extend(
                     spawn(dict(profile=True, n=n, d=d, k=k, cov=cov, dtype=dtype, rates=rates))
@@ -360,7 +376,7 @@ def main(argv=None):
                 for part, s in em_shape_floor(n, d, k, cov, dtype, rates).items()
             },
         )
-        for n, d, k, cov in GRIDS[args.sizes]
+        for n, d, k, cov in grid
         for dtype in dtypes
     ]
     with open(out / "floor.json", "w") as f:

@@ -262,9 +262,7 @@ def feature_major_blocks(x, block_size):
 def spec_block_size(n_samples, n_features, spec, block_size: int | None = None):
     """``block_size``, or when None `default_block_size` for this shape and ``spec``."""
     if block_size is None:
-        block_size = default_block_size(
-            n_samples, spec.n_components, n_features, spec.covariance_type
-        )
+        block_size = default_block_size(n_samples, spec.n_components, n_features, spec.covariance_type)
     return block_size
 
 

@@ -707,9 +707,7 @@ class Spherical(Diag):
 
     @staticmethod
     def mahalanobis_fm(xt, means, prec_chol, expanded=False):
-        return Diag.mahalanobis_fm(
-            xt, means, jnp.broadcast_to(prec_chol[:, None], means.shape), expanded
-        )
+        return Diag.mahalanobis_fm(xt, means, jnp.broadcast_to(prec_chol[:, None], means.shape), expanded)
 
     @staticmethod
     def paired_mahalanobis(points, means, prec_chol):

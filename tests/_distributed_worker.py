@@ -4,7 +4,7 @@ single-process reference it must equal; run by tests/test_distributed.py.
 Usage:
     python tests/_distributed_worker.py --out OUT.json --process-id I --processes N --port P
     python tests/_distributed_worker.py --out OUT.json --processes N          (reference)
-    options: --covariance diag (default) | full | spherical, --fits em,adam,vb (of FITS)
+    options: --covariance diag (default) | full | tied | spherical, --fits em,adam,vb (of FITS)
 
 A process of the distributed run makes only its own rows (``local_rows(process_id)``),
 builds the global array from them with `jaxgmm.em.process_local_data`, and fits with

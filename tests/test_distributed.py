@@ -23,9 +23,11 @@ N_PROCESSES = 2
 TIMEOUT_S = 300  # ~30 s on an idle 2-core machine; a hang must fail, not stall CI
 
 # (covariance type, fits): the default run keeps to fits that compile quickly; L-BFGS
-# and full covariances (heavier to compile) run with -m slow.
+# and full covariances (heavier to compile) run with -m slow. Tied runs EM, whose
+# scatter comes from each process's own part of the samples' scatter (`DataScatter`).
 CONFIGS = {
     "diag": ("diag", "em,adam,vb"),
+    "tied": ("tied", "em"),
     "full": ("full", "em,lbfgs,adam,vb"),
 }
 
@@ -137,7 +139,9 @@ def test_process_local_data_on_one_process():
         jaxgmm.em.process_local_data(rows[:, 0], mesh)
 
 
-@pytest.mark.parametrize("config", ["diag", pytest.param("full", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "config", ["diag", "tied", pytest.param("full", marks=pytest.mark.slow)]
+)
 def test_two_processes_equal_one(config, tmp_path):
     missing = _cpu_collectives_missing()
     if missing:

@@ -28,11 +28,12 @@ from jax import lax
 from jax.scipy.special import digamma, gammaln
 
 from jaxgmm.model.blocked import (
-    FeatureMajorBlocks,
     Moments,
     block_log_prob_fm,
     block_second_moments,
     stats_from_moments,
+    sum_over_prepared,
+    zero_moments,
 )
 from jaxgmm.model.covariance import get_family, regularize_covariance, use_expansion
 from jaxgmm.model.density import weighted_log_prob_fm
@@ -290,13 +291,16 @@ def accumulate_vb_moments(data, posterior, spec, exact=True):
     log_w = log_weights_adjustment(posterior, spec, exact)
     to_plugin = jnp.log(expected_weights(posterior.weight_concentration, spec))
 
+    moments = zero_moments(data, spec, (unit, log_w, to_plugin))
+    zeros = VBMoments(moments, plugin_log_likelihood=moments.log_likelihood)
+
     def pass_with(expanded):
         def block(i):
             return _block_moments(
                 data.blocks[i], data.weight[i], unit, log_w, to_plugin, spec, expanded
             )
 
-        return _sum_blocks(block, data)
+        return sum_over_prepared(block, data, zeros)
 
     if not family.has_expansion:
         return pass_with(False)
@@ -305,16 +309,6 @@ def accumulate_vb_moments(data, posterior, spec, exact=True):
         lambda: pass_with(True),
         lambda: pass_with(False),
     )
-
-
-def _sum_blocks(block_fn, data: FeatureMajorBlocks):
-    # From zeros, not from block 0, so the block body compiles once (as EM's loop).
-    zero = jnp.zeros_like(data.blocks[0, 0, 0])
-    zeros = jax.tree_util.tree_map(
-        lambda s: jnp.broadcast_to(zero, s.shape).astype(s.dtype), jax.eval_shape(block_fn, 0)
-    )
-    add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)  # noqa: E731
-    return lax.fori_loop(0, data.blocks.shape[0], lambda i, acc: add(acc, block_fn(i)), zeros)
 
 
 def vb_stats(vb_moments, posterior, spec, exact=True):

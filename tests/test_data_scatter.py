@@ -1,6 +1,8 @@
 """Tied covariances' scatter from the samples' own scatter (`DataScatter`, taken once per
 fit), checked against NumPy / SciPy references and against the per-block scatter."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,3 +115,27 @@ def test_float32_scatter_from_data_scatter_is_as_accurate_as_per_block():
 
     assert error(from_data) < 1e-5
     assert error(from_data) < 3 * error(per_block) + 1e-6
+
+
+@needs_x64
+def test_vb_pass_from_data_scatter_equals_per_block_scatter():
+    # VB's pass (accumulate_vb_moments) under a posterior from one VB update: the
+    # scatter from the DataScatter equals each block's own (the per-block path is what
+    # tests/test_vb.py checks against scikit-learn), and so do the other sums.
+    from jaxgmm.priors import ConjugatePrior
+    from jaxgmm.vb.steps import accumulate_vb_moments, vb_hyperparameters, vb_m_step
+
+    x, means, cov = _mixture(1003, offset=20.0, seed=2)
+    spec = jaxgmm.GMMSpec(K, "tied", prior=ConjugatePrior())
+    spec = dataclasses.replace(spec, prior=spec.prior.with_data_defaults(x, K))
+    params = jaxgmm.params_from_covariances(np.full(K, 1.0 / K), means, cov, "tied")
+    data = spec_blocks(jnp.asarray(x), spec, block_size=128)
+    stats = jaxgmm.model.stats_from_moments(accumulate_moments_fm(data, params, spec), params, spec)[1]
+    posterior = vb_m_step(stats, spec, vb_hyperparameters(spec, D, jnp.float64))
+    from_data = accumulate_vb_moments(data, posterior, spec)
+    per_block = accumulate_vb_moments(data._replace(data_scatter=None), posterior, spec)
+    scale = np.abs(np.asarray(per_block.moments.second)).max()
+    assert scale > 1.0
+    np.testing.assert_allclose(from_data.moments.second, per_block.moments.second, rtol=1e-11, atol=1e-11 * scale)
+    for got, expected in zip(jax.tree_util.tree_leaves(from_data), jax.tree_util.tree_leaves(per_block)):
+        np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-9)

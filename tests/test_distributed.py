@@ -23,11 +23,11 @@ N_PROCESSES = 2
 TIMEOUT_S = 300  # ~30 s on an idle 2-core machine; a hang must fail, not stall CI
 
 # (covariance type, fits): the default run keeps to fits that compile quickly; L-BFGS
-# and full covariances (heavier to compile) run with -m slow. Tied runs EM, whose
+# and full covariances (heavier to compile) run with -m slow. Tied runs EM and VB, whose
 # scatter comes from each process's own part of the samples' scatter (`DataScatter`).
 CONFIGS = {
     "diag": ("diag", "em,adam,vb"),
-    "tied": ("tied", "em"),
+    "tied": ("tied", "em,vb"),
     "full": ("full", "em,lbfgs,adam,vb"),
 }
 

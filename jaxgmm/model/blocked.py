@@ -105,11 +105,16 @@ def block_log_prob_fm(xt, params, spec, expanded):
     return weighted_log_prob_from_mahalanobis(maha, params, spec, xt.shape[0]), (operator, xs1, y)
 
 
-def block_second_moments(resp, xt, means, spec, expanded, whitening):
+def block_second_moments(resp, xt, means, spec, expanded, whitening, with_second=True):
     """(first, second) of one block about ``means``: in the whitened frame from the
     ``whitening`` of `block_log_prob_fm`, else the family's ``second_moments_fm``. The
-    dtype they come out in is what `stats_from_moments` sees."""
+    dtype they come out in is what `stats_from_moments` sees. Without ``with_second``
+    only the first moments are formed and second is zeros (its scatter then comes from
+    the `DataScatter` after the pass)."""
     family = get_family(spec.covariance_type)
+    if not with_second:
+        first = family.first_moments_fm(resp, xt, means)
+        return first, jnp.zeros(family.scatter_shape(*first.shape), first.dtype)
     if whitening is not None:
         return family.whitened_moments_of(resp, *whitening)
     return family.second_moments_fm(resp, xt, means, expanded)
@@ -133,12 +138,9 @@ def block_moments_branch_fm(xt, params, spec, weight, expanded, with_second=True
         resp = resp * weight
         log_norm = log_norm * weight
         n_samples = jnp.sum(weight)
-    if with_second:
-        first, second = block_second_moments(resp, xt, params.means, spec, expanded, whitening)
-    else:  # the scatter comes from the `DataScatter` after the pass
-        family = get_family(spec.covariance_type)
-        first = family.first_moments_fm(resp, xt, params.means)
-        second = jnp.zeros(family.scatter_shape(*first.shape), first.dtype)
+    first, second = block_second_moments(
+        resp, xt, params.means, spec, expanded, whitening, with_second
+    )
     return Moments(
         log_likelihood=jnp.sum(log_norm),
         nk=jnp.sum(resp, axis=1),

@@ -259,9 +259,10 @@ class VBMoments(NamedTuple):
     plugin_log_likelihood: jax.Array
 
 
-def _block_moments(xt, weight, unit, log_w, to_plugin, spec, expanded):
+def _block_moments(xt, weight, unit, log_w, to_plugin, spec, expanded, with_second=True):
     """`VBMoments` of one feature-major block (as `jaxgmm.model.blocked.block_moments_fm`,
-    plus the plug-in log-likelihood from the same log-densities)."""
+    plus the plug-in log-likelihood from the same log-densities); without
+    ``with_second``, first moments only (see `accumulate_vb_moments`)."""
     log_gauss, whitening = block_log_prob_fm(xt, unit, spec, expanded)  # (K, n), weights 1
     wlp = log_gauss + log_w[:, None]
     top = lax.stop_gradient(jnp.max(wlp, axis=0))
@@ -272,7 +273,9 @@ def _block_moments(xt, weight, unit, log_w, to_plugin, spec, expanded):
     plugin = jax.scipy.special.logsumexp(log_gauss + to_plugin[:, None], axis=0)
     weight = weight.astype(xt.dtype)
     resp = resp * weight
-    first, second = block_second_moments(resp, xt, unit.means, spec, expanded, whitening)
+    first, second = block_second_moments(
+        resp, xt, unit.means, spec, expanded, whitening, with_second
+    )
     moments = Moments(
         log_likelihood=jnp.sum(log_norm * weight),
         nk=jnp.sum(resp, axis=1),
@@ -285,7 +288,11 @@ def _block_moments(xt, weight, unit, log_w, to_plugin, spec, expanded):
 
 def accumulate_vb_moments(data, posterior, spec, exact=True):
     """`VBMoments` of prepared `FeatureMajorBlocks` under ``posterior``: one pass, block
-    by block under `lax.fori_loop` (one compiled body; padding has weight 0)."""
+    by block under `lax.fori_loop` (one compiled body; padding has weight 0).
+
+    With a `DataScatter` (tied) and where `use_expansion` allows, the blocks form only
+    their first moments and the scatter comes from the family's
+    ``scatter_from_data_scatter``, as in EM's `accumulate_moments_fm`."""
     family = get_family(spec.covariance_type)
     unit = _unit_params(posterior)
     log_w = log_weights_adjustment(posterior, spec, exact)
@@ -294,19 +301,27 @@ def accumulate_vb_moments(data, posterior, spec, exact=True):
     moments = zero_moments(data, spec, (unit, log_w, to_plugin))
     zeros = VBMoments(moments, plugin_log_likelihood=moments.log_likelihood)
 
-    def pass_with(expanded):
+    def pass_with(expanded, with_second=True):
         def block(i):
             return _block_moments(
-                data.blocks[i], data.weight[i], unit, log_w, to_plugin, spec, expanded
+                data.blocks[i], data.weight[i], unit, log_w, to_plugin, spec, expanded, with_second
             )
 
         return sum_over_prepared(block, data, zeros)
 
+    def from_data_scatter():
+        vb = pass_with(True, with_second=False)
+        second = family.scatter_from_data_scatter(
+            data.data_scatter, vb.moments.first, vb.moments.nk, unit.means
+        )
+        return vb._replace(moments=vb.moments._replace(second=second))
+
     if not family.has_expansion:
         return pass_with(False)
+    uses_data_scatter = data.data_scatter is not None and family.uses_data_scatter
     return lax.cond(
         use_expansion(family, unit.means, unit.prec_chol),
-        lambda: pass_with(True),
+        from_data_scatter if uses_data_scatter else lambda: pass_with(True),
         lambda: pass_with(False),
     )
 

@@ -356,6 +356,14 @@ def test_measure_rates_is_positive_per_dtype():
     assert rates["exp_gps"]["float32"] == max(rates["exp_gps_elementwise"]["float32"],
                                               rates["exp_gps_summed"]["float32"])
     assert rates["gemm_size"] == 64
+    assert 0 < rates["reference_compile_s"] < 60
+
+
+def test_reference_compile_is_not_answered_by_a_cache():
+    # Each repeat compiles a new program: with a cache, the second and third would take
+    # ~1 ms, and the best of three would not be the machine's compile time.
+    one = floor.measure_reference_compile(repeats=1)
+    assert floor.measure_reference_compile(repeats=3) > 0.2 * one
 
 
 def _uniform_product_rates(sizes, gflops):

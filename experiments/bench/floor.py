@@ -51,7 +51,8 @@ def measure_rates(
 
     Returns a JSON-ready dict: ``gemm_gflops``, ``exp_gps``, ``exp_gps_elementwise``,
     ``exp_gps_summed`` ({dtype: rate}), ``product_gflops`` ({dtype: {product_key: rate}},
-    empty without ``sizes``), the sizes, and JAX's version, backend and devices.
+    empty without ``sizes``), ``reference_compile_s`` (`measure_reference_compile`), the
+    sizes, and JAX's version, backend and devices.
     float64 needs ``jax_enable_x64`` (the benchmark's workers set it)."""
     import jax
     import jax.numpy as jnp
@@ -86,7 +87,45 @@ def measure_rates(
         out["exp_gps_summed"][name] = summed
         out["exp_gps"][name] = max(elementwise, summed)
     out["product_gflops"] = measure_product_rates([tuple(s) for s in sizes], dtypes)
+    out["reference_compile_s"] = measure_reference_compile()
     return out
+
+
+def measure_reference_compile(repeats=3):
+    """Seconds to trace, lower and compile a fixed program that is not jaxgmm's (a
+    mixture E-step and M-step block loop written in plain `jax.numpy`, K = D = 16,
+    float32), best of ``repeats``: the machine's compile speed at the time of the run, to
+    read jaxgmm's ``compile_s`` against (this machine's compile time moves with the host's
+    load by 20-50% from hour to hour). Each repeat has its own block count, so no compile
+    cache can answer it."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    k = d = 16
+    times = []
+    for i in range(repeats):
+        n_blocks = 101 + i  # a distinct program each time
+
+        def block_pass(xs, means, prec):
+            def body(b, acc):
+                y = prec @ xs[b]  # (D, n)
+                logits = means @ y - 0.5 * jnp.sum(y * y, axis=0)  # (K, n)
+                resp = jax.nn.softmax(logits, axis=0)
+                return acc[0] + resp @ xs[b].T, acc[1] + resp @ (y * y).T
+
+            zeros = (jnp.zeros((k, d), xs.dtype), jnp.zeros((k, d), xs.dtype))
+            return lax.fori_loop(0, xs.shape[0], body, zeros)
+
+        shapes = (
+            jax.ShapeDtypeStruct((n_blocks, d, 1024), jnp.float32),
+            jax.ShapeDtypeStruct((k, d), jnp.float32),
+            jax.ShapeDtypeStruct((d, d), jnp.float32),
+        )
+        begin = time.perf_counter()
+        jax.jit(block_pass).lower(*shapes).compile()
+        times.append(time.perf_counter() - begin)
+    return min(times)
 
 
 # Matrix-product flops (2 per multiply-add) of one EM iteration per covariance type, as

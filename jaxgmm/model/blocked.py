@@ -287,20 +287,17 @@ def accumulate_moments_fm(data, params, spec):
     ``scatter_from_data_scatter``; otherwise every block forms its own scatter."""
     family = get_family(spec.covariance_type)
 
-    zeros = zero_moments(data, spec, params)
-
     def each_block(expanded, with_second=True):
         return sum_over_prepared(
             lambda i: block_moments_branch_fm(
                 data.blocks[i], params, spec, data.weight[i], expanded, with_second
             ),
             data,
-            zeros,
         )
 
     if data.data_scatter is None or not family.uses_data_scatter:
         return sum_over_prepared(
-            lambda i: block_moments_fm(data.blocks[i], params, spec, data.weight[i]), data, zeros
+            lambda i: block_moments_fm(data.blocks[i], params, spec, data.weight[i]), data
         )
 
     def from_data_scatter():
@@ -328,50 +325,23 @@ def blocks_data_scatter(data):
         weighted = centred * data.weight[i]
         return jnp.sum(weighted, axis=1), weighted @ centred.T
 
-    n_features = data.blocks.shape[1]
-    zeros = (data_zeros(data, (n_features,)), data_zeros(data, (n_features, n_features)))
-    residual, scatter = sum_over_prepared(block, data, zeros)
+    residual, scatter = sum_over_prepared(block, data)
     return DataScatter(count[None], mean[None], residual[None], scatter[None])
 
 
-def sum_over_prepared(block_fn, data, zeros):
+def sum_over_prepared(block_fn, data):
     """Pytree sum of ``block_fn(i)`` over the blocks of `FeatureMajorBlocks`, under
-    `lax.fori_loop`, from ``zeros`` (`data_zeros`, `zero_moments`: shaped like one
-    block's result). The loop starts from zeros, not from block 0, so the block body is
-    compiled once (a peeled first block doubled the chunk's compile time for it); the
-    zeros are built from known shapes, not by tracing ``block_fn`` an extra time (that
-    `jax.eval_shape` added ~0.01 s to tracing each pass)."""
+    `lax.fori_loop` (EM's and VB's passes). The loop starts from zeros, not from block 0,
+    so the block body is compiled once (a peeled first block doubled the chunk's compile
+    time for it)."""
+    # Zeros typed like the data, so that under `shard_map` they vary over devices as the
+    # block sums do (a loop carry must keep its type).
+    zero = jnp.zeros_like(data.blocks[0, 0, 0])
+    zeros = jax.tree_util.tree_map(
+        lambda s: jnp.broadcast_to(zero, s.shape).astype(s.dtype), jax.eval_shape(block_fn, 0)
+    )
     n_blocks = data.blocks.shape[0]
     return lax.fori_loop(0, n_blocks, lambda i, acc: add_moments(acc, block_fn(i)), zeros)
-
-
-def data_zeros(data, shape=(), dtype=None):
-    """Zeros of ``shape`` (and ``dtype``, default the samples') typed like the samples of
-    `FeatureMajorBlocks`, so that under `shard_map` they vary over devices as the block
-    sums do (a loop carry keeps its type)."""
-    zero = jnp.zeros_like(data.blocks[0, 0, 0], dtype=dtype)
-    return jnp.broadcast_to(zero, shape)
-
-
-def sums_dtype(data, params):
-    """The dtype of block sums over ``data`` under ``params`` (any pytree of arrays)."""
-    return jnp.result_type(data.blocks, *jax.tree_util.tree_leaves(params))
-
-
-def zero_moments(data, spec, params):
-    """`Moments` of no samples, shaped for ``spec``; typed as the blocks' sums are, in
-    the common dtype of ``data`` and ``params`` (float32 data with float64 parameters
-    give float64 moments), with ``n_samples`` in the data's dtype."""
-    n_features, n_components = data.blocks.shape[1], spec.n_components
-    scatter_shape = get_family(spec.covariance_type).scatter_shape(n_components, n_features)
-    dtype = sums_dtype(data, params)
-    return Moments(
-        log_likelihood=data_zeros(data, (), dtype),
-        nk=data_zeros(data, (n_components,), dtype),
-        first=data_zeros(data, (n_components, n_features), dtype),
-        second=data_zeros(data, scatter_shape, dtype),
-        n_samples=data_zeros(data),
-    )
 
 
 def total_log_likelihood_blocks(data, params, spec):
@@ -382,7 +352,7 @@ def total_log_likelihood_blocks(data, params, spec):
         wlp = weighted_log_prob_fm(data.blocks[i], params, spec)
         return jnp.sum(logsumexp(wlp, axis=0) * data.weight[i])
 
-    return sum_over_prepared(total_of, data, data_zeros(data, (), sums_dtype(data, params)))
+    return sum_over_prepared(total_of, data)
 
 
 def mean_log_likelihood_blocks(data, params, spec):

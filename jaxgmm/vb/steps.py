@@ -33,7 +33,6 @@ from jaxgmm.model.blocked import (
     block_second_moments,
     stats_from_moments,
     sum_over_prepared,
-    zero_moments,
 )
 from jaxgmm.model.covariance import get_family, regularize_covariance, use_expansion
 from jaxgmm.model.density import weighted_log_prob_fm
@@ -298,16 +297,13 @@ def accumulate_vb_moments(data, posterior, spec, exact=True):
     log_w = log_weights_adjustment(posterior, spec, exact)
     to_plugin = jnp.log(expected_weights(posterior.weight_concentration, spec))
 
-    moments = zero_moments(data, spec, (unit, log_w, to_plugin))
-    zeros = VBMoments(moments, plugin_log_likelihood=moments.log_likelihood)
-
     def pass_with(expanded, with_second=True):
         def block(i):
             return _block_moments(
                 data.blocks[i], data.weight[i], unit, log_w, to_plugin, spec, expanded, with_second
             )
 
-        return sum_over_prepared(block, data, zeros)
+        return sum_over_prepared(block, data)
 
     def from_data_scatter():
         vb = pass_with(True, with_second=False)

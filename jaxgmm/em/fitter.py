@@ -24,7 +24,7 @@ from jaxgmm.model.blocked import (
     spec_blocks,
     stats_from_moments,
 )
-from jaxgmm.model.covariance import get_family
+from jaxgmm.model.covariance import get_family, use_expansion
 from jaxgmm.model.params import GMMParams
 from jaxgmm.priors import log_prior
 
@@ -140,6 +140,8 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         moments_of = functools.partial(sharded_moments_blocks, spec=spec, mesh=mesh)
         score_prepared = functools.partial(sharded_mean_log_likelihood_blocks, spec=spec, mesh=mesh)
 
+    family = get_family(spec.covariance_type)
+
     def init(key, params, data):
         del key, data  # EM starts from the parameters alone
         return EMState(params=params)
@@ -165,8 +167,14 @@ def em_fitter(spec, tol=1e-3, block_size=None, mesh=None):
         hooks=DriverHooks(
             prepare=prepare,
             score_prepared=score_prepared,
-            compile_options=get_family(spec.covariance_type).em_step_compile_options,
+            compile_options=family.em_step_compile_options,
             # MAP-EM: restarts ranked by the log posterior it increases, not the likelihood.
             log_prior=None if spec.prior is None else lambda state: log_prior(state.params, spec),
+            # Every expansion choice in the step is on the step's starting parameters.
+            expansion_holds=(
+                (lambda params: use_expansion(family, params.means, params.prec_chol))
+                if family.has_expansion
+                else None
+            ),
         ),
     )

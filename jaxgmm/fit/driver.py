@@ -33,6 +33,7 @@ from jaxgmm.fit.results import (
     step_is_finite,
 )
 from jaxgmm.fit.validation import check_init_params, no_finite_state_error
+from jaxgmm.model.covariance import expansion_assumed
 from jaxgmm.model.density import mean_log_likelihood
 from jaxgmm.model.init import resolve_init
 
@@ -70,6 +71,7 @@ class _Carry(NamedTuple):
     n_iter: jax.Array  # int32, iterations of this call
     nonfinite_at: jax.Array  # int32, -1 if never
     status: jax.Array  # int32, a code of _STATUS_CODE
+    refused: jax.Array  # bool: a chunk with the expanded form alone did not take a step
 
 
 class _DriverInfo(NamedTuple):
@@ -110,7 +112,11 @@ def _params_moved(old, new):
     return jnp.any(jnp.stack(jax.tree_util.tree_leaves(differs)))
 
 
-def _chunk_function(fitter, spec, chunk_size, sequential):
+def _chunk_function(fitter, spec, chunk_size, sequential, expanded_only=False):
+    """The jitted chunk of ``chunk_size`` steps. ``expanded_only``: traced under
+    `expansion_assumed`, it takes a step only where the fitter's ``expansion_holds`` says
+    the expanded form is the one `use_expansion` would choose, and marks the restart
+    ``refused`` otherwise (for the driver to continue it with both forms)."""
     stall = fitter.stall_patience is not None
 
     def one_restart(key, carry, data, max_iter):
@@ -131,6 +137,11 @@ def _chunk_function(fitter, spec, chunk_size, sequential):
                 tol_passed = tol_passed & (run.unmoved_steps == 0)
             converged = jnp.asarray(getattr(info, "converged", False)) | tol_passed
             active = ~c.done
+            refused = jnp.asarray(False)
+            if expanded_only:
+                holds = fitter.hooks.expansion_holds(fitter.get_params(run.fitter_state))
+                refused = active & ~holds
+                active = active & holds
             accept = active & finite
             unmoved = jnp.where(moved, 0, run.unmoved_steps + 1).astype(jnp.int32)
             stalled = accept & (unmoved >= fitter.stall_patience) if stall else jnp.asarray(False)
@@ -156,7 +167,7 @@ def _chunk_function(fitter, spec, chunk_size, sequential):
             done = c.done | (active & (converged | ~finite | stalled)) | (n_iter >= max_iter)
             diagnostics = component_diagnostics(fitter.get_params(run.fitter_state), spec)
             driver_info = _DriverInfo(converged=converged, change=change, moved=moved)
-            carry = _Carry(run, done, n_iter, nonfinite_at, status)
+            carry = _Carry(run, done, n_iter, nonfinite_at, status, c.refused | refused)
             return carry, (info, driver_info, diagnostics, accept)
 
         return lax.scan(body, carry, None, length=chunk_size)
@@ -225,6 +236,7 @@ def _start_function(fitter, resume):
             n_iter=jnp.zeros((n_restarts,), jnp.int32),
             nonfinite_at=jnp.full((n_restarts,), -1, jnp.int32),
             status=jnp.full((n_restarts,), _STATUS_CODE["max_iter"], jnp.int32),
+            refused=jnp.zeros((n_restarts,), bool),
         )
         return carry, data
 
@@ -277,15 +289,17 @@ def _on_several_devices(x):
     return sharding is not None and len(sharding.device_set) > 1
 
 
-def _compiled(fitter, spec, chunk_size, keys, source, x, max_iter, resume):
+def _compiled(fitter, spec, chunk_size, keys, source, x, max_iter, resume, expanded_only):
     """Start (with the fitter's data preparation), chunk and finish functions compiled
     ahead of time (once per fitter, shapes and dtypes), with the seconds it took (0 when
     cached), so nothing compiles while the run is timed. ``source``: initial parameters,
-    or the `RunState` to resume from when ``resume``."""
+    or the `RunState` to resume from when ``resume``. The chunk is compiled with the
+    expanded form alone when ``expanded_only`` (`_chunk_function`); the fourth item
+    compiles the chunk with both forms, ``() -> (chunk, seconds)``, for a restart it
+    refused."""
     signature = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), (keys, source, x))
-    cache_key = (
-        fitter, spec, chunk_size, resume, str(signature), str(getattr(x, "sharding", None))
-    )
+    sharding = str(getattr(x, "sharding", None))
+    cache_key = (fitter, spec, chunk_size, resume, expanded_only, str(signature), sharding)
     if cache_key in _COMPILED:
         return _COMPILED[cache_key], 0.0
     begin = time.perf_counter()
@@ -301,19 +315,43 @@ def _compiled(fitter, spec, chunk_size, keys, source, x, max_iter, resume):
     # On several devices, one restart at a time too: vmapped restarts would batch the
     # per-matrix linear algebra again (see `jaxgmm.model.linalg`).
     sequential = restarts_run_sequentially(x.shape[0], x.shape[1], spec) or _on_several_devices(x)
-    chunk_lowered = _chunk_function(fitter, spec, chunk_size, sequential).lower(
-        keys, carry, data, max_iter
-    )
-    finish_lowered = _finish_function(fitter, spec).lower(x, data, carry.run.fitter_state)
     compile_options = () if fitter.hooks is None else fitter.hooks.compile_options
+
+    def lower_chunk(expanded_only):
+        chunk_fn = _chunk_function(fitter, spec, chunk_size, sequential, expanded_only)
+        if not expanded_only:
+            return chunk_fn.lower(keys, carry, data, max_iter)
+        with expansion_assumed():
+            return chunk_fn.lower(keys, carry, data, max_iter)
+
+    def both_forms_chunk():
+        key = (*cache_key, "both forms")
+        if key in _COMPILED:
+            return _COMPILED[key], 0.0
+        begin = time.perf_counter()
+        _COMPILED[key] = _compile(lower_chunk(False), compile_options)
+        return _COMPILED[key], time.perf_counter() - begin
+
+    chunk_lowered = lower_chunk(expanded_only)
+    finish_lowered = _finish_function(fitter, spec).lower(x, data, carry.run.fitter_state)
     # XLA compiles with the GIL released, so the finish compiles beside the chunk (on 2
     # cores, 0.05-0.1 s less for diag at (1e6, 16, 16) on 2 devices).
     with ThreadPoolExecutor(max_workers=1) as pool:
         finish_future = pool.submit(_compile, finish_lowered, _ONCE_PER_FIT_OPTIONS)
         chunk = _compile(chunk_lowered, compile_options)
         finish = finish_future.result()
-    _COMPILED[cache_key] = (start, chunk, finish)
+    _COMPILED[cache_key] = (start, chunk, finish, both_forms_chunk)
     return _COMPILED[cache_key], time.perf_counter() - begin
+
+
+def _expansion_holds_at(fitter, source, resume):
+    """Whether every restart starts where the fitter's ``expansion_holds`` is True (no
+    hook: False), so that a chunk with the expanded form alone can take its first step."""
+    hooks = fitter.hooks
+    if hooks is None or hooks.expansion_holds is None:
+        return False
+    params = jax.vmap(fitter.get_params)(source.fitter_state) if resume else source
+    return bool(jnp.all(jax.vmap(hooks.expansion_holds)(params)))
 
 
 def default_chunk_size(n_samples, n_features, spec, max_iter):
@@ -404,9 +442,11 @@ def run_fitter(
 
     keys = jax.random.split(key, n_restarts)
     max_iter_arr = jnp.asarray(max_iter, jnp.int32)
-    (start_fn, chunk_fn, finish_fn), compile_s = _compiled(
-        fitter, spec, chunk_size, keys, source, x, max_iter_arr, resume
+    expanded_only = _expansion_holds_at(fitter, source, resume)
+    (start_fn, chunk_fn, finish_fn, both_forms_chunk), compile_s = _compiled(
+        fitter, spec, chunk_size, keys, source, x, max_iter_arr, resume, expanded_only
     )
+    late_compile_s = 0.0  # of the chunk with both forms, if a restart needs it
 
     outputs, chunk_times = [], []
     start = time.perf_counter()
@@ -422,6 +462,12 @@ def run_fitter(
         outputs.append(jax.device_get(out))
         if callback is not None:
             callback(int(np.max(np.asarray(carry.n_iter))), out[0])
+        if expanded_only and bool(np.any(np.asarray(carry.refused))):
+            # A restart reached parameters where the expanded form is not accurate: it
+            # and the rest continue, from the step it did not take, with both forms.
+            chunk_fn, seconds = both_forms_chunk()
+            late_compile_s += seconds
+            expanded_only = False
     if chunk_times:
         chunk_times[0] += prepare_s
     final_params, final_ll, final_lp = finish_fn(x, data, carry.run.fitter_state)
@@ -429,7 +475,8 @@ def run_fitter(
     final_lp = None if final_lp is None else np.asarray(final_lp)
     # What restarts are ranked by: the fitter's target, the log posterior for MAP.
     final_score = final_ll if final_lp is None else final_lp
-    run_s = time.perf_counter() - start
+    run_s = time.perf_counter() - start - late_compile_s
+    compile_s += late_compile_s
 
     n_iter = np.asarray(carry.n_iter)
     status = np.asarray([STATUSES[code] for code in np.asarray(carry.status)])

@@ -27,12 +27,20 @@ class DriverHooks(NamedTuple):
             the log posterior per sample (log-likelihood + log_prior / n_samples, what the
             fitter maximises) instead of the log-likelihood, and records it in
             ``RestartSummary.log_posterior``. None: restarts ranked by log-likelihood.
+        expansion_holds: ``expansion_holds(params) -> bool``, `use_expansion` at the
+            parameters a step starts from, for a fitter whose every `expansion_cond` in
+            its step is on them (EM's). The driver then compiles the steps first with
+            the expanded form alone (`expansion_assumed`), checks this before each step,
+            and compiles the steps with both forms only when a restart fails it (from
+            the state it failed at): the same results, a shorter compile. None: the
+            steps are compiled with both forms.
     """
 
     prepare: Callable[..., Any] | None = None
     score_prepared: Callable[..., Any] | None = None
     compile_options: tuple = ()
     log_prior: Callable[..., Any] | None = None
+    expansion_holds: Callable[..., Any] | None = None
 
 
 class Fitter(NamedTuple):

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-from jaxgmm.model.covariance import get_family, sum_squares_over_features, use_expansion
+from jaxgmm.model.covariance import expansion_cond, get_family, sum_squares_over_features
 from jaxgmm.model.density import weighted_log_prob_fm, weighted_log_prob_from_mahalanobis
 from jaxgmm.model.linalg import solve_upper_transposed
 from jaxgmm.model.stats import SufficientStats, expected_complete_log_likelihood, safe_counts
@@ -154,13 +154,12 @@ def block_moments_fm(xt, params, spec, weight=None):
     """`Moments` of one feature-major block ``xt`` (n_features, n_samples).
 
     For diag, spherical and tied covariances the expanded (matrix-product) form is used
-    when `jaxgmm.model.covariance.use_expansion` says it is accurate, chosen by one
-    `lax.cond`; the log-density is then the same as `weighted_log_prob`'s."""
-    family = get_family(spec.covariance_type)
-    if not family.has_expansion:
-        return block_moments_branch_fm(xt, params, spec, weight, False)
-    return lax.cond(
-        use_expansion(family, params.means, params.prec_chol),
+    when `jaxgmm.model.covariance.use_expansion` says it is accurate, chosen by
+    `jaxgmm.model.covariance.expansion_cond`; the log-density is then the same as `weighted_log_prob`'s."""
+    return expansion_cond(
+        get_family(spec.covariance_type),
+        params.means,
+        params.prec_chol,
         lambda: block_moments_branch_fm(xt, params, spec, weight, True),
         lambda: block_moments_branch_fm(xt, params, spec, weight, False),
     )
@@ -307,10 +306,8 @@ def accumulate_moments_fm(data, params, spec):
         )
         return moments._replace(second=second)
 
-    return lax.cond(
-        use_expansion(family, params.means, params.prec_chol),
-        from_data_scatter,
-        lambda: each_block(False),
+    return expansion_cond(
+        family, params.means, params.prec_chol, from_data_scatter, lambda: each_block(False)
     )
 
 

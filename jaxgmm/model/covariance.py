@@ -32,6 +32,9 @@ rounding is negligible (`use_expansion`); otherwise the direct differences are u
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -753,13 +756,42 @@ def use_expansion(family, means, prec_chol):
     return risk * eps <= EXPANSION_ERROR_LIMIT
 
 
+# True while code is traced under `expansion_assumed`.
+_EXPANSION_ASSUMED = contextvars.ContextVar("expansion_assumed", default=False)
+
+
+@contextlib.contextmanager
+def expansion_assumed():
+    """Code traced in this context takes the expanded form at every `expansion_cond`,
+    with no `lax.cond` and no direct branch to compile (XLA:CPU compiles EM's step
+    0.1-0.17 s faster). Only for a caller that checks `use_expansion` on the same
+    parameters itself and falls back where it is False: the driver does, before every
+    step of a fitter with ``DriverHooks.expansion_holds``."""
+    token = _EXPANSION_ASSUMED.set(True)
+    try:
+        yield
+    finally:
+        _EXPANSION_ASSUMED.reset(token)
+
+
+def expansion_cond(family, means, prec_chol, expanded, direct):
+    """``expanded()`` where `use_expansion` allows, else ``direct()``: one `lax.cond`
+    (``expanded()`` alone under `expansion_assumed`; ``direct()`` alone for families
+    without an expanded form)."""
+    if not family.has_expansion:
+        return direct()
+    if _EXPANSION_ASSUMED.get():
+        return expanded()
+    return lax.cond(use_expansion(family, means, prec_chol), expanded, direct)
+
+
 def mahalanobis_fm(family, xt, means, prec_chol):
     """(K, n) Mahalanobis terms from ``xt`` (D, n): the expanded form when
-    `use_expansion` allows, else the direct one (one `lax.cond`, evaluated once)."""
-    if not family.has_expansion:
-        return family.mahalanobis_fm(xt, means, prec_chol)
-    return lax.cond(
-        use_expansion(family, means, prec_chol),
+    `use_expansion` allows, else the direct one (`expansion_cond`, evaluated once)."""
+    return expansion_cond(
+        family,
+        means,
+        prec_chol,
         lambda: family.mahalanobis_fm(xt, means, prec_chol, expanded=True),
         lambda: family.mahalanobis_fm(xt, means, prec_chol, expanded=False),
     )

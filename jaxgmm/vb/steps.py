@@ -34,7 +34,7 @@ from jaxgmm.model.blocked import (
     stats_from_moments,
     sum_over_prepared,
 )
-from jaxgmm.model.covariance import get_family, regularize_covariance, use_expansion
+from jaxgmm.model.covariance import expansion_cond, get_family, regularize_covariance
 from jaxgmm.model.density import weighted_log_prob_fm
 from jaxgmm.model.params import GMMParams
 from jaxgmm.model.stats import expected_complete_log_likelihood, safe_counts
@@ -312,11 +312,11 @@ def accumulate_vb_moments(data, posterior, spec, exact=True):
         )
         return vb._replace(moments=vb.moments._replace(second=second))
 
-    if not family.has_expansion:
-        return pass_with(False)
     uses_data_scatter = data.data_scatter is not None and family.uses_data_scatter
-    return lax.cond(
-        use_expansion(family, unit.means, unit.prec_chol),
+    return expansion_cond(
+        family,
+        unit.means,
+        unit.prec_chol,
         from_data_scatter if uses_data_scatter else lambda: pass_with(True),
         lambda: pass_with(False),
     )

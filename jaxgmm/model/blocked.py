@@ -155,7 +155,8 @@ def block_moments_fm(xt, params, spec, weight=None):
 
     For diag, spherical and tied covariances the expanded (matrix-product) form is used
     when `jaxgmm.model.covariance.use_expansion` says it is accurate, chosen by
-    `jaxgmm.model.covariance.expansion_cond`; the log-density is then the same as `weighted_log_prob`'s."""
+    `jaxgmm.model.covariance.expansion_cond`; the log-density is then the same as
+    `weighted_log_prob`'s."""
     return expansion_cond(
         get_family(spec.covariance_type),
         params.means,

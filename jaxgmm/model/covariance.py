@@ -763,8 +763,8 @@ _EXPANSION_ASSUMED = contextvars.ContextVar("expansion_assumed", default=False)
 @contextlib.contextmanager
 def expansion_assumed():
     """Code traced in this context takes the expanded form at every `expansion_cond`,
-    with no `lax.cond` and no direct branch to compile (XLA:CPU compiles EM's step
-    0.1-0.17 s faster). Only for a caller that checks `use_expansion` on the same
+    with no `lax.cond` and no direct branch to compile (a shorter compile, measured in
+    docs/performance.md). Only for a caller that checks `use_expansion` on the same
     parameters itself and falls back where it is False: the driver does, before every
     step of a fitter with ``DriverHooks.expansion_holds``."""
     token = _EXPANSION_ASSUMED.set(True)

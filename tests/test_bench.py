@@ -512,5 +512,29 @@ def test_bench_prints_floor_and_ratio_columns(tmp_path, monkeypatch, capsys):
     assert float(row["ratio_over_shape_floor"]) == pytest.approx(float(row["s_per_iter"]) / shape)
     assert saved["floors"][0]["shape_floor_total_s"] == pytest.approx(shape)
     assert saved["ratios"][0]["tool"] == "sklearn"
+    # The rates measured again at the end of the run, and their drift printed.
+    assert saved["rates_after"]["gemm_gflops"]["float64"] > 0
+    assert saved["rates_after"]["reference_compile_s"] > 0
+    assert "the host's rates at the end of the run against its start: GEMM float64" in out
     with open(tmp_path / "profile.csv") as f:
         assert [r["phase"] for r in csv.DictReader(f)] == list(floor.PHASES)
+
+
+def test_speed_drift_lines_report_each_rate_and_warn_past_the_tolerance():
+    before = {"gemm_gflops": {"float32": 200.0, "float64": 100.0},
+              "exp_gps": {"float32": 4.0, "float64": 2.0}, "reference_compile_s": 0.100}
+    steady = {"gemm_gflops": {"float32": 190.0, "float64": 105.0},
+              "exp_gps": {"float32": 4.0, "float64": 1.9}, "reference_compile_s": 0.108}
+    (line,) = cli.speed_drift_lines(before, steady)
+    assert "GEMM float32 200 -> 190 GFLOP/s (-5%)" in line
+    assert "GEMM float64 100 -> 105 GFLOP/s (+5%)" in line
+    assert "exp float64 2 -> 1.9 G/s (-5%)" in line
+    assert "reference compile 0.100 -> 0.108 s (+8%)" in line
+    drifted = dict(steady, gemm_gflops={"float32": 150.0, "float64": 105.0},
+                   reference_compile_s=0.125)
+    lines = cli.speed_drift_lines(before, drifted)
+    assert len(lines) == 2 and lines[1].startswith("warning: GEMM float32, reference compile changed")
+    # A dtype measured only at the start (or a run without the reference) is left out.
+    (line,) = cli.speed_drift_lines(before, {"gemm_gflops": {"float64": 100.0},
+                                             "exp_gps": {"float64": 2.0}})
+    assert "float32" not in line and "reference compile" not in line

@@ -176,6 +176,43 @@ def profile_table(rows):
     return lines
 
 
+# Above this relative change of a rate between the start and the end of a run, the
+# benchmark warns that rows measured minutes apart are not comparable to better than it.
+DRIFT_TOLERANCE = 0.10
+
+
+def speed_drift_lines(before, after, tolerance=DRIFT_TOLERANCE):
+    """Lines comparing the host's rates at the start of a run (``before``, from
+    `measure_rates`) with the same measurement at its end (``after``): GEMM and exp per
+    dtype and the reference compile, each with its relative change, and a warning when
+    any changed by more than ``tolerance``. Every row's ratio to its peers and to the
+    floor mixes measurements minutes apart, so a host whose speed moves in between moves
+    them by as much."""
+    changes = []
+    for label, key, unit in (("GEMM", "gemm_gflops", "GFLOP/s"), ("exp", "exp_gps", "G/s")):
+        for dtype, start in before[key].items():
+            if dtype in after[key]:
+                changes.append((f"{label} {dtype}", start, after[key][dtype], unit, ".3g"))
+    if before.get("reference_compile_s") and after.get("reference_compile_s"):
+        changes.append(
+            ("reference compile", before["reference_compile_s"], after["reference_compile_s"], "s", ".3f")
+        )
+    parts = [
+        f"{name} {start:{fmt}} -> {end:{fmt}} {unit} ({end / start - 1:+.0%})"
+        for name, start, end, unit, fmt in changes
+    ]
+    lines = ["the host's rates at the end of the run against its start: " + ", ".join(parts)]
+    moved = [name for name, start, end, _, _ in changes if abs(end / start - 1) > tolerance]
+    if moved:
+        lines.append(
+            f"warning: {', '.join(moved)} changed by more than {tolerance:.0%} during the run, "
+            "so rows measured minutes apart (a tool and its peers, one size and the next) "
+            "differ by about as much from the host alone; rerun on an idle machine, or "
+            "compare rows measured close together"
+        )
+    return lines
+
+
 def write_csv(path, rows, fields):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -374,6 +411,15 @@ def main(argv=None):
                     spawn(dict(profile=True, n=n, d=d, k=k, cov=cov, dtype=dtype, rates=rates))
                 )
         write_csv(out / "profile.csv", profile, PROFILE_FIELDS)
+    # The same measurement at the end, for the host's drift over the run.
+    rates_after = spawn(
+        dict(
+            measure_rates=True,
+            dtypes=dtypes,
+            gemm_size=args.gemm_size,
+            exp_elements=args.exp_elements,
+        )
+    )
     floors = [
         dict(
             n_samples=n,
@@ -400,6 +446,7 @@ def main(argv=None):
                 load_average_after=os.getloadavg(),
                 cpu_cores=cpu_cores(),
                 rates=rates,
+                rates_after=rates_after,
                 floors=floors,
                 ratios=[
                     {
@@ -457,6 +504,8 @@ def main(argv=None):
     for size in sizes:
         for line in profile_table([r for r in profile if _size(r) == size]):
             print(line, flush=True)
+    for line in speed_drift_lines(rates, rates_after):
+        print(line, flush=True)
     extra = ", profile.csv" if args.profile else ""
     print(
         f"wrote {out / 'bench.csv'}, {out / 'scaling.csv'}, bench.png, scaling.png, floor.json{extra}"

@@ -300,18 +300,16 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     absent = [p for p in OPTIONAL_PEERS if importlib.util.find_spec(p) is None]
     print(f"peers not installed (skipped): {', '.join(absent) or 'none'}", flush=True)
-    # The rates are measured once, before any tool runs, in a worker like the tools'.
+    # The rates are measured before any tool runs (with the grid's product rates) and
+    # again at the end (the host's drift), each in a worker like the tools'.
     load_before = os.getloadavg()
     measured_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    rates = spawn(
-        dict(
-            measure_rates=True,
-            dtypes=dtypes,
-            gemm_size=args.gemm_size,
-            exp_elements=args.exp_elements,
-            sizes=grid,
-        )
-    )
+
+    def host_rates(sizes=()):
+        job = dict(measure_rates=True, dtypes=dtypes, sizes=sizes)
+        return spawn(dict(job, gemm_size=args.gemm_size, exp_elements=args.exp_elements))
+
+    rates = host_rates(grid)
     print(
         "this machine's rates (the floor's): GEMM "
         + ", ".join(f"{dt} {rates['gemm_gflops'][dt]:.1f} GFLOP/s" for dt in dtypes)
@@ -411,15 +409,7 @@ def main(argv=None):
                     spawn(dict(profile=True, n=n, d=d, k=k, cov=cov, dtype=dtype, rates=rates))
                 )
         write_csv(out / "profile.csv", profile, PROFILE_FIELDS)
-    # The same measurement at the end, for the host's drift over the run.
-    rates_after = spawn(
-        dict(
-            measure_rates=True,
-            dtypes=dtypes,
-            gemm_size=args.gemm_size,
-            exp_elements=args.exp_elements,
-        )
-    )
+    rates_after = host_rates()  # the same measurement at the end: the host's drift
     floors = [
         dict(
             n_samples=n,
